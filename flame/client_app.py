@@ -1,0 +1,101 @@
+"""Flame ClientApp: one region's training and validation, on Flower's Message API.
+
+The region comes from node config ``region`` (deployment) or the simulation's ``partition-id``
+(index into FLAME_REGIONS). Data comes from node config ``data-path`` (the region's own file)
+or from the prepared partition cache. Raw rows never leave this process: only model weights,
+counts, losses and score histograms are sent.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flame import metrics as fm
+from flame.features import build_features, feature_names, labels
+from flame.model import FraudMLP
+from flame.partition import load_region, load_region_file
+from flame.settings import FlameSettings, load_settings
+from flame.strategy import INFO_KEY
+from flame.train import default_pos_weight, predict_logits, train_epochs
+
+app = ClientApp()
+
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def region_name(context: Context, settings: FlameSettings) -> str:
+    if "region" in context.node_config:
+        return str(context.node_config["region"])
+    index = int(context.node_config.get("partition-id", 0))
+    if index >= len(settings.regions):
+        raise ValueError(
+            f"SuperNode partition-id {index} has no region: FLAME_REGIONS lists "
+            f"{settings.regions}; run as many SuperNodes as regions"
+        )
+    return settings.regions[index]
+
+
+@lru_cache(maxsize=4)
+def region_tensors(settings_json: str, region: str, data_path: str) -> Tensors:
+    """Train and validation tensors of one region, built once per process."""
+    settings = FlameSettings.model_validate_json(settings_json)
+    frame = (
+        load_region_file(Path(data_path), settings) if data_path else load_region(settings, region)
+    )
+    x = torch.from_numpy(build_features(frame, settings.drop_balance_features))
+    y = torch.from_numpy(labels(frame))
+    val = torch.from_numpy(frame["is_val"].to_numpy(dtype=bool, copy=True))
+    return x[~val], y[~val], x[val], y[val]
+
+
+def _setup(msg: Message, context: Context) -> tuple[FlameSettings, str, FraudMLP, Tensors]:
+    settings = load_settings(context.run_config)
+    torch.set_num_threads(settings.torch_threads)
+    region = region_name(context, settings)
+    data_path = str(context.node_config.get("data-path", ""))
+    tensors = region_tensors(settings.model_dump_json(), region, data_path)
+    model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return settings, region, model, tensors
+
+
+def _reply(msg: Message, region: str, content: dict[str, object]) -> Message:
+    content[INFO_KEY] = ConfigRecord({"region": region})
+    return Message(RecordDict(content), reply_to=msg)  # type: ignore[arg-type]
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings, region, model, (x, y, _, _) = _setup(msg, context)
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    loss = train_epochs(
+        model,
+        x,
+        y,
+        epochs=int(config["local-epochs"]),
+        lr=float(config["learning-rate"]),
+        batch_size=int(config["batch-size"]),
+        pos_weight=float(config["pos-weight"]) or default_pos_weight(y.numpy()),
+        seed=settings.seed + 1000 * rnd + settings.regions.index(region),
+        desc=f"{region} round {rnd}",
+    )
+    record = MetricRecord({"train-loss": loss, "num-examples": len(x)})
+    return _reply(msg, region, {"arrays": ArrayRecord(model.state_dict()), "metrics": record})
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    _, region, model, (_, _, x_val, y_val) = _setup(msg, context)
+    threshold = float(msg.content["config"]["threshold"])
+    logits, y = predict_logits(model, x_val), y_val.numpy()
+    exact = fm.exact_metrics(logits, y, threshold)
+    pos, neg = fm.histograms(logits, y)
+    record = {k: exact[k] for k in ("loss", "roc_auc", "pr_auc", *fm.COUNTS)}
+    record |= {"num-examples": len(y), "hist-pos": pos, "hist-neg": neg, "threshold": threshold}
+    return _reply(msg, region, {"metrics": MetricRecord(record)})

@@ -1,0 +1,135 @@
+"""Read PaySim CSVs in every format real copies use, and validate them against the schema.
+
+Accepted number formats: plain floats (``181.0``), Java E-notation (``1.916920493E7``),
+spreadsheet rounding (``1.33E+07``, integers written ``0``); labels ``0/1`` or ``0.0/1.0``.
+Rows numbered in errors are 1-based data rows (the header is row 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from flame.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
+
+DEDUP_KEY = ["step", "type", "amount", "nameOrig", "nameDest"]
+_NUMERIC = ("step", *MONEY, *LABELS)
+
+
+def csv_files(path: Path) -> list[Path]:
+    """The CSV files at ``path`` (one file, or every ``*.csv`` in a folder)."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"PaySim data not found at {path}. Put the Kaggle file at "
+            "data/PS_20174392719_1491204439457_log.csv or point FLAME_DATA_PATH/--data at a "
+            "PaySim CSV; with neither, Flame uses its built-in synthetic PaySim data."
+        )
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        if not files:
+            raise PaySimFormatError(path, "folder holds no *.csv files")
+        return files
+    return [path]
+
+
+def read_paysim(path: Path | str) -> pd.DataFrame:
+    """Read one PaySim CSV or a folder of them (pooled, de-duplicated) into a typed frame."""
+    files = csv_files(Path(path))
+    frames = [read_paysim_file(f) for f in files]
+    if len(frames) == 1:
+        return frames[0]
+    pooled = pd.concat(frames, ignore_index=True)
+    return pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
+
+
+def read_paysim_file(path: Path) -> pd.DataFrame:
+    header = _header(path)
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS]
+    if missing or extra:
+        raise PaySimFormatError(
+            path, f"header does not match PaySim: missing {missing}, unexpected {extra}"
+        )
+    types = {c: pa.float64() for c in _NUMERIC} | {c: pa.string() for c in ("type", *NAMES)}
+    try:
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise _locate_error(path, err) from None
+    frame = table.to_pandas()
+    if frame.empty:
+        raise PaySimFormatError(path, "no data rows after the header")
+    return validate(frame[list(COLUMNS)], path)
+
+
+def _header(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        first = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    if not first:
+        raise PaySimFormatError(path, "file is empty")
+    return [c.strip() for c in first.split(",")]
+
+
+def _locate_error(path: Path, err: Exception) -> PaySimFormatError:
+    """Re-read as text to name the first bad column, row and value."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as uerr:
+        return PaySimFormatError(path, f"not UTF-8 text at byte {uerr.start}")
+    except Exception:  # noqa: BLE001 - the pyarrow message is the best we have
+        return PaySimFormatError(path, str(err).splitlines()[0])
+    for column in _NUMERIC:
+        if column not in raw:
+            continue
+        parsed = pd.to_numeric(raw[column], errors="coerce")
+        bad = parsed.isna() & (raw[column].str.strip() != "")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            return PaySimFormatError(path, "not a number", column, i + 1, raw[column].iloc[i])
+    return PaySimFormatError(path, str(err).splitlines()[0])
+
+
+def _first_bad(frame: pd.DataFrame, path: Path, column: str, bad: np.ndarray, problem: str) -> None:
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise PaySimFormatError(path, problem, column, i + 1, frame[column].iloc[i])
+
+
+def validate(frame: pd.DataFrame, path: Path | str = "<frame>") -> pd.DataFrame:
+    """Check values and return the frame with the schema's dtypes."""
+    path = Path(path)
+    for column in _NUMERIC:
+        values = frame[column].to_numpy(dtype="float64", na_value=np.nan)
+        _first_bad(frame, path, column, ~np.isfinite(values), "missing or not finite")
+    for column in MONEY:
+        _first_bad(frame, path, column, frame[column].to_numpy() < 0, "negative amount")
+    step = frame["step"].to_numpy()
+    _first_bad(
+        frame, path, "step", (step != np.round(step)) | (step < 0), "step is not an hour index"
+    )
+    for column in LABELS:
+        label = frame[column].to_numpy()
+        _first_bad(frame, path, column, (label != 0) & (label != 1), "label is not 0 or 1")
+    kinds = frame["type"].astype("string")
+    _first_bad(
+        frame, path, "type", ~kinds.isin(TYPES).to_numpy(), f"unknown type (expected {TYPES})"
+    )
+    for column in NAMES:
+        _first_bad(frame, path, column, (frame[column] == "").to_numpy(), "empty account name")
+    out = pd.DataFrame(
+        {
+            "step": step.astype("int32"),
+            "type": pd.Categorical(kinds, categories=TYPES),
+            **{c: frame[c].to_numpy(dtype="float64") for c in MONEY},
+            **{c: frame[c].astype("string").to_numpy() for c in NAMES},
+            **{c: frame[c].to_numpy().astype("int8") for c in LABELS},
+        },
+        columns=list(COLUMNS),
+    )
+    return out

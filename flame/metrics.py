@@ -1,0 +1,127 @@
+"""Fraud metrics: exact ones on one dataset, pooled ones across regions.
+
+A transaction is predicted fraud when ``probability >= threshold``.
+
+Pooling across regions never averages per-region F1 or AUC. Each region sends its confusion
+counts (TP/FP/FN/TN at the threshold it was given) and two histograms of its validation logits
+(frauds and non-frauds, ``BINS`` fixed logit bins). The server sums them: precision, recall, F1
+and accuracy come from the summed counts; ROC-AUC and PR-AUC of the pooled validation set come
+from the summed histograms (exact up to ties inside one bin of width 0.1 in logit). Each region's
+own exact ROC-AUC and PR-AUC are reported on its own row, never combined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+
+LOGIT_RANGE = 16.0
+BINS = 320
+EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
+COUNTS = ("tp", "fp", "fn", "tn")
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def confusion(prob: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, int]:
+    pred, truth = prob >= threshold, y.astype(bool)
+    return {
+        "tp": int((pred & truth).sum()),
+        "fp": int((pred & ~truth).sum()),
+        "fn": int((~pred & truth).sum()),
+        "tn": int((~pred & ~truth).sum()),
+    }
+
+
+def from_confusion(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total = tp + fp + fn + tn
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "accuracy": (tp + tn) / total if total else 0.0,
+    }
+
+
+def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """Loss (unweighted log-loss), ROC-AUC, PR-AUC, confusion and rates on one dataset."""
+    prob = sigmoid(logits)
+    both = 0 < y.sum() < len(y)
+    counts = confusion(prob, y, threshold)
+    return {
+        "loss": float(log_loss(y, np.clip(prob, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "roc_auc": float(roc_auc_score(y, logits)) if both else math.nan,
+        "pr_auc": float(average_precision_score(y, logits)) if both else math.nan,
+        **counts,
+        **from_confusion(**counts),
+        "threshold": threshold,
+        "num_examples": len(y),
+    }
+
+
+def histograms(logits: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int]]:
+    """Counts of fraud and non-fraud logits in the fixed bins (outliers in the end bins)."""
+    clipped = np.clip(logits, -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
+    truth = y.astype(bool)
+    pos, _ = np.histogram(clipped[truth], bins=EDGES)
+    neg, _ = np.histogram(clipped[~truth], bins=EDGES)
+    return pos.astype(int).tolist(), neg.astype(int).tolist()
+
+
+def _cumulative(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TP and FP when cutting above each bin edge, from the top bin down (0 first)."""
+    tp = np.concatenate([[0.0], np.cumsum(pos[::-1])])
+    fp = np.concatenate([[0.0], np.cumsum(neg[::-1])])
+    return tp, fp
+
+
+def from_histograms(pos: Iterable[float], neg: Iterable[float]) -> dict[str, float]:
+    """ROC-AUC and PR-AUC (average precision) of the scores summarised by the histograms."""
+    p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
+    if p.sum() == 0 or n.sum() == 0:
+        return {"roc_auc": math.nan, "pr_auc": math.nan}
+    tp, fp = _cumulative(p, n)
+    tpr, fpr = tp / p.sum(), fp / n.sum()
+    roc_auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+    pr_auc = float(np.sum(np.diff(tpr) * precision[1:]))
+    return {"roc_auc": roc_auc, "pr_auc": pr_auc}
+
+
+def best_threshold(pos: Iterable[float], neg: Iterable[float]) -> float:
+    """The bin-edge probability threshold that maximises F1 on the histogrammed scores."""
+    p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
+    if p.sum() == 0:
+        return 0.5
+    tp, fp = _cumulative(p, n)
+    f1 = 2 * tp / (tp + fp + p.sum())
+    cut = int(np.argmax(f1[1:])) + 1  # number of top bins predicted fraud
+    return float(sigmoid(EDGES[BINS - cut]))
+
+
+def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
+    """Pooled metrics of several regions' evaluation records (see module docstring)."""
+    records = list(records)
+    counts = {k: sum(float(r[k]) for r in records) for k in COUNTS}  # type: ignore[arg-type]
+    examples = sum(float(r["num-examples"]) for r in records)  # type: ignore[arg-type]
+    pos = np.sum([np.asarray(r["hist-pos"], dtype=float) for r in records], axis=0)
+    neg = np.sum([np.asarray(r["hist-neg"], dtype=float) for r in records], axis=0)
+    loss = sum(float(r["loss"]) * float(r["num-examples"]) for r in records) / max(examples, 1)  # type: ignore[arg-type]
+    return {
+        "loss": loss,
+        **from_histograms(pos, neg),
+        **counts,
+        **from_confusion(**counts),
+        "num_examples": examples,
+        "hist-pos": pos.tolist(),
+        "hist-neg": neg.tolist(),
+    }

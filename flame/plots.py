@@ -1,0 +1,52 @@
+"""ROC and precision-recall curves, and metrics per round, as PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+
+def curves(logits: np.ndarray, y: np.ndarray, folder: Path, title: str) -> list[Path]:
+    """Write roc_curve.png and pr_curve.png for one scored dataset; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fpr, tpr, _ = roc_curve(y, logits)
+    precision, recall, _ = precision_recall_curve(y, logits)
+    out = []
+    for name, xs, ys, xl, yl in (
+        ("roc_curve.png", fpr, tpr, "false positive rate", "true positive rate"),
+        ("pr_curve.png", recall, precision, "recall", "precision"),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot(xs, ys)
+        ax.set(xlabel=xl, ylabel=yl, title=f"{title}: {name[:-10].upper()} curve")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        out.append(folder / name)
+    return out
+
+
+def rounds(metrics_csv: Path, folder: Path) -> Path:
+    """PR-AUC, ROC-AUC and F1 per round for every evaluation kind in metrics.csv."""
+    table = pd.read_csv(metrics_csv)
+    table = table[table["stage"] == "evaluate"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, metric in zip(axes, ("pr_auc", "roc_auc", "f1"), strict=True):
+        for kind, rows in table.groupby("kind"):
+            ax.plot(rows["round"], rows[metric], marker="o", label=kind)
+        ax.set(xlabel="round", title=metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "metrics_per_round.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,22 @@
+"""Print a run's per-round metrics as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+SHOWN = ["round", "kind", "threshold", "loss", "roc_auc", "pr_auc", "precision", "recall", "f1"]
+
+
+def rounds_table(metrics_csv: Path) -> pd.DataFrame:
+    table = pd.read_csv(metrics_csv)
+    table = table[table["stage"] == "evaluate"][SHOWN]
+    return table.sort_values(["round", "kind"], kind="stable").reset_index(drop=True)
+
+
+def print_rounds(metrics_csv: Path) -> None:
+    if not metrics_csv.exists():
+        print(f"(no {metrics_csv}: CSV tracking is off)")
+        return
+    print(rounds_table(metrics_csv).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

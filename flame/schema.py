@@ -1,0 +1,51 @@
+"""The PaySim schema: 11 columns, their dtypes and allowed values."""
+
+from __future__ import annotations
+
+COLUMNS: tuple[str, ...] = (
+    "step",
+    "type",
+    "amount",
+    "nameOrig",
+    "oldbalanceOrg",
+    "newbalanceOrig",
+    "nameDest",
+    "oldbalanceDest",
+    "newbalanceDest",
+    "isFraud",
+    "isFlaggedFraud",
+)
+TYPES: tuple[str, ...] = ("CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER")
+MONEY = ("amount", "oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbalanceDest")
+LABELS = ("isFraud", "isFlaggedFraud")
+NAMES = ("nameOrig", "nameDest")
+DTYPES: dict[str, str] = {
+    "step": "int32",
+    "type": "category",
+    **dict.fromkeys(MONEY, "float64"),
+    **dict.fromkeys(NAMES, "string"),
+    **dict.fromkeys(LABELS, "int8"),
+}
+MAX_STEP = 743
+FRAUD_CHUNK = 10_000_000.0
+
+
+class PaySimFormatError(ValueError):
+    """A PaySim file does not match the schema. The message names file, column, row and value."""
+
+    def __init__(
+        self,
+        path: object,
+        problem: str,
+        column: str | None = None,
+        row: int | None = None,
+        value: object = None,
+    ) -> None:
+        where = [str(path)]
+        if column is not None:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        detail = f" (value {value!r})" if value is not None else ""
+        super().__init__(f"{': '.join([', '.join(where), problem])}{detail}")
+        self.path, self.column, self.row, self.value = path, column, row, value

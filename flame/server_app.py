@@ -1,0 +1,135 @@
+"""Flame ServerApp: FedAvg over the regions, server-side evaluation on the held-out test set."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from flame import metrics as fm
+from flame import plots
+from flame.features import FEATURE_VERSION, build_features, feature_names, labels
+from flame.log import setup_logging
+from flame.model import FraudMLP, ModelCard, build_model, save_model
+from flame.partition import load_test
+from flame.settings import FlameSettings, load_settings
+from flame.strategy import FlameFedAvg
+from flame.tracking import SERVER, Tracker
+from flame.train import predict_logits
+
+log = logging.getLogger("flame.server")
+app = ServerApp()
+
+
+class ServerEvaluator:
+    """``evaluate_fn``: scores the global model on the server's test set every round."""
+
+    def __init__(
+        self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray], strategy: FlameFedAvg
+    ) -> None:
+        self.model, (self.x, self.y), self.strategy = model, test, strategy
+        self.last: dict[str, float] = {}
+
+    def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.logits = predict_logits(self.model, self.x)
+        self.last = fm.exact_metrics(self.logits, self.y, self.strategy.threshold)
+        self.strategy.tracker.log(SERVER, rnd, "evaluate", self.last)
+        log.info(_summary(rnd, self.last, self.strategy.last_clients if rnd else None))
+        return MetricRecord({k: v for k, v in self.last.items() if isinstance(v, int | float)})
+
+
+def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -> str:
+    def part(m: object) -> str:
+        g = m.__getitem__  # type: ignore[attr-defined]
+        return (
+            f"PR-AUC {g('pr_auc'):.4f} ROC-AUC {g('roc_auc'):.4f} P {g('precision'):.3f} "
+            f"R {g('recall'):.3f} F1 {g('f1'):.3f} loss {g('loss'):.4f}"
+        )
+
+    text = f"round {rnd} | server test: {part(server)} @ threshold {server['threshold']:.3f}"
+    return text + (f" | clients (pooled val): {part(clients)}" if clients else "")
+
+
+def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
+    params = settings.model_dump(mode="json", exclude={"mlflow_tracking_uri"})
+    params["data_source"] = str(settings.data_source() or "synthetic")
+    params["test_rows"] = test_rows
+    return params
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = load_settings(context.run_config)
+    setup_logging()
+    torch.set_num_threads(settings.torch_threads)
+    out = settings.resolved_out_dir().resolve()
+    test = load_test(settings)
+    x_test = torch.from_numpy(build_features(test, settings.drop_balance_features))
+    y_test = labels(test)
+    log.info("Run folder %s; server test set %d rows, %d frauds", out, len(y_test), y_test.sum())
+
+    card = ModelCard(
+        feature_names(settings.drop_balance_features),
+        settings.drop_balance_features,
+        settings.hidden_sizes,
+        settings.threshold or 0.5,
+        FEATURE_VERSION,
+    )
+    model = build_model(card, seed=settings.seed)
+    tracker = Tracker(settings, out, run_params(settings, len(y_test)))
+    n_regions = len(settings.regions)
+    strategy = FlameFedAvg(
+        tracker,
+        settings.threshold,
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=max(1, round(settings.fraction_train * n_regions)),
+        min_evaluate_nodes=max(1, round(settings.fraction_evaluate * n_regions)),
+        min_available_nodes=n_regions,
+    )
+    evaluator = ServerEvaluator(model, (x_test, y_test), strategy)
+    train_config = ConfigRecord(
+        {
+            "local-epochs": settings.local_epochs,
+            "learning-rate": settings.learning_rate,
+            "batch-size": settings.batch_size,
+            "pos-weight": settings.pos_weight,
+        }
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=settings.num_server_rounds,
+        train_config=train_config,
+        evaluate_fn=evaluator,
+    )
+    finish(out, model, card, result.arrays, evaluator, tracker)
+
+
+def finish(
+    out: Path,
+    model: FraudMLP,
+    card: ModelCard,
+    arrays: ArrayRecord,
+    evaluator: ServerEvaluator,
+    tracker: Tracker,
+) -> None:
+    """Save the final global model with its card, plots and artifacts."""
+    model.load_state_dict(arrays.to_torch_state_dict())
+    card.threshold = evaluator.strategy.threshold
+    card.metrics = {k: float(v) for k, v in evaluator.last.items()}
+    save_model(out / "model.pt", model, card)
+    artifacts = [out / "model.pt"]
+    artifacts += plots.curves(evaluator.logits, evaluator.y, out, "server test set")
+    if "csv" in tracker.sinks:
+        tracker.sinks["csv"].close()
+        artifacts += [out / "metrics.csv", plots.rounds(out / "metrics.csv", out)]
+        tracker.sinks.pop("csv")
+    tracker.artifacts(artifacts)
+    tracker.close()
+    log.info("Saved the final model to %s (threshold %.4f)", out / "model.pt", card.threshold)

@@ -1,0 +1,119 @@
+"""Every Flame setting, defined once. Read from the environment (prefix ``FLAME_``) and ``.env``.
+
+Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr run
+--run-config``) overrides the training knobs that share its names, e.g. ``num-server-rounds``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KAGGLE_FILE = Path("data/PS_20174392719_1491204439457_log.csv")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the setting."""
+
+
+class FlameSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLAME_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- data -------------------------------------------------------------------------------
+    data_path: Path | None = Field(
+        None,
+        description="PaySim CSV file or folder of CSVs. Unset: the Kaggle file at "
+        f"{KAGGLE_FILE} when present, else synthetic data.",
+    )
+    synth_rows: int = Field(200_000, ge=100, description="Rows of synthetic PaySim.")
+    synth_fraud_rate: float = Field(0.00129, gt=0, lt=0.5, description="Synthetic fraud share.")
+    seed: int = Field(42, description="Seed for data generation, partitioning and training.")
+    regions: Annotated[list[str], NoDecode] = Field(
+        default=["us", "eu"], description="Comma-separated region names, one per SuperNode."
+    )
+    partitioning: Literal["customer", "non-iid"] = Field(
+        "customer", description="customer: hash of nameOrig; non-iid: regions differ in type mix."
+    )
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Server-held test share.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Each region's validation share.")
+    drop_balance_features: bool = Field(
+        False, description="Drop the four balance columns (the data owner's leakage note)."
+    )
+    cache_dir: Path = Field(Path("data/cache"), description="Prepared partitions (Parquet).")
+    real_data_dir: Path = Field(
+        Path("../shared/data/paysim-real"), description="Real PaySim samples used by tests."
+    )
+
+    # --- training (names match Flower run config keys, with - for _) -----------------------
+    num_server_rounds: int = Field(3, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    local_epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    hidden_sizes: Annotated[list[int], NoDecode] = Field(default=[64, 32])
+    pos_weight: float = Field(
+        0.0, ge=0, description="BCE pos_weight; 0 = sqrt(neg/pos) of the local training data."
+    )
+    threshold: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Decision threshold; 0 = F1-optimal on the pooled client validation scores.",
+    )
+    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
+
+    # --- tracking ---------------------------------------------------------------------------
+    runs_dir: Path = Field(Path("runs"), description="Parent of runs/<timestamp>.")
+    out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
+    csv: bool = True
+    tensorboard: bool = True
+    mlflow: bool = True
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    mlflow_experiment: str = "flame"
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _split_regions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("need one or more distinct region names, e.g. 'us,eu'")
+        return value
+
+    @field_validator("hidden_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(v) for v in value.split(",") if v.strip()]
+        return value
+
+    def resolved_out_dir(self) -> Path:
+        return self.out_dir or self.runs_dir / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    def data_source(self) -> Path | None:
+        """The PaySim file/folder to use, or None for synthetic data."""
+        if self.data_path is not None:
+            return self.data_path
+        return KAGGLE_FILE if KAGGLE_FILE.exists() else None
+
+
+def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) -> FlameSettings:
+    """Settings from env/.env, then Flower run config, then explicit overrides."""
+    values = {k.replace("-", "_"): v for k, v in (run_config or {}).items()}
+    values.update(overrides)
+    known = set(FlameSettings.model_fields)
+    try:
+        return FlameSettings(**{k: v for k, v in values.items() if k in known})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'FLAME_' + str(e['loc'][0]).upper() if e['loc'] else 'settings'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise SettingsError(f"invalid setting: {problems}") from None

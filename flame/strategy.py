@@ -1,0 +1,83 @@
+"""FedAvg that pools fraud metrics correctly, tracks every client and tunes the threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from flame import metrics as fm
+from flame.tracking import CLIENTS, Tracker, client_kind
+
+INFO_KEY = "info"  # ConfigRecord in every reply: {"region": name}
+
+
+def region_of(content: RecordDict) -> str:
+    info = content.config_records.get(INFO_KEY)
+    return str(info["region"]) if info and "region" in info else "unknown"
+
+
+def metric_record(content: RecordDict) -> MetricRecord:
+    return next(iter(content.metric_records.values()))
+
+
+def pooled_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Sum confusion counts and score histograms across regions (see flame.metrics)."""
+    return MetricRecord(fm.pool(metric_record(r) for r in records))
+
+
+class FlameFedAvg(FedAvg):
+    """FedAvg + per-region tracking, pooled client metrics and a tuned decision threshold.
+
+    With ``threshold == 0`` the threshold is re-chosen every round as the F1-optimal cut of the
+    pooled client *validation* scores; the server's test set is never used to choose it.
+    """
+
+    def __init__(self, tracker: Tracker, threshold: float = 0.0, **kwargs: object) -> None:
+        super().__init__(evaluate_metrics_aggr_fn=pooled_evaluate, **kwargs)  # type: ignore[arg-type]
+        self.tracker = tracker
+        self.auto_threshold = threshold == 0.0
+        self.threshold = threshold or 0.5
+        self.last_clients: MetricRecord | None = None
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["threshold"] = self.threshold
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                record = metric_record(msg.content)
+                row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
+                self.tracker.log(client_kind(region_of(msg.content)), server_round, "train", row)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if metrics is not None:
+            self.tracker.log(CLIENTS, server_round, "train", {"loss": metrics["train-loss"]})
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                record = dict(metric_record(msg.content))
+                record |= fm.from_confusion(*(record[k] for k in fm.COUNTS))
+                record |= {"num_examples": record["num-examples"]}
+                kind = client_kind(region_of(msg.content))
+                self.tracker.log(kind, server_round, "evaluate", record)
+        pooled = super().aggregate_evaluate(server_round, replies)
+        self.last_clients = pooled
+        if pooled is not None:
+            row = dict(pooled) | {"threshold": self.threshold}
+            self.tracker.log(CLIENTS, server_round, "evaluate", row)
+            if self.auto_threshold:
+                self.threshold = fm.best_threshold(pooled["hist-pos"], pooled["hist-neg"])
+        return pooled
