@@ -36,24 +36,30 @@ def csv_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_paysim(path: Path | str) -> pd.DataFrame:
-    """Read one PaySim CSV or a folder of them (pooled, de-duplicated) into a typed frame."""
+def read_paysim(path: Path | str, require_labels: bool = True) -> pd.DataFrame:
+    """Read one PaySim CSV or a folder of them (pooled, de-duplicated) into a typed frame.
+
+    With ``require_labels=False`` (scoring) the label columns may be absent; they read as 0.
+    """
     files = csv_files(Path(path))
-    frames = [read_paysim_file(f) for f in files]
+    frames = [read_paysim_file(f, require_labels) for f in files]
     if len(frames) == 1:
         return frames[0]
     pooled = pd.concat(frames, ignore_index=True)
     return pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
 
 
-def read_paysim_file(path: Path) -> pd.DataFrame:
+def read_paysim_file(path: Path, require_labels: bool = True) -> pd.DataFrame:
     header = _header(path)
-    missing = [c for c in COLUMNS if c not in header]
+    optional = () if require_labels else LABELS
+    missing = [c for c in COLUMNS if c not in header and c not in optional]
     extra = [c for c in header if c not in COLUMNS]
     if missing or extra:
         raise PaySimFormatError(
             path, f"header does not match PaySim: missing {missing}, unexpected {extra}"
         )
+    if len(set(header)) != len(header):
+        raise PaySimFormatError(path, "header repeats a column name")
     types = {c: pa.float64() for c in _NUMERIC} | {c: pa.string() for c in ("type", *NAMES)}
     try:
         table = pacsv.read_csv(
@@ -65,6 +71,9 @@ def read_paysim_file(path: Path) -> pd.DataFrame:
     frame = table.to_pandas()
     if frame.empty:
         raise PaySimFormatError(path, "no data rows after the header")
+    for column in optional:
+        if column not in frame:
+            frame[column] = 0.0
     return validate(frame[list(COLUMNS)], path)
 
 

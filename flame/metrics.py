@@ -6,7 +6,7 @@ Pooling across regions never averages per-region F1 or AUC. Each region sends it
 counts (TP/FP/FN/TN at the threshold it was given) and two histograms of its validation logits
 (frauds and non-frauds, ``BINS`` fixed logit bins). The server sums them: precision, recall, F1
 and accuracy come from the summed counts; ROC-AUC and PR-AUC of the pooled validation set come
-from the summed histograms (exact up to ties inside one bin of width 0.1 in logit). Each region's
+from the summed histograms (exact up to ties inside one bin of width 0.05 in logit). Each region's
 own exact ROC-AUC and PR-AUC are reported on its own row, never combined.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 LOGIT_RANGE = 16.0
-BINS = 320
+BINS = 640
 EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
 COUNTS = ("tp", "fp", "fn", "tn")
 
@@ -91,10 +91,18 @@ def from_histograms(pos: Iterable[float], neg: Iterable[float]) -> dict[str, flo
     tp, fp = _cumulative(p, n)
     tpr, fpr = tp / p.sum(), fp / n.sum()
     roc_auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
-    pr_auc = float(np.sum(np.diff(tpr) * precision[1:]))
-    return {"roc_auc": roc_auc, "pr_auc": pr_auc}
+    return {"roc_auc": roc_auc, "pr_auc": _average_precision(p[::-1], n[::-1]) / p.sum()}
+
+
+def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Sum of precision at each fraud, bins from the top, frauds spread evenly within a bin."""
+    total, tp0, fp0 = 0.0, 0.0, 0.0
+    for p, n in zip(pos, neg, strict=True):
+        if p:
+            j = np.arange(1, int(p) + 1)
+            total += float(np.sum((tp0 + j) / (tp0 + j + fp0 + j * n / p)))
+        tp0, fp0 = tp0 + p, fp0 + n
+    return total
 
 
 def best_threshold(pos: Iterable[float], neg: Iterable[float]) -> float:

@@ -51,13 +51,19 @@ class FlameSettings(BaseSettings):
     )
 
     # --- training (names match Flower run config keys, with - for _) -----------------------
-    num_server_rounds: int = Field(3, ge=1)
-    fraction_train: float = Field(1.0, gt=0, le=1)
-    fraction_evaluate: float = Field(1.0, ge=0, le=1)
-    local_epochs: int = Field(2, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    batch_size: int = Field(256, ge=1)
-    hidden_sizes: Annotated[list[int], NoDecode] = Field(default=[64, 32])
+    num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
+    fraction_train: float = Field(
+        1.0, gt=0, le=1, description="Share of regions trained per round."
+    )
+    fraction_evaluate: float = Field(
+        1.0, ge=0, le=1, description="Share of regions evaluated per round."
+    )
+    local_epochs: int = Field(2, ge=1, description="Epochs over local data per round.")
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(256, ge=1, description="Mini-batch size.")
+    hidden_sizes: Annotated[list[int], NoDecode] = Field(
+        default=[64, 32], description="Comma-separated MLP hidden layer widths."
+    )
     pos_weight: float = Field(
         0.0, ge=0, description="BCE pos_weight; 0 = sqrt(neg/pos) of the local training data."
     )
@@ -72,11 +78,13 @@ class FlameSettings(BaseSettings):
     # --- tracking ---------------------------------------------------------------------------
     runs_dir: Path = Field(Path("runs"), description="Parent of runs/<timestamp>.")
     out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
-    csv: bool = True
-    tensorboard: bool = True
-    mlflow: bool = True
-    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
-    mlflow_experiment: str = "flame"
+    csv: bool = Field(True, description="Write runs/<ts>/metrics.csv.")
+    tensorboard: bool = Field(
+        True, description="Write TensorBoard scalars to runs/<ts>/tensorboard."
+    )
+    mlflow: bool = Field(True, description="Log to MLflow (skipped with a warning if unreachable).")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking URI.")
+    mlflow_experiment: str = Field("flame", description="MLflow experiment name.")
 
     @field_validator("regions", mode="before")
     @classmethod
@@ -117,3 +125,30 @@ def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) ->
             for e in err.errors()
         )
         raise SettingsError(f"invalid setting: {problems}") from None
+
+
+def env_example() -> str:
+    """The text of ``.env.example``: every setting, its description and default (commented)."""
+    lines = [
+        "# Flame settings. Copy to .env and uncomment what you change.",
+        "# Generated from flame/settings.py by: python -m flame.settings > .env.example",
+        "# Flower run config (pyproject [tool.flwr.app.config], flwr run --run-config) overrides",
+        "# the training keys of the same name, e.g. num-server-rounds.",
+        "",
+    ]
+    for name, field in FlameSettings.model_fields.items():
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        elif default is None:
+            default = ""
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        if field.description:
+            lines.append(f"# {field.description}")
+        lines.append(f"# FLAME_{name.upper()}={default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

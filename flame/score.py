@@ -1,0 +1,45 @@
+"""Score a PaySim-format CSV with a saved Flame model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flame import metrics as fm
+from flame.features import FEATURE_VERSION, build_features
+from flame.loader import csv_files, read_paysim_file
+from flame.model import load_model
+from flame.train import predict_logits
+
+log = logging.getLogger("flame.score")
+
+
+def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` plus ``fraud_probability`` and ``is_fraud_predicted`` (stored threshold)."""
+    model, card = load_model(model_path)
+    if card.feature_version != FEATURE_VERSION:
+        raise ValueError(
+            f"{model_path} was trained with feature version {card.feature_version}; "
+            f"this Flame builds version {FEATURE_VERSION}"
+        )
+    x = torch.from_numpy(build_features(frame, card.drop_balance_features))
+    probability = fm.sigmoid(predict_logits(model, x))
+    return frame.assign(
+        fraud_probability=probability,
+        is_fraud_predicted=(probability >= card.threshold).astype(np.int8),
+    )
+
+
+def score_file(model_path: Path, input_csv: Path, out_csv: Path) -> pd.DataFrame:
+    """Score every row of ``input_csv`` (input order) and write ``out_csv``."""
+    [path] = csv_files(input_csv) if input_csv.is_file() else [input_csv]
+    frame = read_paysim_file(path, require_labels=False)
+    scored = score_frame(model_path, frame)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    scored.to_csv(out_csv, index=False)
+    log.info("Scored %d rows of %s -> %s", len(scored), input_csv, out_csv)
+    return scored

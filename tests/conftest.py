@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flame.settings import FlameSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read the developer's .env or FLAME_* variables, nor write into the repo."""
+    for key in list(os.environ):
+        if key.startswith("FLAME_") and key != "FLAME_REAL_DATA_DIR":
+            monkeypatch.delenv(key)
+    monkeypatch.setitem(FlameSettings.model_config, "env_file", None)
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLAME_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FLAME_MLFLOW", "false")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+@pytest.fixture
+def real_dir() -> Path:
+    """The real PaySim samples (FLAME_REAL_DATA_DIR, default ../shared/data/paysim-real)."""
+    path = FlameSettings(_env_file=None).real_data_dir
+    path = path if path.is_absolute() else ROOT / path
+    if not (path / "random-sample-3000.csv").exists():
+        pytest.skip(f"real PaySim samples not found at {path}: set FLAME_REAL_DATA_DIR")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real MLflow tracking server on a free loopback port."""
+    port = free_port()
+    env = os.environ | {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("MLflow server did not become healthy in 90 s")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flame.loader import read_paysim
+from flame.schema import COLUMNS, PaySimFormatError
+
+HEADER = ",".join(COLUMNS)
+JAVA = "1,TRANSFER,1.916920493E7,C1,1.916920493E7,0.0,C2,0.0,0.0,1,0"
+PANDAS = "2,PAYMENT,9839.64,C3,170136.0,160296.36,M4,0.0,0.0,0.0,0.0"
+SPREADSHEET = "45,CASH_OUT,1.33E+07,C5,0,0,C6,0,1.33E+07,1,0"
+
+
+def write(tmp_path: Path, *lines: str, name: str = "p.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_accepts_every_real_number_format(tmp_path: Path) -> None:
+    frame = read_paysim(write(tmp_path, HEADER, JAVA, PANDAS, SPREADSHEET))
+    assert frame["amount"].tolist() == [19169204.93, 9839.64, 13_300_000.0]
+    assert frame["isFraud"].tolist() == [1, 0, 1]
+    assert str(frame["isFraud"].dtype) == "int8" and str(frame["step"].dtype) == "int32"
+    assert list(frame.columns) == list(COLUMNS)
+
+
+def test_column_order_may_differ(tmp_path: Path) -> None:
+    cols = list(COLUMNS)[::-1]
+    row = dict(zip(COLUMNS, PANDAS.split(","), strict=True))
+    frame = read_paysim(write(tmp_path, ",".join(cols), ",".join(row[c] for c in cols)))
+    assert frame["nameDest"].iloc[0] == "M4"
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value"),
+    [
+        ("2,PAYMENT,abc,C3,1.0,0.0,M4,0.0,0.0,0,0", "amount", "abc"),
+        ("2,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0,2", "isFlaggedFraud", "2"),
+        ("2,PAYMENT,-5.0,C3,1.0,0.0,M4,0.0,0.0,0,0", "amount", "-5.0"),
+        ("2,REFUND,5.0,C3,1.0,0.0,M4,0.0,0.0,0,0", "type", "REFUND"),
+        ("2,PAYMENT,5.0,C3,,0.0,M4,0.0,0.0,0,0", "oldbalanceOrg", "nan"),
+        ("2,PAYMENT,inf,C3,1.0,0.0,M4,0.0,0.0,0,0", "amount", "inf"),
+        ("2.5,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0,0", "step", "2.5"),
+        ("2,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0.5,0", "isFraud", "0.5"),
+    ],
+)
+def test_bad_values_name_file_column_row_value(
+    tmp_path: Path, row: str, column: str, value: str
+) -> None:
+    path = write(tmp_path, HEADER, PANDAS, row)
+    with pytest.raises(PaySimFormatError) as err:
+        read_paysim(path)
+    message = str(err.value)
+    assert str(path) in message and repr(column) in message and "row 2" in message
+    assert value in message
+
+
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        ((), "empty"),
+        ((HEADER,), "no data rows"),
+        ((HEADER.replace("amount", "amt"), PANDAS), "missing ['amount'], unexpected ['amt']"),
+        ((HEADER + ",extra", PANDAS + ",1"), "unexpected ['extra']"),
+        ((HEADER.replace(",", ";"), PANDAS.replace(",", ";")), "header does not match"),
+        ((HEADER, PANDAS + ",9"), "p.csv"),
+    ],
+)
+def test_bad_files(tmp_path: Path, lines: tuple[str, ...], fragment: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    with pytest.raises(PaySimFormatError, match=None) as err:
+        read_paysim(path)
+    assert fragment in str(err.value)
+
+
+def test_non_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes((HEADER + "\n").encode() + b"2,PAYMENT,5.0,C\xff3,1.0,0.0,M4,0.0,0.0,0,0\n")
+    with pytest.raises(PaySimFormatError, match="UTF-8"):
+        read_paysim(path)
+
+
+def test_missing_file_says_where_to_put_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="synthetic"):
+        read_paysim(tmp_path / "nope.csv")
+
+
+def test_folder_is_pooled_and_deduplicated(tmp_path: Path) -> None:
+    write(tmp_path, HEADER, JAVA, PANDAS, name="a.csv")
+    write(tmp_path, HEADER, PANDAS, SPREADSHEET, name="b.csv")
+    assert len(read_paysim(tmp_path)) == 3
+
+
+def test_labels_optional_when_scoring(tmp_path: Path) -> None:
+    header = ",".join(COLUMNS[:-2])
+    frame = read_paysim(write(tmp_path, header, ",".join(PANDAS.split(",")[:-2])), False)
+    assert frame["isFraud"].tolist() == [0]
+
+
+def test_all_three_real_samples_load(real_dir: Path) -> None:
+    sizes = {p.name: len(read_paysim(p)) for p in sorted(real_dir.glob("*.csv"))}
+    assert sizes == {
+        "head-step1-2688.csv": 2688,
+        "random-sample-3000.csv": 3000,
+        "steps45-95-spreadsheet-7557.csv": 7557,
+    }
+    pooled = read_paysim(real_dir)
+    assert len(pooled) == 13_220  # 25 overlapping rows removed
+    assert int(pooled["isFraud"].sum()) > 1000
+    raw = pd.read_csv(real_dir / "head-step1-2688.csv", dtype=str)
+    assert "E7" in "".join(raw["newbalanceDest"])  # Java E-notation really is in there

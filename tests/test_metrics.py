@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from flame import metrics as fm
+
+
+def region_record(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, object]:
+    exact = fm.exact_metrics(logits, y, threshold)
+    pos, neg = fm.histograms(logits, y)
+    return {**exact, "num-examples": len(y), "hist-pos": pos, "hist-neg": neg}
+
+
+@pytest.fixture
+def regions() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for n, rate, shift in ((5_000, 0.01, 3.0), (2_000, 0.08, 0.8)):
+        y = (rng.random(n) < rate).astype(float)
+        out.append((rng.normal(-4, 1.5, n) + shift * 2 * y, y))
+    return out
+
+
+def test_pooled_counts_equal_the_union(regions: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    pooled = fm.pool(region_record(x, y, 0.3) for x, y in regions)
+    x_all = np.concatenate([x for x, _ in regions])
+    y_all = np.concatenate([y for _, y in regions])
+    union = fm.exact_metrics(x_all, y_all, 0.3)
+    for key in ("tp", "fp", "fn", "tn", "precision", "recall", "f1", "accuracy"):
+        assert pooled[key] == pytest.approx(union[key]), key
+    assert pooled["f1"] == pytest.approx(f1_score(y_all, fm.sigmoid(x_all) >= 0.3))
+    per_region_f1 = [fm.exact_metrics(x, y, 0.3)["f1"] for x, y in regions]
+    assert pooled["f1"] != pytest.approx(float(np.mean(per_region_f1)), abs=1e-3)
+    assert pooled["roc_auc"] == pytest.approx(roc_auc_score(y_all, x_all), abs=2e-3)
+    assert pooled["pr_auc"] == pytest.approx(average_precision_score(y_all, x_all), abs=1e-2)
+    assert pooled["loss"] == pytest.approx(union["loss"])
+
+
+def test_histogram_metrics_match_sklearn_on_one_set() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(20_000) < 0.02).astype(float)
+    x = rng.normal(-3, 2, len(y)) + 4 * y
+    got = fm.from_histograms(*fm.histograms(x, y))
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, x), abs=1e-3)
+    assert got["pr_auc"] == pytest.approx(average_precision_score(y, x), abs=5e-3)
+
+
+def test_best_threshold_maximises_f1() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random(10_000) < 0.05).astype(float)
+    x = rng.normal(-3, 1.5, len(y)) + 5 * y
+    threshold = fm.best_threshold(*fm.histograms(x, y))
+    best = fm.exact_metrics(x, y, threshold)["f1"]
+    for other in (0.05, 0.2, 0.5, 0.8, 0.95):
+        assert best >= fm.exact_metrics(x, y, other)["f1"] - 1e-9
+
+
+def test_single_class_gives_nan_auc_not_a_crash() -> None:
+    result = fm.exact_metrics(np.array([-1.0, -2.0]), np.array([0.0, 0.0]), 0.5)
+    assert np.isnan(result["roc_auc"]) and result["precision"] == 0.0

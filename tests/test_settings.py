@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from flame.settings import FlameSettings, SettingsError, env_example, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_env_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAME_REGIONS", "us, eu ,apac")
+    monkeypatch.setenv("FLAME_HIDDEN_SIZES", "32,16")
+    monkeypatch.setenv("FLAME_DROP_BALANCE_FEATURES", "true")
+    settings = load_settings()
+    assert settings.regions == ["us", "eu", "apac"]
+    assert settings.hidden_sizes == [32, 16]
+    assert settings.drop_balance_features
+
+
+def test_run_config_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAME_NUM_SERVER_ROUNDS", "7")
+    assert load_settings().num_server_rounds == 7
+    assert load_settings({"num-server-rounds": 2, "unknown-key": 1}).num_server_rounds == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FLAME_TEST_FRACTION", "1.5"), ("FLAME_REGIONS", "us,us"), ("FLAME_LOCAL_EPOCHS", "x")],
+)
+def test_invalid_settings_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_pyproject_run_config_matches_settings_defaults() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert config["components"] == {
+        "serverapp": "flame.server_app:app",
+        "clientapp": "flame.client_app:app",
+    }
+    defaults = FlameSettings.model_fields
+    for key, value in config["config"].items():
+        assert defaults[key.replace("-", "_")].default == value, key
+
+
+def test_env_example_documents_every_setting_and_is_current() -> None:
+    text = (ROOT / ".env.example").read_text()
+    assert text == env_example(), "regenerate: python -m flame.settings > .env.example"
+    for name in FlameSettings.model_fields:
+        assert f"FLAME_{name.upper()}=" in text, name
