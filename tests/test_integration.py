@@ -1,0 +1,143 @@
+"""Real Flower runs: simulation via main.py and `flwr run .`, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def run_main(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "main.py", *args],
+        cwd=ROOT, env=os.environ | (env or {}), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def evaluate_rows(out: Path) -> pd.DataFrame:
+    table = pd.read_csv(out / "metrics.csv")
+    return table[table["stage"] == "evaluate"]
+
+
+def test_two_round_simulation_on_synthetic_data(tmp_path: Path) -> None:
+    """~20k synthetic rows (1 % fraud so the test set holds ~40 frauds), 2 regions, 2 rounds."""
+    out = tmp_path / "run"
+    proc = run_main(
+        ["--rounds", "2", "--regions", "us,eu", "--rows", "20000", "--fraud-rate", "0.01",
+         "--local-epochs", "1", "--out", str(out)]
+    )  # fmt: skip
+    rows = evaluate_rows(out)
+    for kind in ("server", "client_aggregate", "client:us", "client:eu"):
+        assert set(rows.loc[rows["kind"] == kind, "round"]) >= {1, 2}, kind
+    assert set(rows.loc[rows["kind"] == "server", "round"]) == {0, 1, 2}
+    final = rows[(rows["kind"] == "server") & (rows["round"] == 2)].iloc[0]
+    assert final["roc_auc"] > 0.9
+    assert (out / "model.pt").exists() and (out / "pr_curve.png").exists()
+    assert any((out / "tensorboard").iterdir())
+    assert "client:us" in proc.stdout and "server" in proc.stdout  # the per-round table
+
+    scored = tmp_path / "scored.csv"
+    data = tmp_path / "fresh.csv"
+    subprocess.run([sys.executable, "-m", "flame.cli", "data", "synth", "--rows", "2000",
+                    "--seed", "99", "--out", str(data)], check=True, cwd=ROOT)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "flame.cli", "score", str(data), "--model",
+                    str(out / "model.pt"), "--out", str(scored)], check=True, cwd=ROOT)  # fmt: skip
+    assert len(pd.read_csv(scored)) == 2000
+
+
+def test_federated_run_on_real_paysim_rows(tmp_path: Path, real_dir: Path) -> None:
+    """The three real samples, pooled and split into us/eu with a held-out test set."""
+    out = tmp_path / "real"
+    run_main(["--rounds", "3", "--data", str(real_dir), "--out", str(out)])
+    rows = evaluate_rows(out)
+    final = rows[(rows["kind"] == "server") & (rows["round"] == 3)].iloc[0]
+    assert final["num_examples"] > 2000
+    assert final["pr_auc"] > 0.9, final.to_dict()
+
+
+def test_mlflow_receives_the_federated_run(tmp_path: Path, mlflow_server: str) -> None:
+    out = tmp_path / "tracked"
+    run_main(
+        ["--rounds", "2", "--rows", "20000", "--fraud-rate", "0.01", "--local-epochs", "1",
+         "--out", str(out)],
+        {"FLAME_MLFLOW": "true", "FLAME_MLFLOW_TRACKING_URI": mlflow_server},
+    )  # fmt: skip
+    search = urllib.request.Request(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search",
+        data=json.dumps({"experiment_ids": [_experiment_id(mlflow_server)]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(search) as reply:
+        [run] = json.load(reply)["runs"]
+    assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "tracked"
+    keys = {m["key"] for m in run["data"]["metrics"]}
+    assert {"server/pr_auc", "client_aggregate/f1", "client_us/roc_auc", "client_eu/recall"} <= keys
+    run_id = run["info"]["run_id"]
+    for key in ("server/pr_auc", "client_eu/f1"):
+        url = f"{mlflow_server}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}"
+        with urllib.request.urlopen(url) as reply:
+            steps = {m["step"] for m in json.load(reply)["metrics"]}
+        assert {1, 2} <= steps, key
+    url = f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={run_id}"
+    with urllib.request.urlopen(url) as reply:
+        files = {f["path"] for f in json.load(reply)["files"]}
+    assert {"model.pt", "roc_curve.png", "pr_curve.png", "metrics.csv"} <= files
+
+
+def _experiment_id(uri: str) -> str:
+    url = f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=flame"
+    with urllib.request.urlopen(url) as reply:
+        return json.load(reply)["experiment"]["experiment_id"]
+
+
+def test_flwr_run_simulation(tmp_path: Path) -> None:
+    """`flwr run .` on Flower's managed local SuperLink, with the same apps."""
+    flwr = Path(sys.executable).parent / "flwr"
+    env = os.environ | {
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLAME_SYNTH_ROWS": "20000",
+        "FLAME_SYNTH_FRAUD_RATE": "0.01",
+        "FLAME_OUT_DIR": str(tmp_path / "flwr-run"),
+        "PATH": f"{flwr.parent}:{os.environ['PATH']}",
+    }
+    try:
+        proc = subprocess.run(
+            [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=2",
+             "--run-config", "num-server-rounds=2 local-epochs=1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        _stop_local_superlink(tmp_path / "flwr-home")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = evaluate_rows(tmp_path / "flwr-run")
+    assert set(rows.loc[rows["kind"] == "client:eu", "round"]) == {1, 2}
+    assert rows.loc[(rows["kind"] == "server") & (rows["round"] == 2), "roc_auc"].iloc[0] > 0.9
+
+
+def _stop_local_superlink(flwr_home: Path) -> None:
+    """`flwr run` leaves a background SuperLink; stop the one using this FLWR_HOME."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if "flower-superlink" in args and str(flwr_home) in _environ(pid):
+            os.kill(int(pid), signal.SIGTERM)
+
+
+def _environ(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

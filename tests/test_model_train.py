@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flame.features import FEATURE_VERSION, build_features, feature_names, labels
+from flame.model import FraudMLP, ModelCard, build_model, load_model, save_model
+from flame.score import score_file
+from flame.synth import generate, write_csv
+from flame.train import default_pos_weight, predict_logits, train_epochs
+
+
+def card(threshold: float = 0.5) -> ModelCard:
+    return ModelCard(feature_names(), False, [16, 8], threshold, FEATURE_VERSION)
+
+
+def test_training_learns_synthetic_fraud() -> None:
+    frame = generate(20_000, seed=1, fraud_rate=0.01)
+    x, y = torch.from_numpy(build_features(frame)), torch.from_numpy(labels(frame))
+    model = build_model(card(), seed=0)
+    before = float(
+        torch.nn.functional.binary_cross_entropy_with_logits(predict_logits_t(model, x), y)
+    )
+    loss = train_epochs(
+        model, x, y, epochs=2, lr=3e-3, batch_size=256,
+        pos_weight=default_pos_weight(y.numpy()), seed=0,
+    )  # fmt: skip
+    after = float(
+        torch.nn.functional.binary_cross_entropy_with_logits(predict_logits_t(model, x), y)
+    )
+    assert loss < before and after < before / 3
+    scores = predict_logits(model, x)
+    assert scores[y.numpy() == 1].mean() > scores[y.numpy() == 0].mean() + 3
+
+
+def predict_logits_t(model: FraudMLP, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(predict_logits(model, x))
+
+
+def test_training_is_seeded() -> None:
+    frame = generate(3_000, seed=2, fraud_rate=0.02)
+    x, y = torch.from_numpy(build_features(frame)), torch.from_numpy(labels(frame))
+    states = []
+    for _ in range(2):
+        model = build_model(card(), seed=5)
+        train_epochs(model, x, y, epochs=1, lr=1e-3, batch_size=64, pos_weight=2.0, seed=9)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_pos_weight_default() -> None:
+    assert default_pos_weight(np.array([1, 0, 0, 0, 0])) == 2.0
+    assert default_pos_weight(np.zeros(4)) == 1.0
+
+
+def test_save_load_and_score_keeps_input_order(tmp_path: Path) -> None:
+    model = build_model(card(threshold=0.7), seed=0)
+    save_model(tmp_path / "model.pt", model, card(threshold=0.7))
+    loaded, loaded_card = load_model(tmp_path / "model.pt")
+    assert loaded_card.threshold == 0.7 and loaded_card.hidden_sizes == [16, 8]
+    frame = generate(1_000, seed=3).sample(frac=1.0, random_state=1)  # any order
+    write_csv(frame, tmp_path / "in.csv")
+    scored = score_file(tmp_path / "model.pt", tmp_path / "in.csv", tmp_path / "out.csv")
+    out = tmp_path.joinpath("out.csv").read_text().splitlines()
+    assert len(out) == 1_001 and out[0].endswith("fraud_probability,is_fraud_predicted")
+    assert scored["nameOrig"].tolist() == frame["nameOrig"].tolist()
+    expected = (scored["fraud_probability"] >= 0.7).astype(int)
+    assert (scored["is_fraud_predicted"] == expected).all()
+    x = torch.from_numpy(build_features(frame))
+    direct = 1 / (1 + np.exp(-predict_logits(loaded, x)))
+    assert np.allclose(scored["fraud_probability"], direct, atol=1e-6)
