@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-LOGIT_RANGE = 16.0
-BINS = 640
+LOGIT_RANGE = 40.0
+BINS = 1600
 EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
 COUNTS = ("tp", "fp", "fn", "tn")
 

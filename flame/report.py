@@ -19,4 +19,6 @@ def print_rounds(metrics_csv: Path) -> None:
     if not metrics_csv.exists():
         print(f"(no {metrics_csv}: CSV tracking is off)")
         return
-    print(rounds_table(metrics_csv).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    table = rounds_table(metrics_csv)
+    table["threshold"] = table["threshold"].map(lambda v: f"{v:.6f}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -51,7 +51,7 @@ def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -
             f"R {g('recall'):.3f} F1 {g('f1'):.3f} loss {g('loss'):.4f}"
         )
 
-    text = f"round {rnd} | server test: {part(server)} @ threshold {server['threshold']:.3f}"
+    text = f"round {rnd} | server test: {part(server)} @ threshold {server['threshold']:.6f}"
     return text + (f" | clients (pooled val): {part(clients)}" if clients else "")
 
 
