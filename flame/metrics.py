@@ -106,13 +106,16 @@ def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def best_threshold(pos: Iterable[float], neg: Iterable[float]) -> float:
-    """The bin-edge probability threshold that maximises F1 on the histogrammed scores."""
+    """A bin-edge probability threshold that maximises F1 on the histogrammed scores."""
     p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
     if p.sum() == 0:
         return 0.5
     tp, fp = _cumulative(p, n)
     f1 = 2 * tp / (tp + fp + p.sum())
-    cut = int(np.argmax(f1[1:])) + 1  # number of top bins predicted fraud
+    # cuts = number of top bins predicted fraud; when several cuts tie for the best F1, take
+    # the middle one (the widest margin on both sides) rather than the most extreme
+    best = np.flatnonzero(f1[1:] >= f1[1:].max() - 1e-12) + 1
+    cut = int(best[len(best) // 2])
     return float(sigmoid(EDGES[BINS - cut]))
 
 

@@ -132,4 +132,4 @@ def finish(
         tracker.sinks.pop("csv")
     tracker.artifacts(artifacts)
     tracker.close()
-    log.info("Saved the final model to %s (threshold %.4f)", out / "model.pt", card.threshold)
+    log.info("Saved the final model to %s (threshold %.6f)", out / "model.pt", card.threshold)

@@ -60,3 +60,11 @@ def test_best_threshold_maximises_f1() -> None:
 def test_single_class_gives_nan_auc_not_a_crash() -> None:
     result = fm.exact_metrics(np.array([-1.0, -2.0]), np.array([0.0, 0.0]), 0.5)
     assert np.isnan(result["roc_auc"]) and result["precision"] == 0.0
+
+
+def test_best_threshold_takes_the_middle_of_a_plateau() -> None:
+    y = np.array([0.0] * 100 + [1.0] * 10)
+    x = np.concatenate([np.full(100, -10.0), np.full(10, 10.0)])  # separable: F1 = 1 on a range
+    threshold = fm.best_threshold(*fm.histograms(x, y))
+    assert fm.exact_metrics(x, y, threshold)["f1"] == 1.0
+    assert 0.01 < threshold < 0.99  # near the middle of the gap (logit 0), not at an extreme
