@@ -22,6 +22,26 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(frame):,} rows ({int(frame['isFraud'].sum()):,} frauds) to {args.out}")
 
 
+def _split(args: argparse.Namespace) -> None:
+    from flame.partition import write_part
+
+    settings = load_settings()
+    if args.only_if_data and settings.data_source() is None:
+        print("data split: no PaySim CSV configured or at data/; regions generate synthetic data")
+        return
+    for spec in args.part:
+        part, sep, out = spec.partition("=")
+        if not sep or not out:
+            raise ValueError(f"--part expects NAME=FILE.parquet, got {spec!r}")
+        print(f"data split: {part}: {write_part(settings, part, Path(out), args.keep_existing)}")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from flame.launch import launch
+
+    return launch(load_settings(), args.superlink, args.app, args.root_certificates)
+
+
 def _baseline(args: argparse.Namespace) -> None:
     from flame.baseline import run_baseline
 
@@ -62,6 +82,22 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.set_defaults(func=_synth)
 
+    split = data.add_parser("split", help="write region / test partitions as Parquet files")
+    split.add_argument(
+        "--part", action="append", required=True, help="NAME=FILE.parquet; NAME a region or test"
+    )
+    split.add_argument("--keep-existing", action="store_true", help="never replace a file")
+    split.add_argument(
+        "--only-if-data", action="store_true", help="do nothing when no PaySim CSV is configured"
+    )
+    split.set_defaults(func=_split)
+
+    launch = sub.add_parser("launch", help="submit the Flame app to a SuperLink and wait")
+    launch.add_argument("--superlink", required=True, help="host:port of the SuperLink")
+    launch.add_argument("--app", type=Path, default=Path("."), help="Flame app folder")
+    launch.add_argument("--root-certificates", type=Path, help="CA certificate (TLS)")
+    launch.set_defaults(func=_launch)
+
     base = sub.add_parser("baseline", help="train the same model centrally on the regions' union")
     base.add_argument("--data", type=Path, help="PaySim CSV or folder (default: FLAME_DATA_PATH)")
     base.add_argument("--rows", type=int, help="synthetic rows when no data file is used")
@@ -82,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (PaySimFormatError, SettingsError, FileNotFoundError, ValueError) as err:
         print(f"flame: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

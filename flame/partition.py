@@ -109,7 +109,41 @@ def prepare(settings: FlameSettings) -> Path:
 
 
 def load_test(settings: FlameSettings) -> pd.DataFrame:
+    if settings.test_path is not None:
+        if not settings.test_path.exists():
+            raise FileNotFoundError(f"FLAME_TEST_PATH {settings.test_path} does not exist")
+        return pd.read_parquet(settings.test_path)
     return pd.read_parquet(prepare(settings) / "test.parquet")
+
+
+def write_part(settings: FlameSettings, part: str, out: Path, keep_existing: bool) -> str:
+    """Write one region's rows (with ``is_val``) or the test set (``test``) to ``out``.
+
+    ``part`` is a region name, its index in FLAME_REGIONS, or ``test``.
+    A ``<out>.source`` file records which data and split produced it: an up-to-date file is
+    left alone, and with ``keep_existing`` any existing file is (a region never replaces the
+    partition a data owner's split step gave it with synthetic rows). Returns what was done.
+    """
+    if part.isdigit() and int(part) < len(settings.regions):
+        part = settings.regions[int(part)]
+    if part != "test" and part not in settings.regions:
+        raise ValueError(f"part {part!r} is neither 'test' nor in FLAME_REGIONS {settings.regions}")
+    stamp, key = out.with_name(out.name + ".source"), cache_key(settings)
+    if out.exists() and (keep_existing or (stamp.exists() and stamp.read_text() == key)):
+        return f"kept {out}"
+    name = "test.parquet" if part == "test" else f"region-{part}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.copyfile(prepare(settings) / name, staging)
+    os.replace(staging, out)
+    stamp.write_text(key)
+    return f"wrote {out} ({pq_rows(out):,} rows)"
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def load_region(settings: FlameSettings, region: str) -> pd.DataFrame:

@@ -46,6 +46,9 @@ class FlameSettings(BaseSettings):
         False, description="Drop the four balance columns (the data owner's leakage note)."
     )
     cache_dir: Path = Field(Path("data/cache"), description="Prepared partitions (Parquet).")
+    test_path: Path | None = Field(
+        None, description="Server test set as Parquet (deployment); unset = from the cache."
+    )
     real_data_dir: Path = Field(
         Path("../shared/data/paysim-real"), description="Real PaySim samples used by tests."
     )
@@ -85,6 +88,11 @@ class FlameSettings(BaseSettings):
     mlflow: bool = Field(True, description="Log to MLflow (skipped with a warning if unreachable).")
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking URI.")
     mlflow_experiment: str = Field("flame", description="MLflow experiment name.")
+
+    @field_validator("data_path", "test_path", "out_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("regions", mode="before")
     @classmethod

@@ -1,0 +1,80 @@
+"""Submit the Flame app to a SuperLink (deployment runtime), stream its log, return its result.
+
+The run config is built from the settings (environment / .env), one value per key of the app's
+``[tool.flwr.app.config]``, so ``.env`` controls rounds, local epochs and the rest in compose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from flame.settings import FlameSettings
+
+log = logging.getLogger("flame.launch")
+CONNECTION = "flame"
+
+
+def run_config(settings: FlameSettings, app: Path) -> str:
+    keys = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    values = settings.model_dump()
+    return " ".join(f"{k}={json.dumps(values[k.replace('-', '_')])}" for k in keys)
+
+
+def write_connection(superlink: str, root_certificates: Path | None) -> Path:
+    """Add a ``[superlink.flame]`` connection to ``$FLWR_HOME/config.toml``."""
+    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+    home.mkdir(parents=True, exist_ok=True)
+    security = (
+        f'root-certificates = "{root_certificates.resolve()}"'
+        if root_certificates
+        else "insecure = true"
+    )
+    path = home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{superlink}"\n{security}\n'
+    )
+    return path
+
+
+def run_status(run_id: int) -> str:
+    out = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    runs = json.loads(out).get("runs", [])
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def launch(
+    settings: FlameSettings, superlink: str, app: Path, root_certificates: Path | None
+) -> int:
+    if root_certificates is None:
+        log.warning("connecting to the SuperLink WITHOUT TLS (insecure): trusted networks only")
+    write_connection(superlink, root_certificates)
+    config = run_config(settings, app)
+    log.info("Submitting %s to %s with run config: %s", app, superlink, config)
+    proc = subprocess.Popen(
+        ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", config],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    run_id = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        found = re.search(r"run (\d+)", line, re.IGNORECASE)
+        if run_id is None and found:
+            run_id = int(found.group(1))
+    if proc.wait() != 0 or run_id is None:
+        log.error("flwr run failed (exit %s)", proc.returncode)
+        return 1
+    status = run_status(run_id)
+    log.info("Run %d ended: %s", run_id, status)
+    return 0 if status == "finished:completed" else 1

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Download/build every wheel the Flame image needs into ./wheelhouse, for an offline
+# (--no-index) image build. Run on a host that can reach the package index, with Python 3.11.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+mkdir -p wheelhouse
+echo "build-wheelhouse: torch 2.13.0 (CPU) and Flame's dependencies pinned by constraints.txt"
+# torch is pinned in the same resolve: unpinned, pip may take a newer multi-GB CUDA build
+"$python" -m pip wheel --quiet --wheel-dir wheelhouse -c constraints.txt \
+  torch==2.13.0 setuptools wheel . 2>&1 | grep -v "^WARNING: Location" || true
+if ls wheelhouse | grep -q '^nvidia_'; then
+  echo "build-wheelhouse: CUDA wheels found in wheelhouse/; remove them and check the torch pin" >&2
+  exit 1
+fi
+rm -f wheelhouse/flame-*.whl
+echo "build-wheelhouse: $(ls wheelhouse/*.whl | wc -l) wheels, $(du -sh wheelhouse | cut -f1)"
