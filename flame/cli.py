@@ -39,7 +39,8 @@ def _split(args: argparse.Namespace) -> None:
 def _launch(args: argparse.Namespace) -> int:
     from flame.launch import launch
 
-    return launch(load_settings(), args.superlink, args.app, args.root_certificates)
+    settings = load_settings()
+    return launch(settings, args.superlink or settings.superlink, args.app, args.root_certificates)
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -93,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     split.set_defaults(func=_split)
 
     launch = sub.add_parser("launch", help="submit the Flame app to a SuperLink and wait")
-    launch.add_argument("--superlink", required=True, help="host:port of the SuperLink")
+    launch.add_argument("--superlink", help="host:port of the SuperLink (FLAME_SUPERLINK)")
     launch.add_argument("--app", type=Path, default=Path("."), help="Flame app folder")
     launch.add_argument("--root-certificates", type=Path, help="CA certificate (TLS)")
     launch.set_defaults(func=_launch)

@@ -44,6 +44,20 @@ def write_connection(superlink: str, root_certificates: Path | None) -> Path:
     return path
 
 
+def ensure_experiment(settings: FlameSettings) -> None:
+    """Create the MLflow experiment once, up front, so no two processes race to create it."""
+    from flame.tracking import mlflow_reachable
+
+    if not settings.mlflow or not mlflow_reachable(settings.mlflow_tracking_uri):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    if client.get_experiment_by_name(settings.mlflow_experiment) is None:
+        client.create_experiment(settings.mlflow_experiment)
+        log.info("Created MLflow experiment %r", settings.mlflow_experiment)
+
+
 def run_status(run_id: int) -> str:
     out = subprocess.run(
         ["flwr", "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
@@ -59,6 +73,7 @@ def launch(
     if root_certificates is None:
         log.warning("connecting to the SuperLink WITHOUT TLS (insecure): trusted networks only")
     write_connection(superlink, root_certificates)
+    ensure_experiment(settings)
     config = run_config(settings, app)
     log.info("Submitting %s to %s with run config: %s", app, superlink, config)
     proc = subprocess.Popen(

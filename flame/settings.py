@@ -53,6 +53,12 @@ class FlameSettings(BaseSettings):
         Path("../shared/data/paysim-real"), description="Real PaySim samples used by tests."
     )
 
+    # --- deployment ---------------------------------------------------------------------
+    superlink: str = Field(
+        "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."
+    )
+    region: str = Field("", description="This site's region name (stand-alone region compose).")
+
     # --- training (names match Flower run config keys, with - for _) -----------------------
     num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
     fraction_train: float = Field(
@@ -155,6 +161,16 @@ def env_example() -> str:
         if field.description:
             lines.append(f"# {field.description}")
         lines.append(f"# FLAME_{name.upper()}={default}")
+    lines += [
+        "",
+        "# --- Docker Compose only (read by docker compose, not by Flame) ---",
+        "# Base image of the Flame image; flame-base:bookworm from scripts/build-base-image.sh",
+        "# FLAME_BASE_IMAGE=python:3.11-slim",
+        "# index: PyTorch CPU index + PyPI; wheelhouse: ./wheelhouse only (offline)",
+        "# FLAME_PIP_SOURCE=index",
+        "# Host address the SuperLink port 8000 is published on (0.0.0.0 for remote regions)",
+        "# FLAME_SUPERLINK_BIND=127.0.0.1",
+    ]
     return "\n".join(lines) + "\n"
 
 
