@@ -8,6 +8,7 @@ counts, losses and score histograms are sent.
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flame import metrics as fm
+from flame.attacks import poison_labels, poison_update
 from flame.features import build_features, feature_names, labels
 from flame.model import FraudMLP
 from flame.partition import load_region, load_region_file
@@ -69,11 +71,19 @@ def _reply(msg: Message, region: str, content: dict[str, object]) -> Message:
     return Message(RecordDict(content), reply_to=msg)  # type: ignore[arg-type]
 
 
+def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
+    return settings.seed + 1000 * rnd + zlib.crc32(region.encode()) % 1000
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     settings, region, model, (x, y, _, _) = _setup(msg, context)
     config = msg.content["config"]
     rnd = int(config["server-round"])
+    adversary = region in settings.adversarial_regions
+    if adversary:
+        global_state = {k: v.clone() for k, v in model.state_dict().items()}
+        y = poison_labels(y, settings.attack)
     loss = train_epochs(
         model,
         x,
@@ -82,11 +92,15 @@ def train(msg: Message, context: Context) -> Message:
         lr=float(config["learning-rate"]),
         batch_size=int(config["batch-size"]),
         pos_weight=float(config["pos-weight"]) or default_pos_weight(y.numpy()),
-        seed=settings.seed + 1000 * rnd + settings.regions.index(region),
+        seed=region_seed(settings, region, rnd),
         desc=f"{region} round {rnd}",
     )
+    state = model.state_dict()
+    if adversary:
+        seed = region_seed(settings, region, rnd)
+        state = poison_update(global_state, state, settings.attack, settings.attack_scale, seed)
     record = MetricRecord({"train-loss": loss, "num-examples": len(x)})
-    return _reply(msg, region, {"arrays": ArrayRecord(model.state_dict()), "metrics": record})
+    return _reply(msg, region, {"arrays": ArrayRecord(state), "metrics": record})
 
 
 @app.evaluate()

@@ -17,7 +17,7 @@ from flame.log import setup_logging
 from flame.model import FraudMLP, ModelCard, build_model, save_model
 from flame.partition import load_test
 from flame.settings import FlameSettings, load_settings
-from flame.strategy import FlameFedAvg
+from flame.strategy import FlameStrategy, build_strategy
 from flame.tracking import SERVER, Tracker
 from flame.train import predict_logits
 
@@ -29,7 +29,7 @@ class ServerEvaluator:
     """``evaluate_fn``: scores the global model on the server's test set every round."""
 
     def __init__(
-        self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray], strategy: FlameFedAvg
+        self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray], strategy: FlameStrategy
     ) -> None:
         self.model, (self.x, self.y), self.strategy = model, test, strategy
         self.last: dict[str, float] = {}
@@ -82,16 +82,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     model = build_model(card, seed=settings.seed)
     tracker = Tracker(settings, out, run_params(settings, len(y_test)))
-    n_regions = len(settings.regions)
-    strategy = FlameFedAvg(
-        tracker,
-        settings.threshold,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=max(1, round(settings.fraction_train * n_regions)),
-        min_evaluate_nodes=max(1, round(settings.fraction_evaluate * n_regions)),
-        min_available_nodes=n_regions,
-    )
+    strategy = build_strategy(settings, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test), strategy)
     train_config = ConfigRecord(
         {

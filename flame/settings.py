@@ -84,6 +84,20 @@ class FlameSettings(BaseSettings):
     )
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
 
+    # --- robustness (simulated attacks and robust aggregation) --------------------------------
+    aggregation: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
+        "fedavg", description="Aggregation rule (Flower built-ins)."
+    )
+    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg: share cut per side.")
+    num_malicious: int = Field(1, ge=0, description="Krum/MultiKrum: attackers to tolerate.")
+    adversarial_regions: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Comma-separated regions that attack (simulation)."
+    )
+    attack: Literal["label_flip", "sign_flip", "scale", "random"] = Field(
+        "sign_flip", description="What adversarial regions do to their update."
+    )
+    attack_scale: float = Field(10.0, gt=0, description="Attack strength (update multiplier).")
+
     # --- tracking ---------------------------------------------------------------------------
     runs_dir: Path = Field(Path("runs"), description="Parent of runs/<timestamp>.")
     out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
@@ -99,6 +113,13 @@ class FlameSettings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("adversarial_regions", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("regions", mode="before")
     @classmethod

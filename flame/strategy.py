@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from flame import metrics as fm
+from flame.settings import FlameSettings
 from flame.tracking import CLIENTS, Tracker, client_kind
+
+AGGREGATORS: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+}
 
 INFO_KEY = "info"  # ConfigRecord in every reply: {"region": name}
 
@@ -28,8 +38,10 @@ def pooled_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord(fm.pool(metric_record(r) for r in records))
 
 
-class FlameFedAvg(FedAvg):
-    """FedAvg + per-region tracking, pooled client metrics and a tuned decision threshold.
+class FlameStrategy(FedAvg):
+    """Any FedAvg-family rule + per-region tracking, pooled client metrics, tuned threshold.
+
+    Used as a mixin in front of the chosen aggregator (see ``build_strategy``).
 
     With ``threshold == 0`` the threshold is re-chosen every round as the F1-optimal cut of the
     pooled client *validation* scores; the server's test set is never used to choose it.
@@ -81,3 +93,28 @@ class FlameFedAvg(FedAvg):
             if self.auto_threshold:
                 self.threshold = fm.best_threshold(pooled["hist-pos"], pooled["hist-neg"])
         return pooled
+
+
+def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
+    """The configured aggregation rule (Flower's built-ins) with Flame's tracking on top."""
+    base = AGGREGATORS[settings.aggregation]
+    cls = (
+        FlameStrategy
+        if base is FedAvg
+        else type(f"Flame{base.__name__}", (FlameStrategy, base), {})
+    )
+    n = len(settings.regions)
+    kwargs: dict[str, Any] = {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_train_nodes": max(1, round(settings.fraction_train * n)),
+        "min_evaluate_nodes": max(1, round(settings.fraction_evaluate * n)),
+        "min_available_nodes": n,
+    }
+    if base in (Krum, MultiKrum):
+        kwargs["num_malicious_nodes"] = settings.num_malicious
+    if base is MultiKrum:
+        kwargs["num_nodes_to_select"] = max(1, n - settings.num_malicious)
+    if base is FedTrimmedAvg:
+        kwargs["beta"] = settings.trim_beta
+    return cls(tracker, settings.threshold, **kwargs)  # type: ignore[return-value]
