@@ -84,22 +84,29 @@ def train(msg: Message, context: Context) -> Message:
     if adversary:
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         y = poison_labels(y, settings.attack)
-    loss = train_epochs(
-        model,
-        x,
-        y,
-        epochs=int(config["local-epochs"]),
-        lr=float(config["learning-rate"]),
-        batch_size=int(config["batch-size"]),
-        pos_weight=float(config["pos-weight"]) or default_pos_weight(y.numpy()),
-        seed=region_seed(settings, region, rnd),
-        desc=f"{region} round {rnd}",
-    )
+    pos_weight = float(config["pos-weight"]) or default_pos_weight(y.numpy())
+    extra: dict[str, float] = {}
+    if settings.dp:
+        from flame.privacy import dp_train
+
+        loss, epsilon, exhausted = dp_train(
+            model, x, y, settings=settings, state=context.state,
+            rounds=int(config["num-server-rounds"]), epochs=int(config["local-epochs"]),
+            lr=float(config["learning-rate"]), pos_weight=pos_weight,
+            seed=region_seed(settings, region, rnd),
+        )  # fmt: skip
+        extra = {"epsilon": epsilon, "dp-exhausted": int(exhausted)}
+    else:
+        loss = train_epochs(
+            model, x, y, epochs=int(config["local-epochs"]), lr=float(config["learning-rate"]),
+            batch_size=int(config["batch-size"]), pos_weight=pos_weight,
+            seed=region_seed(settings, region, rnd), desc=f"{region} round {rnd}",
+        )  # fmt: skip
     state = model.state_dict()
     if adversary:
         seed = region_seed(settings, region, rnd)
         state = poison_update(global_state, state, settings.attack, settings.attack_scale, seed)
-    record = MetricRecord({"train-loss": loss, "num-examples": len(x)})
+    record = MetricRecord({"train-loss": loss, "num-examples": len(x), **extra})
     return _reply(msg, region, {"arrays": ArrayRecord(state), "metrics": record})
 
 

@@ -90,6 +90,7 @@ def main(grid: Grid, context: Context) -> None:
             "learning-rate": settings.learning_rate,
             "batch-size": settings.batch_size,
             "pos-weight": settings.pos_weight,
+            "num-server-rounds": settings.num_server_rounds,
         }
     )
     result = strategy.start(

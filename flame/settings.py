@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KAGGLE_FILE = Path("data/PS_20174392719_1491204439457_log.csv")
@@ -84,6 +84,17 @@ class FlameSettings(BaseSettings):
     )
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
 
+    # --- privacy ---------------------------------------------------------------------------
+    dp: bool = Field(False, description="DP-SGD (Opacus) on every region's local training.")
+    dp_noise_multiplier: float = Field(
+        0.0, ge=0, description="DP-SGD noise multiplier; 0 = derive from FLAME_DP_TARGET_EPSILON."
+    )
+    dp_target_epsilon: float = Field(
+        0.0, ge=0, description="Whole-run ε budget per region; 0 = no budget (needs noise > 0)."
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
+    dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
+
     # --- robustness (simulated attacks and robust aggregation) --------------------------------
     aggregation: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
         "fedavg", description="Aggregation rule (Flower built-ins)."
@@ -136,6 +147,14 @@ class FlameSettings(BaseSettings):
         if isinstance(value, str):
             return [int(v) for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _dp_needs_noise(self) -> FlameSettings:
+        if self.dp and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
+            raise ValueError(
+                "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER > 0 or FLAME_DP_TARGET_EPSILON > 0"
+            )
+        return self
 
     def resolved_out_dir(self) -> Path:
         return self.out_dir or self.runs_dir / datetime.now().strftime("%Y%m%d-%H%M%S")

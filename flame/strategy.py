@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flame import metrics as fm
 from flame.settings import FlameSettings
@@ -21,6 +23,7 @@ AGGREGATORS: dict[str, type[FedAvg]] = {
     "multikrum": MultiKrum,
 }
 
+log = logging.getLogger("flame.strategy")
 INFO_KEY = "info"  # ConfigRecord in every reply: {"region": name}
 
 
@@ -31,6 +34,14 @@ def region_of(content: RecordDict) -> str:
 
 def metric_record(content: RecordDict) -> MetricRecord:
     return next(iter(content.metric_records.values()))
+
+
+def train_aggregate(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of losses; ε is the largest any region has spent (not an average)."""
+    out = aggregate_metricrecords(records, weight_key)
+    if "epsilon" in out:
+        out["epsilon"] = max(float(metric_record(r)["epsilon"]) for r in records)
+    return out
 
 
 def pooled_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -48,7 +59,11 @@ class FlameStrategy(FedAvg):
     """
 
     def __init__(self, tracker: Tracker, threshold: float = 0.0, **kwargs: object) -> None:
-        super().__init__(evaluate_metrics_aggr_fn=pooled_evaluate, **kwargs)  # type: ignore[arg-type]
+        super().__init__(  # type: ignore[call-arg]
+            evaluate_metrics_aggr_fn=pooled_evaluate,
+            train_metrics_aggr_fn=train_aggregate,
+            **kwargs,
+        )
         self.tracker = tracker
         self.auto_threshold = threshold == 0.0
         self.threshold = threshold or 0.5
@@ -63,15 +78,26 @@ class FlameStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        kept = []
         for msg in replies:
-            if not msg.has_error():
-                record = metric_record(msg.content)
-                row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
-                self.tracker.log(client_kind(region_of(msg.content)), server_round, "train", row)
-        arrays, metrics = super().aggregate_train(server_round, replies)
+            if msg.has_error():
+                kept.append(msg)
+                continue
+            record = metric_record(msg.content)
+            row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
+            row |= {"epsilon": record["epsilon"]} if "epsilon" in record else {}
+            region = region_of(msg.content)
+            self.tracker.log(client_kind(region), server_round, "train", row)
+            if record.get("dp-exhausted", 0):
+                log.warning("round %d: region %s sat out, its privacy budget is spent",
+                            server_round, region)  # fmt: skip
+            else:
+                kept.append(msg)
+        arrays, metrics = super().aggregate_train(server_round, kept)
         if metrics is not None:
-            self.tracker.log(CLIENTS, server_round, "train", {"loss": metrics["train-loss"]})
+            row = {"loss": metrics["train-loss"]}
+            row |= {"epsilon": metrics["epsilon"]} if "epsilon" in metrics else {}
+            self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
 
     def aggregate_evaluate(

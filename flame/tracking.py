@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
     "time", "kind", "round", "stage", "threshold", "num_examples", "loss", "precision",
-    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn",
+    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
 ]  # fmt: skip
 SERVER, CLIENTS = "server", "client_aggregate"
 

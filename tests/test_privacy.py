@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import RecordDict
+from opacus.accountants import RDPAccountant
+
+from flame.features import build_features, labels
+from flame.model import FraudMLP
+from flame.privacy import dp_train, load_history
+from flame.settings import SettingsError, load_settings
+from flame.synth import generate
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    frame = generate(4_000, seed=1, fraud_rate=0.02)
+    return torch.from_numpy(build_features(frame)), torch.from_numpy(labels(frame))
+
+
+def rounds(settings, data, n: int, state: RecordDict) -> list[tuple[float, float, bool]]:  # type: ignore[no-untyped-def]
+    x, y = data
+    model = FraudMLP(x.shape[1], [16])
+    out = []
+    for r in range(n):
+        out.append(
+            dp_train(
+                model,
+                x,
+                y,
+                settings=settings,
+                state=state,
+                rounds=n,
+                epochs=1,
+                lr=1e-3,
+                pos_weight=2.0,
+                seed=r,
+            )
+        )
+    return out
+
+
+def test_epsilon_is_cumulative_and_matches_opacus(data) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(dp=True, dp_noise_multiplier=1.1, batch_size=256)
+    state = RecordDict()
+    results = rounds(settings, data, 3, state)
+    eps = [r[1] for r in results]
+    assert eps[0] < eps[1] < eps[2]
+    # the same steps through one fresh Opacus accountant give the same ε
+    batches = math.ceil(len(data[0]) / 256)
+    reference = RDPAccountant()
+    reference.history = [(1.1, 1 / batches, batches * 3)]
+    assert eps[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-6)
+    assert sum(h[2] for h in load_history(state)) == batches * 3
+
+
+def test_target_epsilon_is_not_exceeded(data) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(dp=True, dp_target_epsilon=2.0, batch_size=256)
+    results = rounds(settings, data, 3, RecordDict())
+    assert not any(r[2] for r in results)
+    assert results[-1][1] <= 2.0 * 1.01 and results[-1][1] > 1.5  # spent, not wasted
+
+
+def test_budget_exhaustion_stops_training(data) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_target_epsilon=3.0)
+    state, model = RecordDict(), FraudMLP(x.shape[1], [16])
+    spent, exhausted = [], False
+    for r in range(20):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        kwargs = {"settings": settings, "state": state, "rounds": 1, "epochs": 1}
+        loss, eps, exhausted = dp_train(model, x, y, lr=1e-3, pos_weight=2.0, seed=r, **kwargs)
+        if exhausted:
+            assert math.isnan(loss)
+            assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+            break
+        spent.append(eps)
+    assert exhausted and spent and max(spent) <= 3.0 * 1.01
+
+
+def test_dp_settings_need_noise_or_budget() -> None:
+    with pytest.raises(SettingsError, match="FLAME_DP_NOISE_MULTIPLIER"):
+        load_settings(dp=True)
+
+
+@pytest.mark.integration
+def test_dp_run_reports_epsilon_every_round(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from tests.test_integration import run_main
+
+    out = tmp_path / "dp"
+    run_main(
+        ["--rounds", "3", "--rows", "20000", "--fraud-rate", "0.01", "--local-epochs", "1",
+         "--out", str(out)],
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "4"},
+    )  # fmt: skip
+    table = pd.read_csv(out / "metrics.csv")
+    train = table[table["stage"] == "train"]
+    for kind in ("client:us", "client:eu", "client_aggregate"):
+        eps = train.loc[train["kind"] == kind].sort_values("round")["epsilon"].to_numpy()
+        assert len(eps) == 3 and (eps[1:] > eps[:-1]).all() and eps[-1] <= 4 * 1.01, kind
