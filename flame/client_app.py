@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from flame import metrics as fm
 from flame.attacks import poison_labels, poison_update
+from flame.compression import client_encode
 from flame.features import build_features, feature_names, labels
 from flame.model import FraudMLP
 from flame.partition import load_region, load_region_file
@@ -106,8 +107,19 @@ def train(msg: Message, context: Context) -> Message:
     if adversary:
         seed = region_seed(settings, region, rnd)
         state = poison_update(global_state, state, settings.attack, settings.attack_scale, seed)
+    received: ArrayRecord = msg.content["arrays"]
+    codec = str(config.get("codec", "none"))
+    if codec == "none":
+        arrays = ArrayRecord(state)
+    else:
+        global_arrays = {k: received[k].numpy() for k in received}
+        local = {k: v.detach().numpy() for k, v in state.items()}
+        ratio = float(config.get("topk-ratio", 0.1))
+        seed = region_seed(settings, region, rnd)
+        arrays = client_encode(global_arrays, local, codec, ratio, context.state, seed)
+    extra |= {"bytes-sent": arrays.count_bytes(), "bytes-received": received.count_bytes()}
     record = MetricRecord({"train-loss": loss, "num-examples": len(x), **extra})
-    return _reply(msg, region, {"arrays": ArrayRecord(state), "metrics": record})
+    return _reply(msg, region, {"arrays": arrays, "metrics": record})
 
 
 @app.evaluate()

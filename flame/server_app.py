@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from flame import metrics as fm
 from flame import plots
@@ -91,9 +92,20 @@ def main(grid: Grid, context: Context) -> None:
             "batch-size": settings.batch_size,
             "pos-weight": settings.pos_weight,
             "num-server-rounds": settings.num_server_rounds,
+            "codec": settings.codec,
+            "topk-ratio": settings.topk_ratio,
         }
     )
-    result = strategy.start(
+    runner: Strategy = strategy
+    if settings.update_noise > 0:
+        # clip each region's update to FLAME_UPDATE_CLIP, add Gaussian noise to the aggregate
+        runner = DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=settings.update_noise,
+            clipping_norm=settings.update_clip,
+            num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
+        )
+    result = runner.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.num_server_rounds,

@@ -95,6 +95,17 @@ class FlameSettings(BaseSettings):
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
     dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
 
+    # --- efficiency and update noise ---------------------------------------------------------
+    codec: Literal["none", "fp16", "int8", "topk"] = Field(
+        "none", description="Client->server update compression."
+    )
+    topk_ratio: float = Field(0.1, gt=0, le=1, description="topk: share of entries sent.")
+    update_noise: float = Field(
+        0.0, ge=0, description="Gaussian noise multiplier on the clipped, aggregated updates "
+        "(server side, Flower's fixed-clipping DP wrapper); 0 = off. Not DP-SGD.",
+    )  # fmt: skip
+    update_clip: float = Field(1.0, gt=0, description="Update clipping norm for update noise.")
+
     # --- robustness (simulated attacks and robust aggregation) --------------------------------
     aggregation: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
         "fedavg", description="Aggregation rule (Flower built-ins)."
@@ -154,6 +165,12 @@ class FlameSettings(BaseSettings):
             raise ValueError(
                 "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER > 0 or FLAME_DP_TARGET_EPSILON > 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _noise_needs_plain_updates(self) -> FlameSettings:
+        if self.update_noise > 0 and self.codec != "none":
+            raise ValueError("FLAME_UPDATE_NOISE needs FLAME_CODEC=none (it clips full weights)")
         return self
 
     def resolved_out_dir(self) -> Path:

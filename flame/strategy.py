@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flame import metrics as fm
+from flame.compression import server_decode
 from flame.settings import FlameSettings
 from flame.tracking import CLIENTS, Tracker, client_kind
 
@@ -37,8 +38,12 @@ def metric_record(content: RecordDict) -> MetricRecord:
 
 
 def train_aggregate(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of losses; ε is the largest any region has spent (not an average)."""
+    """Weighted mean of losses; ε is the largest any region has spent (not an average);
+    bytes are summed."""
     out = aggregate_metricrecords(records, weight_key)
+    for key in ("bytes-sent", "bytes-received"):
+        if key in out:
+            out[key] = sum(float(metric_record(r)[key]) for r in records)
     if "epsilon" in out:
         out["epsilon"] = max(float(metric_record(r)["epsilon"]) for r in records)
     return out
@@ -58,13 +63,17 @@ class FlameStrategy(FedAvg):
     pooled client *validation* scores; the server's test set is never used to choose it.
     """
 
-    def __init__(self, tracker: Tracker, threshold: float = 0.0, **kwargs: object) -> None:
+    def __init__(
+        self, tracker: Tracker, threshold: float = 0.0, codec: str = "none", **kwargs: object
+    ) -> None:
         super().__init__(  # type: ignore[call-arg]
             evaluate_metrics_aggr_fn=pooled_evaluate,
             train_metrics_aggr_fn=train_aggregate,
             **kwargs,
         )
         self.tracker = tracker
+        self.codec = codec
+        self.round_arrays: ArrayRecord | None = None
         self.auto_threshold = threshold == 0.0
         self.threshold = threshold or 0.5
         self.last_clients: MetricRecord | None = None
@@ -75,10 +84,17 @@ class FlameStrategy(FedAvg):
         config["threshold"] = self.threshold
         return super().configure_evaluate(server_round, arrays, config, grid)
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.round_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept = []
+        totals = {"bytes_sent": 0.0, "bytes_received": 0.0}
         for msg in replies:
             if msg.has_error():
                 kept.append(msg)
@@ -86,16 +102,23 @@ class FlameStrategy(FedAvg):
             record = metric_record(msg.content)
             row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
             row |= {"epsilon": record["epsilon"]} if "epsilon" in record else {}
+            for key in totals:
+                row[key] = record[key.replace("_", "-")]
+                totals[key] += float(record[key.replace("_", "-")])
             region = region_of(msg.content)
             self.tracker.log(client_kind(region), server_round, "train", row)
             if record.get("dp-exhausted", 0):
                 log.warning("round %d: region %s sat out, its privacy budget is spent",
                             server_round, region)  # fmt: skip
             else:
+                if self.codec != "none" and self.round_arrays is not None:
+                    msg.content["arrays"] = server_decode(
+                        msg.content["arrays"], self.round_arrays, self.codec
+                    )
                 kept.append(msg)
         arrays, metrics = super().aggregate_train(server_round, kept)
         if metrics is not None:
-            row = {"loss": metrics["train-loss"]}
+            row = {"loss": metrics["train-loss"], **totals}
             row |= {"epsilon": metrics["epsilon"]} if "epsilon" in metrics else {}
             self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
@@ -143,4 +166,4 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         kwargs["num_nodes_to_select"] = max(1, n - settings.num_malicious)
     if base is FedTrimmedAvg:
         kwargs["beta"] = settings.trim_beta
-    return cls(tracker, settings.threshold, **kwargs)  # type: ignore[return-value]
+    return cls(tracker, settings.threshold, settings.codec, **kwargs)  # type: ignore[return-value]

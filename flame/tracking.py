@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = [
     "time", "kind", "round", "stage", "threshold", "num_examples", "loss", "precision",
     "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
+    "bytes_sent", "bytes_received",
 ]  # fmt: skip
 SERVER, CLIENTS = "server", "client_aggregate"
 
