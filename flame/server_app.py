@@ -96,6 +96,7 @@ def main(grid: Grid, context: Context) -> None:
             "topk-ratio": settings.topk_ratio,
         }
     )
+    initial = ArrayRecord(model.state_dict())
     runner: Strategy = strategy
     if settings.update_noise > 0:
         # clip each region's update to FLAME_UPDATE_CLIP, add Gaussian noise to the aggregate
@@ -107,12 +108,14 @@ def main(grid: Grid, context: Context) -> None:
         )
     result = runner.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial,
         num_rounds=settings.num_server_rounds,
         train_config=train_config,
         evaluate_fn=evaluator,
     )
-    finish(out, model, card, result.arrays, evaluator, tracker)
+    if result.arrays is None:
+        log.error("no region returned a model update in any round; saving the initial model")
+    finish(out, model, card, result.arrays or initial, evaluator, tracker)
 
 
 def finish(
