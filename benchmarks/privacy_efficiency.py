@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def run(label: str, env: dict[str, str], extra: list[str], args: argparse.Namesp
     command = [sys.executable, "main.py", "--rows", str(args.rows), "--fraud-rate",
                str(args.fraud_rate), "--rounds", str(args.rounds), "--local-epochs", "1",
                "--out", str(out), *extra]  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
     started = time.time()
     full_env = os.environ | {"FLAME_MLFLOW": "false", "TQDM_DISABLE": "1"} | env
     proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True)

@@ -42,10 +42,9 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 class CsvSink:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("a", newline="")
+        self._file = path.open("w", newline="")  # a new run never mixes with an old one
         self._writer = csv.DictWriter(self._file, CSV_COLUMNS, extrasaction="ignore")
-        if path.stat().st_size == 0:
-            self._writer.writeheader()
+        self._writer.writeheader()
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
         row = {"time": f"{time.time():.3f}", "kind": kind, "round": rnd, "stage": stage}
