@@ -7,32 +7,30 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import torch
 
 from flame import metrics as fm
-from flame.features import build_features, feature_names, labels
+from flame.features import feature_names
 from flame.model import FraudMLP
-from flame.partition import load_region, load_test
+from flame.partition import heldout_arrays, region_arrays
 from flame.settings import FlameSettings
 from flame.train import default_pos_weight, predict_logits, train_epochs
 
 log = logging.getLogger("flame.baseline")
 
 
-def tensors(frame: pd.DataFrame, settings: FlameSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    x = build_features(frame, settings.drop_balance_features)
-    return torch.from_numpy(x), torch.from_numpy(labels(frame))
+def union(settings: FlameSettings, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All regions' rows of one split, concatenated."""
+    parts = [region_arrays(settings, r)[split] for r in settings.regions]
+    x, y = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def run_baseline(settings: FlameSettings, epochs: int | None = None) -> dict[str, float]:
     """Central training for ``epochs`` (default rounds x local epochs); test-set metrics."""
     torch.set_num_threads(settings.torch_threads)
-    union = pd.concat([load_region(settings, r) for r in settings.regions], ignore_index=True)
-    val = union["is_val"].to_numpy()
-    x, y = tensors(union[~val], settings)
-    x_val, y_val = tensors(union[val], settings)
-    x_test, y_test = tensors(load_test(settings), settings)
+    (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
+    x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
     torch.manual_seed(settings.seed)
     model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
     epochs = epochs or settings.num_server_rounds * settings.local_epochs

@@ -23,17 +23,22 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from flame.partition import write_part
+    from flame.partition import file_arrays, write_parts
 
     settings = load_settings()
     if args.only_if_data and settings.data_source() is None:
         print("data split: no PaySim CSV configured or at data/; regions generate synthetic data")
         return
+    outputs = {}
     for spec in args.part:
         part, sep, out = spec.partition("=")
         if not sep or not out:
             raise ValueError(f"--part expects NAME=FILE.parquet, got {spec!r}")
-        print(f"data split: {part}: {write_part(settings, part, Path(out), args.keep_existing)}")
+        outputs[part] = Path(out)
+    for line in write_parts(settings, outputs, args.keep_existing):
+        print(f"data split: {line}")
+    for part, out in outputs.items():  # warm the feature cache the apps load from
+        file_arrays(out, settings, validation=part != "test")
 
 
 def _launch(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@ The region comes from node config ``region`` (deployment) or the simulation's ``
 (index into FLAME_REGIONS). Data comes from node config ``data-path`` (the region's own file)
 or from the prepared partition cache. Raw rows never leave this process: only model weights,
 counts, losses and score histograms are sent.
+
+Every message runs in a fresh process in deployment, so the import path is kept light: torch,
+Flower and numpy only. The region's features come from the ``.npy`` cache (built by
+``flame data split`` or on first use); pandas, pyarrow, scikit-learn and Opacus are imported only
+when the cache is missing or DP is on.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from flwr.clientapp import ClientApp
 
 from flame import metrics as fm
 from flame.attacks import poison_labels, poison_update
+from flame.cache import cached_region
 from flame.compression import client_encode
-from flame.features import build_features, feature_names, labels
+from flame.features import feature_names
 from flame.model import FraudMLP
-from flame.partition import load_region, load_region_file
+from flame.protocol import INFO_KEY
 from flame.settings import FlameSettings, load_settings
-from flame.strategy import INFO_KEY
 from flame.train import default_pos_weight, predict_logits, train_epochs
 
 app = ClientApp()
@@ -47,13 +52,15 @@ def region_name(context: Context, settings: FlameSettings) -> str:
 def region_tensors(settings_json: str, region: str, data_path: str) -> Tensors:
     """Train and validation tensors of one region, built once per process."""
     settings = FlameSettings.model_validate_json(settings_json)
-    frame = (
-        load_region_file(Path(data_path), settings) if data_path else load_region(settings, region)
-    )
-    x = torch.from_numpy(build_features(frame, settings.drop_balance_features))
-    y = torch.from_numpy(labels(frame))
-    val = torch.from_numpy(frame["is_val"].to_numpy(dtype=bool, copy=True))
-    return x[~val], y[~val], x[val], y[val]
+    arrays = cached_region(settings, region, data_path)
+    if arrays is None:  # first use: build the cache (imports pandas/pyarrow once)
+        from flame.partition import file_arrays, region_arrays
+
+        arrays = (
+            file_arrays(Path(data_path), settings) if data_path else region_arrays(settings, region)
+        )
+    (x, y), (x_val, y_val) = arrays["train"], arrays["val"]
+    return tuple(torch.from_numpy(a) for a in (x, y, x_val, y_val))  # type: ignore[return-value]
 
 
 def _setup(msg: Message, context: Context) -> tuple[FlameSettings, str, FraudMLP, Tensors]:
@@ -126,9 +133,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     _, region, model, (_, _, x_val, y_val) = _setup(msg, context)
     threshold = float(msg.content["config"]["threshold"])
-    logits, y = predict_logits(model, x_val), y_val.numpy()
-    exact = fm.exact_metrics(logits, y, threshold)
-    pos, neg = fm.histograms(logits, y)
-    record = {k: exact[k] for k in ("loss", "roc_auc", "pr_auc", *fm.COUNTS)}
-    record |= {"num-examples": len(y), "hist-pos": pos, "hist-neg": neg, "threshold": threshold}
-    return _reply(msg, region, {"metrics": MetricRecord(record)})
+    record = fm.region_metrics(predict_logits(model, x_val), y_val.numpy(), threshold)
+    record |= {"num-examples": len(y_val), "threshold": threshold}
+    return _reply(msg, region, {"metrics": MetricRecord(record)})  # type: ignore[arg-type]

@@ -23,10 +23,14 @@ balance columns should not be used) every feature from ``log_<balance>`` down is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from flame.schema import TYPES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEATURE_VERSION = 1
 LOG_SCALE = 20.0
@@ -46,9 +50,28 @@ def feature_names(drop_balances: bool = False) -> list[str]:
     return names
 
 
+def type_codes(kinds: pd.Series) -> np.ndarray:
+    """Index of each row's type in TYPES (-1 if unknown)."""
+    import pandas as pd  # here, so feature_names() stays importable without pandas/pyarrow
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(kinds.dtype, pd.CategoricalDtype):
+        return kinds.cat.set_categories(TYPES).cat.codes.to_numpy(dtype=np.int64)
+    codes = pc.index_in(pa.array(kinds, type=pa.string()), value_set=pa.array(TYPES))
+    return pc.fill_null(codes, -1).to_numpy().astype(np.int64)
+
+
+def merchant(names: pd.Series) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.starts_with(pa.array(names, type=pa.string()), "M").to_numpy(zero_copy_only=False)
+
+
 def build_features(frame: pd.DataFrame, drop_balances: bool = False) -> np.ndarray:
     """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame."""
-    codes = pd.Categorical(frame["type"], categories=TYPES).codes
+    codes = type_codes(frame["type"])
     amount = frame["amount"].to_numpy(dtype=np.float64)
     angle = 2 * np.pi * (frame["step"].to_numpy() % 24) / 24
     columns = [np.eye(len(TYPES), dtype=np.float32)[codes]]
@@ -58,7 +81,7 @@ def build_features(frame: pd.DataFrame, drop_balances: bool = False) -> np.ndarr
                 signed_log(amount),
                 np.sin(angle),
                 np.cos(angle),
-                frame["nameDest"].astype("string").str.startswith("M").to_numpy(dtype=bool),
+                merchant(frame["nameDest"]),
             ]
         )
     )

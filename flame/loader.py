@@ -7,6 +7,7 @@ Rows numbered in errors are 1-based data rows (the header is row 0).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from flame.features import type_codes
 from flame.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
 
 DEDUP_KEY = ["step", "type", "amount", "nameOrig", "nameDest"]
@@ -36,20 +38,35 @@ def csv_files(path: Path) -> list[Path]:
     return [path]
 
 
+BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch (~200k PaySim rows)
+
+
 def read_paysim(path: Path | str, require_labels: bool = True) -> pd.DataFrame:
     """Read one PaySim CSV or a folder of them (pooled, de-duplicated) into a typed frame.
 
     With ``require_labels=False`` (scoring) the label columns may be absent; they read as 0.
     """
-    files = csv_files(Path(path))
-    frames = [read_paysim_file(f, require_labels) for f in files]
-    if len(frames) == 1:
-        return frames[0]
-    pooled = pd.concat(frames, ignore_index=True)
-    return pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
+    frames = list(iter_paysim(path, require_labels))
+    pooled = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if len(csv_files(Path(path))) > 1:
+        pooled = pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
+    return pooled
+
+
+def iter_paysim(path: Path | str, require_labels: bool = True) -> Iterator[pd.DataFrame]:
+    """Validated batches of one CSV (streamed, bounded memory) or of a folder's CSVs in turn."""
+    for file in csv_files(Path(path)):
+        yield from iter_paysim_file(file, require_labels)
 
 
 def read_paysim_file(path: Path, require_labels: bool = True) -> pd.DataFrame:
+    return pd.concat(list(iter_paysim_file(path, require_labels)), ignore_index=True)
+
+
+def iter_paysim_file(
+    path: Path, require_labels: bool = True, block_bytes: int = BLOCK_BYTES
+) -> Iterator[pd.DataFrame]:
+    """Validated batches of one CSV, read by pyarrow's streaming reader."""
     header = _header(path)
     optional = () if require_labels else LABELS
     missing = [c for c in COLUMNS if c not in header and c not in optional]
@@ -61,20 +78,26 @@ def read_paysim_file(path: Path, require_labels: bool = True) -> pd.DataFrame:
     if len(set(header)) != len(header):
         raise PaySimFormatError(path, "header repeats a column name")
     types = {c: pa.float64() for c in _NUMERIC} | {c: pa.string() for c in ("type", *NAMES)}
+    offset = 0
     try:
-        table = pacsv.read_csv(
+        reader = pacsv.open_csv(
             path,
+            read_options=pacsv.ReadOptions(block_size=block_bytes),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            frame = batch.to_pandas()
+            for column in optional:
+                if column not in frame:
+                    frame[column] = 0.0
+            yield validate(frame[list(COLUMNS)], path, offset)
+            offset += batch.num_rows
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise _locate_error(path, err) from None
-    frame = table.to_pandas()
-    if frame.empty:
+    if offset == 0:
         raise PaySimFormatError(path, "no data rows after the header")
-    for column in optional:
-        if column not in frame:
-            frame[column] = 0.0
-    return validate(frame[list(COLUMNS)], path)
 
 
 def _header(path: Path) -> list[str]:
@@ -86,57 +109,62 @@ def _header(path: Path) -> list[str]:
 
 
 def _locate_error(path: Path, err: Exception) -> PaySimFormatError:
-    """Re-read as text to name the first bad column, row and value."""
+    """Re-read as text, in chunks, to name the first bad column, row and value."""
+    offset = 0
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        chunks = pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=200_000
+        )
+        for raw in chunks:
+            for column in _NUMERIC:
+                if column not in raw:
+                    continue
+                parsed = pd.to_numeric(raw[column], errors="coerce")
+                bad = (parsed.isna() & (raw[column].str.strip() != "")).to_numpy()
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    value = raw[column].iloc[i]
+                    return PaySimFormatError(path, "not a number", column, offset + i + 1, value)
+            offset += len(raw)
     except UnicodeDecodeError as uerr:
         return PaySimFormatError(path, f"not UTF-8 text at byte {uerr.start}")
     except Exception:  # noqa: BLE001 - the pyarrow message is the best we have
-        return PaySimFormatError(path, str(err).splitlines()[0])
-    for column in _NUMERIC:
-        if column not in raw:
-            continue
-        parsed = pd.to_numeric(raw[column], errors="coerce")
-        bad = parsed.isna() & (raw[column].str.strip() != "")
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            return PaySimFormatError(path, "not a number", column, i + 1, raw[column].iloc[i])
+        pass
     return PaySimFormatError(path, str(err).splitlines()[0])
 
 
-def _first_bad(frame: pd.DataFrame, path: Path, column: str, bad: np.ndarray, problem: str) -> None:
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise PaySimFormatError(path, problem, column, i + 1, frame[column].iloc[i])
+def validate(frame: pd.DataFrame, path: Path | str = "<frame>", offset: int = 0) -> pd.DataFrame:
+    """Check values and return the frame with the schema's dtypes.
 
-
-def validate(frame: pd.DataFrame, path: Path | str = "<frame>") -> pd.DataFrame:
-    """Check values and return the frame with the schema's dtypes."""
+    ``offset`` is the number of data rows before this frame (for row numbers in errors).
+    """
     path = Path(path)
+
+    def _first_bad(column: str, bad: np.ndarray, problem: str) -> None:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PaySimFormatError(path, problem, column, offset + i + 1, frame[column].iloc[i])
+
     for column in _NUMERIC:
         values = frame[column].to_numpy(dtype="float64", na_value=np.nan)
-        _first_bad(frame, path, column, ~np.isfinite(values), "missing or not finite")
+        _first_bad(column, ~np.isfinite(values), "missing or not finite")
     for column in MONEY:
-        _first_bad(frame, path, column, frame[column].to_numpy() < 0, "negative amount")
+        _first_bad(column, frame[column].to_numpy() < 0, "negative amount")
     step = frame["step"].to_numpy()
-    _first_bad(
-        frame, path, "step", (step != np.round(step)) | (step < 0), "step is not an hour index"
-    )
+    _first_bad("step", (step != np.round(step)) | (step < 0), "step is not an hour index")
     for column in LABELS:
         label = frame[column].to_numpy()
-        _first_bad(frame, path, column, (label != 0) & (label != 1), "label is not 0 or 1")
-    kinds = frame["type"].astype("string")
-    _first_bad(
-        frame, path, "type", ~kinds.isin(TYPES).to_numpy(), f"unknown type (expected {TYPES})"
-    )
+        _first_bad(column, (label != 0) & (label != 1), "label is not 0 or 1")
+    codes = type_codes(frame["type"])
+    _first_bad("type", codes < 0, f"unknown type (expected {TYPES})")
     for column in NAMES:
-        _first_bad(frame, path, column, (frame[column] == "").to_numpy(), "empty account name")
+        _first_bad(column, (frame[column] == "").to_numpy(), "empty account name")
     out = pd.DataFrame(
         {
             "step": step.astype("int32"),
-            "type": pd.Categorical(kinds, categories=TYPES),
+            "type": pd.Categorical.from_codes(codes, categories=TYPES),
             **{c: frame[c].to_numpy(dtype="float64") for c in MONEY},
-            **{c: frame[c].astype("string").to_numpy() for c in NAMES},
+            **{c: frame[c].astype("str") for c in NAMES},
             **{c: frame[c].to_numpy().astype("int8") for c in LABELS},
         },
         columns=list(COLUMNS),

@@ -7,7 +7,8 @@ counts (TP/FP/FN/TN at the threshold it was given) and two histograms of its val
 (frauds and non-frauds, ``BINS`` fixed logit bins). The server sums them: precision, recall, F1
 and accuracy come from the summed counts; ROC-AUC and PR-AUC of the pooled validation set come
 from the summed histograms (exact up to ties inside one bin of width 0.05 in logit). Each region's
-own exact ROC-AUC and PR-AUC are reported on its own row, never combined.
+own ROC-AUC and PR-AUC (from its own histograms, so a ClientApp never imports scikit-learn) are
+reported on its own row, never combined. The server's test-set metrics are exact (scikit-learn).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 LOGIT_RANGE = 40.0
 BINS = 1600
@@ -53,6 +53,8 @@ def from_confusion(tp: float, fp: float, fn: float, tn: float) -> dict[str, floa
 
 def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     """Loss (unweighted log-loss), ROC-AUC, PR-AUC, confusion and rates on one dataset."""
+    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+
     prob = sigmoid(logits)
     both = 0 < y.sum() < len(y)
     counts = confusion(prob, y, threshold)
@@ -64,6 +66,24 @@ def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[s
         **from_confusion(**counts),
         "threshold": threshold,
         "num_examples": len(y),
+    }
+
+
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean unweighted binary cross-entropy of logits (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(z) else math.nan
+
+
+def region_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, object]:
+    """What a region sends after evaluation: loss, counts, histograms and its own AUCs."""
+    pos, neg = histograms(logits, y)
+    return {
+        "loss": log_loss(logits, y),
+        **from_histograms(pos, neg),
+        **confusion(sigmoid(logits), y, threshold),
+        "hist-pos": pos,
+        "hist-neg": neg,
     }
 
 

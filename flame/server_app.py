@@ -13,10 +13,10 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from flame import metrics as fm
 from flame import plots
-from flame.features import FEATURE_VERSION, build_features, feature_names, labels
+from flame.features import FEATURE_VERSION, feature_names
 from flame.log import setup_logging
 from flame.model import FraudMLP, ModelCard, build_model, save_model
-from flame.partition import load_test
+from flame.partition import heldout_arrays
 from flame.settings import FlameSettings, load_settings
 from flame.strategy import FlameStrategy, build_strategy
 from flame.tracking import SERVER, Tracker
@@ -69,10 +69,11 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     torch.set_num_threads(settings.torch_threads)
     out = settings.resolved_out_dir().resolve()
-    test = load_test(settings)
-    x_test = torch.from_numpy(build_features(test, settings.drop_balance_features))
-    y_test = labels(test)
-    log.info("Run folder %s; server test set %d rows, %d frauds", out, len(y_test), y_test.sum())
+    x, y_test = heldout_arrays(settings)
+    x_test = torch.from_numpy(x)
+    log.info(
+        "Run folder %s; server test set %d rows, %d frauds", out, len(y_test), int(y_test.sum())
+    )
 
     card = ModelCard(
         feature_names(settings.drop_balance_features),

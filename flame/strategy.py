@@ -13,6 +13,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flame import metrics as fm
 from flame.compression import server_decode
+from flame.protocol import INFO_KEY
 from flame.settings import FlameSettings
 from flame.tracking import CLIENTS, Tracker, client_kind
 
@@ -25,7 +26,6 @@ AGGREGATORS: dict[str, type[FedAvg]] = {
 }
 
 log = logging.getLogger("flame.strategy")
-INFO_KEY = "info"  # ConfigRecord in every reply: {"region": name}
 
 
 def region_of(content: RecordDict) -> str:

@@ -5,38 +5,44 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from flame.launch import run_config, write_connection
-from flame.partition import write_part
+from flame.partition import file_arrays, region_arrays, write_parts
 from flame.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_write_part_by_name_index_and_test(tmp_path: Path) -> None:
+def test_write_parts_by_name_index_and_test_in_one_pass(tmp_path: Path) -> None:
     settings = load_settings(synth_rows=5_000)
-    assert write_part(settings, "0", tmp_path / "us.parquet", False).startswith("wrote")
-    assert write_part(settings, "eu", tmp_path / "eu.parquet", False).startswith("wrote")
-    assert write_part(settings, "test", tmp_path / "test.parquet", False).startswith("wrote")
+    outputs = {"0": tmp_path / "us.parquet", "eu": tmp_path / "eu.parquet"}
+    outputs["test"] = tmp_path / "test.parquet"
+    done = write_parts(settings, outputs, False)
+    assert [line.split(": ")[1].split()[0] for line in done] == ["wrote"] * 3
     parts = [pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("us", "eu", "test")]
     assert sum(len(p) for p in parts) == 5_000
     assert "is_val" in parts[0] and "is_val" not in parts[2]
     names = [set(p["nameOrig"]) for p in parts]
     assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    # the file's feature cache equals the prepared partition's arrays for that region
+    mine, prepared = file_arrays(outputs["0"], settings), region_arrays(settings, "us")
+    for split in ("train", "val"):
+        assert np.array_equal(mine[split][0], prepared[split][0])
 
 
-def test_write_part_keeps_or_replaces(tmp_path: Path) -> None:
-    out = tmp_path / "us.parquet"
+def test_write_parts_keeps_or_replaces(tmp_path: Path) -> None:
+    out = {"us": tmp_path / "us.parquet"}
     first = load_settings(synth_rows=3_000)
-    write_part(first, "us", out, False)
-    assert write_part(first, "us", out, False).startswith("kept")  # up to date
+    write_parts(first, out, False)
+    assert "kept" in write_parts(first, out, False)[0]  # up to date
     other = load_settings(synth_rows=4_000)
-    assert write_part(other, "us", out, True).startswith("kept")  # keep_existing wins
-    assert write_part(other, "us", out, False).startswith("wrote")  # stale: replaced
+    assert "kept" in write_parts(other, out, True)[0]  # keep_existing wins
+    assert "wrote" in write_parts(other, out, False)[0]  # stale: replaced
     with pytest.raises(ValueError, match="FLAME_REGIONS"):
-        write_part(first, "apac", out, False)
+        write_parts(first, {"apac": tmp_path / "x.parquet"}, False)
 
 
 def test_run_config_covers_every_pyproject_key() -> None:

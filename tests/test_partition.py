@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+from pathlib import Path
+from unittest.mock import patch
+
 import numpy as np
 import pandas as pd
 
-from flame.partition import TEST, assign_regions, load_region, load_test, prepare
+from flame.features import build_features, feature_names, labels
+from flame.partition import (
+    TEST,
+    assign_regions,
+    heldout_arrays,
+    name_hash,
+    prepare,
+    region_arrays,
+    validation_mask,
+)
 from flame.settings import load_settings
-from flame.synth import generate
+from flame.synth import generate, write_csv
 
 
 def test_regions_are_disjoint_cover_everything_and_are_deterministic() -> None:
@@ -31,13 +43,48 @@ def test_non_iid_regions_differ_in_type_mix() -> None:
     assert mixes[0] < 0.02 < mixes[1]
 
 
-def test_prepare_writes_disjoint_cached_partitions() -> None:
+def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
     settings = load_settings(synth_rows=20_000)
     folder = prepare(settings)
     assert prepare(settings) == folder  # cached
-    test = load_test(settings)
-    us, eu = load_region(settings, "us"), load_region(settings, "eu")
-    assert len(test) + len(us) + len(eu) == 20_000
-    keys = [set(zip(f["step"], f["nameOrig"], f["amount"], strict=True)) for f in (test, us, eu)]
-    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    assert 0.1 < us["is_val"].mean() < 0.3
+    frame = generate(20_000, settings.seed, settings.synth_fraud_rate)
+    region, val = assign_regions(frame, settings), validation_mask(frame, settings)
+    x_all, y_all = build_features(frame), labels(frame)
+    x_test, _ = heldout_arrays(settings)
+    assert np.array_equal(x_test, x_all[region == TEST])  # same rows, same order
+    for i, name in enumerate(settings.regions):
+        arrays = region_arrays(settings, name)
+        mask = region == i
+        assert np.array_equal(arrays["train"][0], x_all[mask & ~val])
+        assert np.array_equal(arrays["val"][1], y_all[mask & val])
+    assert 0.1 < val.mean() < 0.3
+
+
+def test_drop_balances_is_a_column_slice_of_the_cache() -> None:
+    full = region_arrays(load_settings(synth_rows=5_000), "us")["train"][0]
+    dropped = region_arrays(load_settings(synth_rows=5_000, drop_balance_features=True), "us")
+    assert dropped["train"][0].shape[1] == len(feature_names(True))
+    assert np.array_equal(dropped["train"][0], full[:, : len(feature_names(True))])
+
+
+def test_name_hash_is_stable_and_spreads() -> None:
+    names = pd.Series(["C1", "C2", "C12", "C1231006815", "M1979787155", "", "é"])
+    h = name_hash(names, seed=42)
+    assert len(set(h.tolist())) == len(names)
+    assert np.array_equal(h, name_hash(names.astype(object), seed=42))  # storage-independent
+    assert not np.array_equal(h, name_hash(names, seed=43))
+    assert (
+        int(name_hash(pd.Series(["C1231006815"]), seed=0)[0]) == 16483481784760731969
+    )  # pinned: splits must not move
+    bits = np.unpackbits(name_hash(pd.Series([f"C{i}" for i in range(4096)]), 1).view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.01
+
+
+def test_streamed_preparation_equals_whole_file(tmp_path: Path) -> None:
+    frame = generate(12_000, seed=3)
+    write_csv(frame, tmp_path / "p.csv")
+    settings = load_settings(data_path=tmp_path / "p.csv")
+    with patch("flame.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
+        streamed = region_arrays(settings, "eu")["train"][0]
+    whole = frame[(assign_regions(frame, settings) == 1) & ~validation_mask(frame, settings)]
+    assert np.allclose(streamed, build_features(whole), atol=1e-6)

@@ -1,0 +1,64 @@
+"""Where prepared data lives: cache keys and the pandas-free fast path that ClientApps use.
+
+A key is a hash of everything that determines the cached content (data identity, split and
+feature parameters), so a changed file or setting never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from flame.arrays import SPLITS, load_split
+from flame.features import FEATURE_VERSION, feature_names
+from flame.settings import FlameSettings
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def _digest(params: object) -> str:
+    return hashlib.sha256(json.dumps(params).encode()).hexdigest()[:16]
+
+
+def partition_key(settings: FlameSettings) -> str:
+    source = settings.data_source()
+    if source is None:
+        origin: object = ["synthetic", settings.synth_rows, settings.synth_fraud_rate]
+    else:
+        files = sorted(source.glob("*.csv")) if source.is_dir() else [source]
+        origin = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    params = [origin, settings.seed, settings.regions, settings.partitioning]
+    return _digest([*params, settings.test_fraction, settings.val_fraction, FEATURE_VERSION])
+
+
+def partition_folder(settings: FlameSettings) -> Path:
+    return settings.cache_dir / partition_key(settings)
+
+
+def file_folder(path: Path, settings: FlameSettings, validation: bool) -> Path:
+    stat = path.stat()
+    params = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, FEATURE_VERSION]
+    params += [settings.seed, settings.val_fraction, validation]
+    return settings.cache_dir / "files" / _digest(params)
+
+
+def width(settings: FlameSettings) -> int:
+    return len(feature_names(settings.drop_balance_features))
+
+
+def load_all(folder: Path, name: str, splits: tuple[str, ...], cols: int) -> dict[str, Split]:
+    return {s: load_split(folder, name, s, cols) for s in splits}
+
+
+def cached_region(settings: FlameSettings, region: str, data_path: str) -> dict[str, Split] | None:
+    """A region's train/val arrays if already prepared (numpy only), else None."""
+    if data_path:
+        folder, name = file_folder(Path(data_path), settings, True), "data"
+    else:
+        folder, name = partition_folder(settings), f"region-{region}"
+    if not (folder / "done").exists():
+        return None
+    return load_all(folder, name, SPLITS, width(settings))

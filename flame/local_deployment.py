@@ -1,0 +1,145 @@
+"""A real Flower deployment on this machine, without Docker: one SuperLink and one SuperNode per
+region as separate processes, talking HTTP on loopback. Used by the benchmarks and the
+fault-tolerance tests (kill a SuperNode, restart the SuperLink) and handy for debugging.
+
+    with LocalDeployment(folder, settings) as deployment:
+        deployment.start()
+        status = deployment.run(app=Path("."))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from flame.settings import FlameSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    found = Path(sys.executable).parent / name
+    return str(found) if found.exists() else (shutil.which(name) or name)
+
+
+class LocalDeployment:
+    def __init__(
+        self,
+        folder: Path,
+        settings: FlameSettings,
+        env: dict[str, str] | None = None,
+        supernode_args: list[str] | None = None,
+        superlink_args: list[str] | None = None,
+    ) -> None:
+        self.folder, self.settings = folder, settings
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = os.environ | {"FLWR_HOME": str(folder / "flwr-home")} | (env or {})
+        self.security = ["--insecure"]
+        self.supernode_args = supernode_args or []
+        self.superlink_args = superlink_args or []
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """Start a process; its output goes to ``<name>.log``, each line prefixed with the time."""
+        process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        threading.Thread(
+            target=_stamp, args=(process, self.folder / f"{name}.log"), daemon=True
+        ).start()
+        return process
+
+    def start_superlink(self) -> None:
+        command = [
+            _bin("flower-superlink"), *self.security, "--host", "127.0.0.1",
+            "--port", str(self.port), "--database", str(self.folder / "state.db"),
+            "--disable-runtime-dependency-installation", *self.superlink_args,
+        ]  # fmt: skip
+        self.superlink = self._spawn("superlink", command)
+        wait_healthy(f"http://{self.address}/health", self.superlink, self.folder / "superlink.log")
+
+    def start_node(self, index: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+        region = self.settings.regions[index]
+        port = free_port()
+        command = [
+            _bin("flower-supernode"), *self.security, "--superlink", self.address,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--node-config", f"partition-id={index} num-partitions={len(self.settings.regions)}",
+            *self.supernode_args, *(extra or []),
+        ]  # fmt: skip
+        node = self.nodes[region] = self._spawn(f"supernode-{region}", command)
+        return node
+
+    def start(self) -> None:
+        self.start_superlink()
+        for index in range(len(self.settings.regions)):
+            self.start_node(index)
+
+    def kill(self, process: subprocess.Popen[bytes] | None) -> None:
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def submit(self, app: Path) -> subprocess.Popen[bytes]:
+        """``flame launch`` against this SuperLink (run config from the FLAME_* environment)."""
+        command = [
+            sys.executable, "-m", "flame.cli", "launch", "--app", str(app),
+            "--superlink", self.address,
+        ]  # fmt: skip
+        return self._spawn("launch", command)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            self.kill(node)
+        self.kill(self.superlink)
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _stamp(process: subprocess.Popen[bytes], path: Path) -> None:
+    assert process.stdout is not None
+    with path.open("a") as log:
+        for line in process.stdout:
+            log.write(f"{time.time():.3f} {line.decode(errors='replace')}")
+            log.flush()
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s; see {log}")
