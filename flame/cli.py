@@ -48,6 +48,22 @@ def _launch(args: argparse.Namespace) -> int:
     return launch(settings, args.superlink or settings.superlink, args.app, args.root_certificates)
 
 
+def _supernode(args: argparse.Namespace) -> None:
+    from flame.polling import supernode
+
+    supernode([a for a in args.args if a != "--"], load_settings().poll_interval)
+
+
+def _backfill(args: argparse.Namespace) -> None:
+    from flame.tracking import backfill
+
+    if not (args.folder / "metrics.csv").exists():
+        raise FileNotFoundError(f"{args.folder / 'metrics.csv'} does not exist")
+    settings = load_settings()
+    sent = backfill(settings, args.folder)
+    print(f"mlflow-backfill: sent {sent} metric values to {settings.mlflow_tracking_uri}")
+
+
 def _baseline(args: argparse.Namespace) -> None:
     from flame.baseline import run_baseline
 
@@ -104,6 +120,18 @@ def parser() -> argparse.ArgumentParser:
     launch.add_argument("--root-certificates", type=Path, help="CA certificate (TLS)")
     launch.set_defaults(func=_launch)
 
+    node = sub.add_parser(
+        "supernode", help="flower-supernode with Flame's shorter polling (FLAME_POLL_INTERVAL)"
+    )
+    node.add_argument("args", nargs=argparse.REMAINDER, help="flower-supernode arguments")
+    node.set_defaults(func=_supernode)
+
+    fill = sub.add_parser(
+        "mlflow-backfill", help="log a run folder's metrics.csv values that MLflow is missing"
+    )
+    fill.add_argument("folder", type=Path, help="run folder holding metrics.csv")
+    fill.set_defaults(func=_backfill)
+
     base = sub.add_parser("baseline", help="train the same model centrally on the regions' union")
     base.add_argument("--data", type=Path, help="PaySim CSV or folder (default: FLAME_DATA_PATH)")
     base.add_argument("--rows", type=int, help="synthetic rows when no data file is used")
@@ -122,10 +150,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["supernode"] and not {"-h", "--help"} & set(argv[1:2]):
+        argv = ["supernode", "--", *argv[1:]]  # pass every flag through to flower-supernode
     args = parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (PaySimFormatError, SettingsError, FileNotFoundError, ValueError) as err:
+    except (PaySimFormatError, SettingsError, OSError, ValueError) as err:
         print(f"flame: error: {err}", file=sys.stderr)
         return 2
     return code or 0

@@ -13,27 +13,42 @@ when the cache is missing or DP is on.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flame import metrics as fm
-from flame.attacks import poison_labels, poison_update
-from flame.cache import cached_region
-from flame.compression import client_encode
-from flame.features import feature_names
-from flame.model import FraudMLP
+from flame.cache import Split, cached_region
+from flame.inference import mlp_logits
+from flame.log import setup_logging
 from flame.protocol import INFO_KEY
 from flame.settings import FlameSettings, load_settings
-from flame.train import default_pos_weight, predict_logits, train_epochs
+
+
+def _process_start() -> float:
+    """Wall-clock start of this process (Linux /proc, 10 ms), else when this module loaded."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+PROCESS_START = _process_start()
+if TYPE_CHECKING:
+    from flame.model import FraudMLP
 
 app = ClientApp()
-
-Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+log = logging.getLogger("flame.client")
+setup_logging()
 
 
 def region_name(context: Context, settings: FlameSettings) -> str:
@@ -49,8 +64,8 @@ def region_name(context: Context, settings: FlameSettings) -> str:
 
 
 @lru_cache(maxsize=4)
-def region_tensors(settings_json: str, region: str, data_path: str) -> Tensors:
-    """Train and validation tensors of one region, built once per process."""
+def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, Split]:
+    """Train and validation arrays of one region, loaded once per process."""
     settings = FlameSettings.model_validate_json(settings_json)
     arrays = cached_region(settings, region, data_path)
     if arrays is None:  # first use: build the cache (imports pandas/pyarrow once)
@@ -59,19 +74,31 @@ def region_tensors(settings_json: str, region: str, data_path: str) -> Tensors:
         arrays = (
             file_arrays(Path(data_path), settings) if data_path else region_arrays(settings, region)
         )
-    (x, y), (x_val, y_val) = arrays["train"], arrays["val"]
-    return tuple(torch.from_numpy(a) for a in (x, y, x_val, y_val))  # type: ignore[return-value]
+    return arrays
 
 
-def _setup(msg: Message, context: Context) -> tuple[FlameSettings, str, FraudMLP, Tensors]:
+def _setup(context: Context, split: str) -> tuple[FlameSettings, str, Split]:
     settings = load_settings(context.run_config)
-    torch.set_num_threads(settings.torch_threads)
     region = region_name(context, settings)
     data_path = str(context.node_config.get("data-path", ""))
-    tensors = region_tensors(settings.model_dump_json(), region, data_path)
+    return settings, region, region_arrays(settings.model_dump_json(), region, data_path)[split]
+
+
+def _model(msg: Message, settings: FlameSettings) -> FraudMLP:
+    import torch
+
+    from flame.features import feature_names
+    from flame.model import FraudMLP
+
+    torch.set_num_threads(settings.torch_threads)
     model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return settings, region, model, tensors
+    return model
+
+
+def _uptime() -> float:
+    """Seconds since this process started (deployment starts one per message)."""
+    return time.time() - PROCESS_START
 
 
 def _reply(msg: Message, region: str, content: dict[str, object]) -> Message:
@@ -85,7 +112,16 @@ def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    settings, region, model, (x, y, _, _) = _setup(msg, context)
+    started = time.perf_counter()
+    import torch
+
+    from flame.attacks import poison_labels, poison_update
+    from flame.compression import client_encode
+    from flame.train import default_pos_weight, train_epochs
+
+    settings, region, (x_np, y_np) = _setup(context, "train")
+    model = _model(msg, settings)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     config = msg.content["config"]
     rnd = int(config["server-round"])
     adversary = region in settings.adversarial_regions
@@ -126,13 +162,25 @@ def train(msg: Message, context: Context) -> Message:
         arrays = client_encode(global_arrays, local, codec, ratio, context.state, seed)
     extra |= {"bytes-sent": arrays.count_bytes(), "bytes-received": received.count_bytes()}
     record = MetricRecord({"train-loss": loss, "num-examples": len(x), **extra})
+    log.info(
+        "%s round %d train: %d rows in %.2f s (process up %.2f s), loss %.5f",
+        region, rnd, len(x), time.perf_counter() - started, _uptime(), loss,
+    )  # fmt: skip
     return _reply(msg, region, {"arrays": arrays, "metrics": record})
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    _, region, model, (_, _, x_val, y_val) = _setup(msg, context)
+    """Scores the global model on the region's validation rows with numpy (no torch import)."""
+    started = time.perf_counter()
+    _, region, (x_val, y_val) = _setup(context, "val")
+    received: ArrayRecord = msg.content["arrays"]
+    logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
-    record = fm.region_metrics(predict_logits(model, x_val), y_val.numpy(), threshold)
+    record = fm.region_metrics(logits, y_val, threshold)
     record |= {"num-examples": len(y_val), "threshold": threshold}
+    log.info(
+        "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f",
+        region, len(y_val), time.perf_counter() - started, _uptime(), record["pr_auc"],
+    )  # fmt: skip
     return _reply(msg, region, {"metrics": MetricRecord(record)})  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ Rows numbered in errors are 1-based data rows (the header is row 0).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def csv_files(path: Path) -> list[Path]:
     return [path]
 
 
+MAX_NAME = 256
 BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch (~200k PaySim rows)
 
 
@@ -94,43 +96,93 @@ def iter_paysim_file(
                     frame[column] = 0.0
             yield validate(frame[list(COLUMNS)], path, offset)
             offset += batch.num_rows
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+    except (pa.ArrowException, UnicodeDecodeError, ValueError) as err:
+        if isinstance(err, PaySimFormatError):
+            raise
         raise _locate_error(path, err) from None
     if offset == 0:
         raise PaySimFormatError(path, "no data rows after the header")
 
 
+MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+MAX_FIELD = 1 << 16  # bytes; PaySim fields are at most ~20
+
+
 def _header(path: Path) -> list[str]:
     with path.open("rb") as handle:
-        first = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+        start = handle.read(8)
+        handle.seek(0)
+        first_bytes = handle.readline(MAX_FIELD)
+    for magic, kind in MAGIC.items():
+        if start.startswith(magic):
+            raise PaySimFormatError(
+                path, f"file is {kind}-compressed; decompress it to a plain .csv first"
+            )
+    try:
+        first = first_bytes.decode("utf-8").strip().lstrip("\ufeff")
+    except UnicodeDecodeError as err:
+        raise PaySimFormatError(path, f"header is not UTF-8 text (byte {err.start})") from None
     if not first:
         raise PaySimFormatError(path, "file is empty")
     return [c.strip() for c in first.split(",")]
 
 
 def _locate_error(path: Path, err: Exception) -> PaySimFormatError:
-    """Re-read as text, in chunks, to name the first bad column, row and value."""
-    offset = 0
+    """Re-read as text to name the first bad row (and column, value) behind a pyarrow error."""
+    return (
+        _scan_rows(path)
+        or _scan_numbers(path)
+        or PaySimFormatError(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+    )
+
+
+def _scan_rows(path: Path) -> PaySimFormatError | None:
+    """Structural problems: encoding, field counts, repeated headers, oversized fields."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(MAX_FIELD)
+    row = 0
     try:
-        chunks = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=200_000
-        )
-        for raw in chunks:
-            for column in _NUMERIC:
-                if column not in raw:
-                    continue
-                parsed = pd.to_numeric(raw[column], errors="coerce")
-                bad = (parsed.isna() & (raw[column].str.strip() != "")).to_numpy()
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    value = raw[column].iloc[i]
-                    return PaySimFormatError(path, "not a number", column, offset + i + 1, value)
-            offset += len(raw)
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            header = [c.strip().lstrip("\ufeff") for c in next(reader, [])]
+            for row, fields in enumerate(reader, start=1):
+                if [f.strip() for f in fields] == header:
+                    return PaySimFormatError(path, "repeated header line", row=row)
+                if len(fields) != len(header):
+                    problem = f"has {len(fields)} fields, the header has {len(header)}"
+                    return PaySimFormatError(path, problem + " (truncated line?)", row=row)
     except UnicodeDecodeError as uerr:
         return PaySimFormatError(path, f"not UTF-8 text at byte {uerr.start}")
-    except Exception:  # noqa: BLE001 - the pyarrow message is the best we have
-        pass
-    return PaySimFormatError(path, str(err).splitlines()[0])
+    except csv.Error as cerr:
+        return PaySimFormatError(path, f"unreadable CSV ({cerr})", row=row + 1)
+    finally:
+        csv.field_size_limit(previous)
+    return None
+
+
+def _scan_numbers(path: Path) -> PaySimFormatError | None:
+    offset = 0
+    chunks = pd.read_csv(
+        path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=200_000
+    )
+    for raw in chunks:
+        for column in _NUMERIC:
+            if column not in raw:
+                continue
+            parsed = pd.to_numeric(raw[column], errors="coerce")
+            bad = (parsed.isna() & (raw[column].str.strip() != "")).to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                value = raw[column].iloc[i]
+                return PaySimFormatError(path, "not a number", column, offset + i + 1, value)
+        offset += len(raw)
+    return None
 
 
 def validate(frame: pd.DataFrame, path: Path | str = "<frame>", offset: int = 0) -> pd.DataFrame:
@@ -159,6 +211,8 @@ def validate(frame: pd.DataFrame, path: Path | str = "<frame>", offset: int = 0)
     _first_bad("type", codes < 0, f"unknown type (expected {TYPES})")
     for column in NAMES:
         _first_bad(column, (frame[column] == "").to_numpy(), "empty account name")
+        length = frame[column].str.len().to_numpy()
+        _first_bad(column, length > MAX_NAME, f"account name longer than {MAX_NAME} characters")
     out = pd.DataFrame(
         {
             "step": step.astype("int32"),

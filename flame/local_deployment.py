@@ -75,16 +75,22 @@ class LocalDeployment:
         self.superlink = self._spawn("superlink", command)
         wait_healthy(f"http://{self.address}/health", self.superlink, self.folder / "superlink.log")
 
-    def start_node(self, index: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start_node(
+        self, index: int, extra: list[str] | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
         region = self.settings.regions[index]
         port = free_port()
         command = [
-            _bin("flower-supernode"), *self.security, "--superlink", self.address,
+            sys.executable, "-m", "flame.cli", "supernode", *self.security,
+            "--superlink", self.address,
             "--host", "127.0.0.1", "--port", str(port),
             "--node-config", f"partition-id={index} num-partitions={len(self.settings.regions)}",
             *self.supernode_args, *(extra or []),
         ]  # fmt: skip
         node = self.nodes[region] = self._spawn(f"supernode-{region}", command)
+        if wait:
+            log = self.folder / f"supernode-{region}.log"
+            wait_healthy(f"http://127.0.0.1:{port}/health", node, log)
         return node
 
     def start(self) -> None:

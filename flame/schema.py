@@ -46,6 +46,8 @@ class PaySimFormatError(ValueError):
             where.append(f"column {column!r}")
         if row is not None:
             where.append(f"row {row}")
-        detail = f" (value {value!r})" if value is not None else ""
+        text = repr(value)
+        text = text if len(text) <= 60 else f"{text[:50]}... ({len(str(value)):,} characters)"
+        detail = f" (value {text})" if value is not None else ""
         super().__init__(f"{': '.join([', '.join(where), problem])}{detail}")
         self.path, self.column, self.row, self.value = path, column, row, value

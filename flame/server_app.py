@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from flame import metrics as fm
-from flame import plots
+from flame import plots, polling
 from flame.features import FEATURE_VERSION, feature_names
 from flame.log import setup_logging
 from flame.model import FraudMLP, ModelCard, build_model, save_model
@@ -67,6 +67,7 @@ def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)
     setup_logging()
+    polling.apply(settings.poll_interval)
     torch.set_num_threads(settings.torch_threads)
     out = settings.resolved_out_dir().resolve()
     x, y_test = heldout_arrays(settings)

@@ -69,7 +69,7 @@ class FlameSettings(BaseSettings):
     )
     local_epochs: int = Field(2, ge=1, description="Epochs over local data per round.")
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(256, ge=1, description="Mini-batch size.")
+    batch_size: int = Field(1024, ge=1, description="Mini-batch size (non-DP path).")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(
         default=[64, 32], description="Comma-separated MLP hidden layer widths."
     )
@@ -83,6 +83,10 @@ class FlameSettings(BaseSettings):
         description="Decision threshold; 0 = F1-optimal on the pooled client validation scores.",
     )
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
+    poll_interval: float = Field(
+        0.25, ge=0.01, le=3.0,
+        description="Deployment: cap (s) on Flower's idle polling sleeps (Flower's own: 3 s).",
+    )  # fmt: skip
 
     # --- privacy ---------------------------------------------------------------------------
     dp: bool = Field(False, description="DP-SGD (Opacus) on every region's local training.")

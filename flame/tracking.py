@@ -1,12 +1,14 @@
 """Run tracking: CSV, TensorBoard and MLflow, each switched by a setting.
 
 A failing sink never stops training: it logs one warning and switches itself off. The CSV is
-written row by row (flushed), so it holds every finished round even if the run dies.
+written row by row (flushed), so it holds every finished round even if the run dies. MLflow
+being unreachable is not a failure: its metrics are queued until it answers (see MlflowSink).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
@@ -81,38 +83,127 @@ def mlflow_reachable(uri: str, timeout: float = 3.0) -> bool:
 
 
 class MlflowSink:
-    """One MLflow run per federated run; metrics at step=round."""
+    """One MLflow run per federated run; metrics at step=round.
 
-    def __init__(self, settings: FlameSettings, run_name: str, params: Mapping[str, Any]) -> None:
+    MLflow being down never blocks or stops training: every record is queued, and the queue is
+    delivered (oldest first) whenever the server answers its health check. The run itself is
+    created on first contact, and its id kept in ``mlflow_run.json`` in the run folder, so
+    ``flame mlflow-backfill <run folder>`` can later deliver anything still missing from the CSV.
+    """
+
+    def __init__(self, settings: FlameSettings, folder: Path, params: Mapping[str, Any]) -> None:
+        self.settings, self.folder, self.params = settings, folder, dict(params)
+        self.uri = settings.mlflow_tracking_uri
+        self.run_id: str | None = None
+        self.url = ""
+        self.pending: list[Any] = []
+        self._connect()
+
+    def _connect(self) -> bool:
+        if self.run_id is not None:
+            return True
+        if not mlflow_reachable(self.uri):
+            return False
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(settings.mlflow_tracking_uri)
-        experiment = self.client.get_experiment_by_name(settings.mlflow_experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else self.client.create_experiment(settings.mlflow_experiment)
-        )
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        self.client.log_batch(self.run_id, params=_params(params))
-        self.url = (
-            f"{settings.mlflow_tracking_uri}/#/experiments/{experiment_id}/runs/{self.run_id}"
-        )
+        self.client = MlflowClient(self.uri)
+        self.run_id, experiment_id = open_run(self.client, self.settings, self.folder)
+        self.client.log_batch(self.run_id, params=_params(self.params))
+        self.url = f"{self.uri}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        log.info("MLflow run: %s", self.url)
+        return True
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        prefix = kind.replace(":", "_") + ("" if stage == "evaluate" else f"_{stage}")
-        batch = [Metric(f"{prefix}/{k}", v, now, rnd) for k, v in _scalars(metrics).items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        prefix = metric_prefix(kind, stage)
+        self.pending += [Metric(f"{prefix}/{k}", v, now, rnd) for k, v in _scalars(metrics).items()]
+        self.flush()
+
+    def flush(self) -> bool:
+        """Deliver queued metrics if MLflow answers; True when nothing is left."""
+        if not self.pending:
+            return True
+        if not self._connect() or not mlflow_reachable(self.uri, timeout=1.0):
+            log.warning("MLflow unreachable: %d metric values queued", len(self.pending))
+            return False
+        assert self.run_id is not None
+        while self.pending:
+            batch = self.pending[:1000]  # MLflow's log_batch limit
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as err:  # noqa: BLE001 - went down mid-delivery: keep the queue
+                log.warning("MLflow delivery failed (%s); %d values queued", err, len(self.pending))
+                return False
+            del self.pending[: len(batch)]
+        return True
 
     def artifacts(self, paths: list[Path]) -> None:
-        for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
+        if self.flush() and self.run_id is not None:
+            for path in paths:
+                self.client.log_artifact(self.run_id, str(path))
 
     def close(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        if not self.flush():
+            log.warning(
+                "MLflow was unreachable to the end: %d metric values not delivered; they are in "
+                "%s; deliver them with `flame mlflow-backfill %s`",
+                len(self.pending), self.folder / "metrics.csv", self.folder,
+            )  # fmt: skip
+            return
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+
+
+def metric_prefix(kind: str, stage: str) -> str:
+    return kind.replace(":", "_") + ("" if stage == "evaluate" else f"_{stage}")
+
+
+def open_run(client: Any, settings: FlameSettings, folder: Path) -> tuple[str, str]:
+    """The run folder's MLflow run (from ``mlflow_run.json``), created on first use."""
+    record = folder / "mlflow_run.json"
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("tracking_uri") == settings.mlflow_tracking_uri:
+            return saved["run_id"], saved["experiment_id"]
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(settings.mlflow_experiment)
+    )
+    run_id = client.create_run(experiment_id, run_name=folder.name).info.run_id
+    saved = {"run_id": run_id, "experiment_id": experiment_id}
+    record.write_text(json.dumps(saved | {"tracking_uri": settings.mlflow_tracking_uri}))
+    return run_id, experiment_id
+
+
+def backfill(settings: FlameSettings, folder: Path) -> int:
+    """Log every metrics.csv value MLflow lacks into the folder's run; returns values sent."""
+    import pandas as pd
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    if not mlflow_reachable(settings.mlflow_tracking_uri):
+        raise ConnectionError(f"MLflow at {settings.mlflow_tracking_uri} is unreachable")
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    run_id, _ = open_run(client, settings, folder)
+    rows = pd.read_csv(folder / "metrics.csv")
+    have: dict[str, set[int]] = {}
+    missing = []
+    for row in rows.to_dict("records"):
+        prefix = metric_prefix(str(row["kind"]), str(row["stage"]))
+        for key, value in _scalars(row).items():
+            name = f"{prefix}/{key}"
+            if name not in have:
+                have[name] = {m.step for m in client.get_metric_history(run_id, name)}
+            if int(row["round"]) not in have[name]:
+                stamp = int(float(row["time"]) * 1000)
+                missing.append(Metric(name, value, stamp, int(row["round"])))
+    for start in range(0, len(missing), 1000):
+        client.log_batch(run_id, metrics=missing[start : start + 1000])
+    return len(missing)
 
 
 def _params(params: Mapping[str, Any]) -> list[Any]:
@@ -132,14 +223,11 @@ class Tracker:
         self._open("tensorboard", settings.tensorboard, lambda: TensorBoardSink(folder))
         if settings.mlflow and not mlflow_reachable(settings.mlflow_tracking_uri):
             log.warning(
-                "MLflow at %s is unreachable; continuing without MLflow "
-                "(start one with scripts/start_mlflow_ui.py or set FLAME_MLFLOW=false)",
+                "MLflow at %s is unreachable; metrics are queued for it and always written to "
+                "the CSV (start one with scripts/start_mlflow_ui.py or set FLAME_MLFLOW=false)",
                 settings.mlflow_tracking_uri,
             )
-        else:
-            self._open("mlflow", settings.mlflow, lambda: MlflowSink(settings, folder.name, params))
-        if "mlflow" in self.sinks:
-            log.info("MLflow run: %s", self.sinks["mlflow"].url)
+        self._open("mlflow", settings.mlflow, lambda: MlflowSink(settings, folder, params))
 
     def _open(self, name: str, enabled: bool, factory: Any) -> None:
         if not enabled:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,35 +46,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real MLflow tracking server on a loopback port; can be stopped and started again."""
+
+    def __init__(self, store: Path) -> None:
+        self.port, self.store = free_port(), store
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        store.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> MlflowServer:
+        env = os.environ | {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "GIT_PYTHON_REFRESH": "quiet",
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{self.store}/mlflow.db",
+                "--artifacts-destination", str(self.store / "artifacts"), "--serve-artifacts",
+            ],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("MLflow server did not become healthy in 90 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real MLflow tracking server on a free loopback port."""
-    port = free_port()
-    env = os.environ | {
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-    store = tmp_path / "mlflow"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-            "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("MLflow server did not become healthy in 90 s")
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    server = MlflowServer(tmp_path / "mlflow").start()
+    yield server.uri
+    server.stop()

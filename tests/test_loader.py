@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +79,40 @@ def test_bad_files(tmp_path: Path, lines: tuple[str, ...], fragment: str) -> Non
     with pytest.raises(PaySimFormatError, match=None) as err:
         read_paysim(path)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        # a truncated last line (a copy cut short)
+        (f"{HEADER}\n{PANDAS}\n2,PAYMENT,98", "row 2: has 3 fields, the header has 11"),
+        (f"{HEADER}\n{PANDAS}\n{HEADER}\n{JAVA}\n", "row 2: repeated header line"),
+        (f"{HEADER}\n{PANDAS}\n{PANDAS.replace('C3', 'C' * 100_000)}\n", "row 2"),
+        (f"{HEADER}\n{PANDAS.replace('C3', 'C' * 300)}\n", "longer than 256 characters"),
+        (f"{HEADER}\n{PANDAS.replace('C3', '')}\n", "empty account name"),
+        (f"{HEADER}\n{PANDAS}\n{PANDAS.replace(',', ';')}\n", "row 2: has 1 fields"),
+        (f"{HEADER}\n{PANDAS}\n2,PAYMENT,5.0\n", "row 2: has 3 fields"),
+    ],
+)
+def test_structural_problems_name_the_row(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(PaySimFormatError) as err:
+        read_paysim(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and fragment in message and "\n" not in message
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("compress", "kind"),
+    [(gzip.compress, "gzip"), (bz2.compress, "bzip2"), (lzma.compress, "xz")],
+)
+def test_compressed_file_with_csv_extension(tmp_path: Path, compress, kind: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes(compress(f"{HEADER}\n{PANDAS}\n".encode()))
+    with pytest.raises(PaySimFormatError, match=f"{kind}-compressed"):
+        read_paysim(path)
 
 
 def test_non_utf8_is_named(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from flame.features import FEATURE_VERSION, build_features, feature_names, labels
+from flame.inference import mlp_logits
 from flame.model import FraudMLP, ModelCard, build_model, load_model, save_model
 from flame.score import score_file
 from flame.synth import generate, write_csv
@@ -71,3 +72,11 @@ def test_save_load_and_score_keeps_input_order(tmp_path: Path) -> None:
     x = torch.from_numpy(build_features(frame))
     direct = 1 / (1 + np.exp(-predict_logits(loaded, x)))
     assert np.allclose(scored["fraud_probability"], direct, atol=1e-6)
+
+
+def test_numpy_scoring_equals_the_torch_model_in_eval_mode() -> None:
+    model = FraudMLP(len(feature_names()), [32, 16, 8])
+    x = torch.randn(1_000, len(feature_names()))
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    expected = predict_logits(model, x)
+    assert np.allclose(mlp_logits(state, x.numpy(), batch_size=300), expected, atol=1e-5)

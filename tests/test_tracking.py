@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -8,6 +11,7 @@ import pandas as pd
 
 from flame.settings import load_settings
 from flame.tracking import CSV_COLUMNS, Tracker
+from tests.conftest import MlflowServer
 
 
 def test_csv_and_tensorboard(tmp_path: Path) -> None:
@@ -57,3 +61,53 @@ def test_real_mlflow_server_receives_metrics(tmp_path: Path, mlflow_server: str)
         run = json.load(r)["run"]
     assert run["info"]["status"] == "FINISHED"
     assert {"key": "seed", "value": "3"} in run["data"]["params"]
+
+
+def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    api = f"{uri}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}"
+    with urllib.request.urlopen(api) as reply:
+        return sorted((m["step"], m["value"]) for m in json.load(reply).get("metrics", []))
+
+
+def test_mlflow_outage_queues_metrics_and_delivers_them_on_return(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        settings = load_settings(mlflow=True, mlflow_tracking_uri=server.uri)
+        tracker = Tracker(settings, tmp_path / "run", {})
+        tracker.log("server", 1, "evaluate", {"pr_auc": 0.5})
+        server.stop()  # MLflow goes down mid-run
+        tracker.log("server", 2, "evaluate", {"pr_auc": 0.6})
+        tracker.log("server", 3, "evaluate", {"pr_auc": 0.7})
+        sink = tracker.sinks["mlflow"]  # still on: queued, not switched off
+        assert len(sink.pending) == 2
+        server.start()  # same port and store
+        tracker.log("server", 4, "evaluate", {"pr_auc": 0.8})
+        tracker.close()
+        history = _history(server.uri, sink.run_id, "server/pr_auc")
+        assert history == [(1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8)]
+        assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["round"]) == [1, 2, 3, 4]
+    finally:
+        server.stop()
+
+
+def test_backfill_delivers_a_run_logged_while_mlflow_was_down(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "mlflow")  # not started: down for the whole run
+    settings = load_settings(mlflow=True, mlflow_tracking_uri=server.uri)
+    tracker = Tracker(settings, tmp_path / "run", {})
+    for rnd in (1, 2, 3):
+        tracker.log("server", rnd, "evaluate", {"pr_auc": rnd / 10, "loss": 1.0})
+        tracker.log("client:us", rnd, "evaluate", {"pr_auc": rnd / 20})
+    tracker.close()
+    server.start()
+    try:
+        env = os.environ | {"FLAME_MLFLOW_TRACKING_URI": server.uri}
+        command = [sys.executable, "-m", "flame.cli", "mlflow-backfill", str(tmp_path / "run")]
+        first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        assert "sent 9 metric values" in first.stdout
+        again = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        assert "sent 0 metric values" in again.stdout  # idempotent
+        run_id = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"]
+        assert _history(server.uri, run_id, "server/pr_auc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
+        assert _history(server.uri, run_id, "client_us/pr_auc")[-1] == (3, 0.15)
+    finally:
+        server.stop()
