@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +109,30 @@ def main(grid: Grid, context: Context) -> None:
             clipping_norm=settings.update_clip,
             num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
         )
+    wait_for_regions(grid, settings)
     result = runner.start(
         grid=grid,
         initial_arrays=initial,
         num_rounds=settings.num_server_rounds,
+        timeout=settings.round_timeout,
         train_config=train_config,
         evaluate_fn=evaluator,
     )
     if result.arrays is None:
         log.error("no region returned a model update in any round; saving the initial model")
     finish(out, model, card, result.arrays or initial, evaluator, tracker)
+
+
+def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
+    """Give every region FLAME_JOIN_TIMEOUT to connect before round 1, then go with who is there
+    (at least FLAME_MIN_REGIONS, which Flower's sampling waits for)."""
+    want, deadline = len(settings.regions), time.monotonic() + settings.join_timeout
+    while len(list(grid.get_node_ids())) < want and time.monotonic() < deadline:
+        time.sleep(1)
+    have = len(list(grid.get_node_ids()))
+    if have < want:
+        log.warning("starting with %d of %d regions connected after %.0f s",
+                    have, want, settings.join_timeout)  # fmt: skip
 
 
 def finish(

@@ -68,6 +68,16 @@ class FlameSettings(BaseSettings):
         1.0, ge=0, le=1, description="Share of regions evaluated per round."
     )
     local_epochs: int = Field(2, ge=1, description="Epochs over local data per round.")
+    min_regions: int = Field(
+        1, ge=1,
+        description="Fewest regions a round proceeds with; lost regions are skipped, not awaited.",
+    )  # fmt: skip
+    join_timeout: float = Field(
+        120.0, ge=0, description="Seconds the first round waits for every region to connect."
+    )
+    round_timeout: float = Field(
+        900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
+    )
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
     batch_size: int = Field(1024, ge=1, description="Mini-batch size (non-DP path).")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(

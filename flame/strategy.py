@@ -64,7 +64,12 @@ class FlameStrategy(FedAvg):
     """
 
     def __init__(
-        self, tracker: Tracker, threshold: float = 0.0, codec: str = "none", **kwargs: object
+        self,
+        tracker: Tracker,
+        threshold: float = 0.0,
+        codec: str = "none",
+        regions: Iterable[str] = (),
+        **kwargs: object,
     ) -> None:
         super().__init__(  # type: ignore[call-arg]
             evaluate_metrics_aggr_fn=pooled_evaluate,
@@ -77,6 +82,21 @@ class FlameStrategy(FedAvg):
         self.auto_threshold = threshold == 0.0
         self.threshold = threshold or 0.5
         self.last_clients: MetricRecord | None = None
+        self.regions = list(regions)
+
+    def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
+        """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
+        answered = {region_of(m.content) for m in replies if not m.has_error()}
+        missing = sorted(set(self.regions) - answered)
+        errors = [m.error.reason for m in replies if m.has_error()]
+        if missing:
+            log.warning(
+                "round %d %s: no reply from %s%s; continuing with %s",
+                server_round, stage, ", ".join(missing),
+                f" ({'; '.join(e.splitlines()[0] for e in errors)})" if errors else "",
+                ", ".join(sorted(answered)) or "nobody",
+            )  # fmt: skip
+        return {"regions": len(answered), "missing": ";".join(missing)}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -93,6 +113,8 @@ class FlameStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        roll = self.roll_call(server_round, "train", replies)
         kept = []
         totals = {"bytes_sent": 0.0, "bytes_received": 0.0}
         for msg in replies:
@@ -117,10 +139,11 @@ class FlameStrategy(FedAvg):
                     )
                 kept.append(msg)
         arrays, metrics = super().aggregate_train(server_round, kept)
+        row: dict[str, Any] = roll | totals
         if metrics is not None:
-            row = {"loss": metrics["train-loss"], **totals}
+            row |= {"loss": metrics["train-loss"]}
             row |= {"epsilon": metrics["epsilon"]} if "epsilon" in metrics else {}
-            self.tracker.log(CLIENTS, server_round, "train", row)
+        self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
 
     def aggregate_evaluate(
@@ -134,10 +157,13 @@ class FlameStrategy(FedAvg):
                 record |= {"num_examples": record["num-examples"]}
                 kind = client_kind(region_of(msg.content))
                 self.tracker.log(kind, server_round, "evaluate", record)
+        roll = self.roll_call(server_round, "evaluate", replies)
         pooled = super().aggregate_evaluate(server_round, replies)
         self.last_clients = pooled
-        if pooled is not None:
-            row = dict(pooled) | {"threshold": self.threshold}
+        if pooled is None:
+            self.tracker.log(CLIENTS, server_round, "evaluate", roll)
+        else:
+            row = dict(pooled) | {"threshold": self.threshold} | roll
             self.tracker.log(CLIENTS, server_round, "evaluate", row)
             if self.auto_threshold:
                 self.threshold = fm.best_threshold(pooled["hist-pos"], pooled["hist-neg"])
@@ -153,12 +179,13 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         else type(f"Flame{base.__name__}", (FlameStrategy, base), {})
     )
     n = len(settings.regions)
+    least = min(settings.min_regions, n)  # never wait for more regions than this
     kwargs: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
         "fraction_evaluate": settings.fraction_evaluate,
-        "min_train_nodes": max(1, round(settings.fraction_train * n)),
-        "min_evaluate_nodes": max(1, round(settings.fraction_evaluate * n)),
-        "min_available_nodes": n,
+        "min_train_nodes": least,
+        "min_evaluate_nodes": least,
+        "min_available_nodes": least,
     }
     if base in (Krum, MultiKrum):
         kwargs["num_malicious_nodes"] = settings.num_malicious
@@ -166,4 +193,5 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         kwargs["num_nodes_to_select"] = max(1, n - settings.num_malicious)
     if base is FedTrimmedAvg:
         kwargs["beta"] = settings.trim_beta
-    return cls(tracker, settings.threshold, settings.codec, **kwargs)  # type: ignore[return-value]
+    strategy = cls(tracker, settings.threshold, settings.codec, settings.regions, **kwargs)
+    return strategy  # type: ignore[return-value]

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = [
     "time", "kind", "round", "stage", "threshold", "num_examples", "loss", "precision",
     "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
-    "bytes_sent", "bytes_received",
+    "bytes_sent", "bytes_received", "regions", "missing",
 ]  # fmt: skip
 SERVER, CLIENTS = "server", "client_aggregate"
 
@@ -50,7 +50,8 @@ class CsvSink:
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
         row = {"time": f"{time.time():.3f}", "kind": kind, "round": rnd, "stage": stage}
-        self._writer.writerow(row | _scalars(metrics))
+        text = {k: metrics[k] for k in ("missing",) if metrics.get(k)}
+        self._writer.writerow(row | _scalars(metrics) | text)
         self._file.flush()
 
     def close(self) -> None:

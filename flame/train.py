@@ -36,15 +36,15 @@ def train_epochs(
     mean_loss = float("nan")
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False):
         order = torch.randperm(len(x), generator=generator)
-        total = 0.0
+        total = torch.zeros(())
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-        mean_loss = total / max(len(x), 1)
+            total += loss.detach() * len(idx)  # no per-batch .item(): no sync, no Python float
+        mean_loss = total.item() / max(len(x), 1)
     return mean_loss
 
 

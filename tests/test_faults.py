@@ -1,0 +1,71 @@
+"""Fault tolerance with real processes: a SuperLink and one SuperNode per region on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flame.local_deployment import LocalDeployment
+from flame.partition import prepare
+from flame.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def _env(tmp_path: Path, rounds: int) -> dict[str, str]:
+    return {
+        "FLAME_CACHE_DIR": str(tmp_path / "cache"),
+        "FLAME_OUT_DIR": str(tmp_path / "run"),
+        "FLAME_MLFLOW": "false",
+        "FLAME_TENSORBOARD": "false",
+        "TQDM_DISABLE": "1",
+        "FLAME_SYNTH_ROWS": "30000",
+        "FLAME_NUM_SERVER_ROUNDS": str(rounds),
+        "FLAME_LOCAL_EPOCHS": "1",
+    }
+
+
+def _metrics(tmp_path: Path) -> pd.DataFrame:
+    path = tmp_path / "run" / "metrics.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["kind", "round"])
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, folder: Path) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            logs = {p.name: p.read_text()[-1500:] for p in folder.glob("*.log")}
+            raise AssertionError(f"timed out waiting for {what}; logs: {logs}")
+        time.sleep(0.5)
+
+
+def test_lost_region_is_skipped_recorded_and_rejoins(tmp_path: Path, monkeypatch) -> None:
+    env = _env(tmp_path, rounds=5)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    prepare(settings)
+    folder = tmp_path / "deployment"
+    with LocalDeployment(folder, settings, env=env) as deployment:
+        deployment.start()
+        launcher = deployment.submit(ROOT)
+        rounds_done = lambda: _metrics(tmp_path).query("kind == 'server'")["round"].max()  # noqa: E731
+        _wait("round 1", lambda: rounds_done() >= 1, 300, folder)
+        deployment.kill(deployment.nodes["eu"])  # the EU site dies mid-run
+        missing = lambda: _metrics(tmp_path).get("missing", pd.Series(dtype=str))  # noqa: E731
+        _wait("a round without eu", lambda: (missing() == "eu").any(), 300, folder)
+        deployment.start_node(1)  # and comes back
+        assert launcher.wait(timeout=600) == 0, (folder / "launch.log").read_text()[-3000:]
+    table = _metrics(tmp_path)
+    server = table.query("kind == 'server'")
+    assert sorted(server["round"]) == [0, 1, 2, 3, 4, 5]  # every round ran exactly once
+    train = table.query("kind == 'client_aggregate' and stage == 'train'").set_index("round")
+    gap = train.index[train["missing"].fillna("") == "eu"]
+    assert len(gap) >= 1 and (train.loc[gap, "regions"] == 1).all()
+    assert train.loc[5, "regions"] == 2 and pd.isna(train.loc[5, "missing"])  # eu rejoined
+    assert "client:eu" in set(table.query("round == 5")["kind"])
