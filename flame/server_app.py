@@ -12,8 +12,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
+from flame import checkpoint, plots, polling
 from flame import metrics as fm
-from flame import plots, polling
 from flame.features import FEATURE_VERSION, feature_names
 from flame.log import setup_logging
 from flame.model import FraudMLP, ModelCard, build_model, save_model
@@ -31,18 +31,34 @@ class ServerEvaluator:
     """``evaluate_fn``: scores the global model on the server's test set every round."""
 
     def __init__(
-        self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray], strategy: FlameStrategy
+        self,
+        model: FraudMLP,
+        test: tuple[torch.Tensor, np.ndarray],
+        strategy: FlameStrategy,
+        folder: Path,
+        settings: FlameSettings,
     ) -> None:
         self.model, (self.x, self.y), self.strategy = model, test, strategy
+        self.folder, self.settings = folder, settings
         self.last: dict[str, float] = {}
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        """Score round ``rnd``'s global model, log it, checkpoint the round, commit tracking."""
+        rnd += self.strategy.offset
         self.model.load_state_dict(arrays.to_torch_state_dict())
         self.logits = predict_logits(self.model, self.x)
         self.last = fm.exact_metrics(self.logits, self.y, self.strategy.threshold)
+        record = MetricRecord({k: v for k, v in self.last.items() if isinstance(v, int | float)})
+        if self.strategy.offset and rnd == self.strategy.offset:
+            return record  # the resumed model: this round was logged by the run that made it
         self.strategy.tracker.log(SERVER, rnd, "evaluate", self.last)
         log.info(_summary(rnd, self.last, self.strategy.last_clients if rnd else None))
-        return MetricRecord({k: v for k, v in self.last.items() if isinstance(v, int | float)})
+        state = checkpoint.Checkpoint(
+            rnd, self.strategy.threshold, checkpoint.fixed_settings(self.settings)
+        )
+        checkpoint.save(self.folder, state, {k: arrays[k].numpy() for k in arrays})
+        self.strategy.tracker.commit()
+        return record
 
 
 def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -> str:
@@ -71,6 +87,14 @@ def main(grid: Grid, context: Context) -> None:
     polling.apply(settings.poll_interval)
     torch.set_num_threads(settings.torch_threads)
     out = settings.resolved_out_dir().resolve()
+    done = 0  # rounds completed before this run (resume)
+    resumed: dict[str, np.ndarray] | None = None
+    if settings.resume:
+        out = checkpoint.resume_folder(settings).resolve()
+        state, resumed = checkpoint.load(out)
+        checkpoint.check_compatible(state, settings, out)
+        done = state.round
+        log.info("Resuming %s after round %d of %d", out, done, settings.num_server_rounds)
     x, y_test = heldout_arrays(settings)
     x_test = torch.from_numpy(x)
     log.info(
@@ -85,9 +109,13 @@ def main(grid: Grid, context: Context) -> None:
         FEATURE_VERSION,
     )
     model = build_model(card, seed=settings.seed)
-    tracker = Tracker(settings, out, run_params(settings, len(y_test)))
+    params = run_params(settings, len(y_test))
+    tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
     strategy = build_strategy(settings, tracker)
-    evaluator = ServerEvaluator(model, (x_test, y_test), strategy)
+    evaluator = ServerEvaluator(model, (x_test, y_test), strategy, out, settings)
+    if resumed is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in resumed.items()})
+        strategy.offset, strategy.threshold = done, state.threshold
     train_config = ConfigRecord(
         {
             "local-epochs": settings.local_epochs,
@@ -109,11 +137,16 @@ def main(grid: Grid, context: Context) -> None:
             clipping_norm=settings.update_clip,
             num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
         )
+    if done >= settings.num_server_rounds:
+        log.info("All %d rounds were already complete; saving the final model", done)
+        evaluator(0, initial)
+        finish(out, model, card, initial, evaluator, tracker)
+        return
     wait_for_regions(grid, settings)
     result = runner.start(
         grid=grid,
         initial_arrays=initial,
-        num_rounds=settings.num_server_rounds,
+        num_rounds=settings.num_server_rounds - done,
         timeout=settings.round_timeout,
         train_config=train_config,
         evaluate_fn=evaluator,

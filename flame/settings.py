@@ -136,6 +136,11 @@ class FlameSettings(BaseSettings):
 
     # --- tracking ---------------------------------------------------------------------------
     runs_dir: Path = Field(Path("runs"), description="Parent of runs/<timestamp>.")
+    resume: bool = Field(
+        False,
+        description="Continue FLAME_OUT_DIR (else the newest run with a checkpoint) after its "
+        "last completed round.",
+    )
     out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
     csv: bool = Field(True, description="Write runs/<ts>/metrics.csv.")
     tensorboard: bool = Field(

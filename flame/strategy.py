@@ -83,6 +83,7 @@ class FlameStrategy(FedAvg):
         self.threshold = threshold or 0.5
         self.last_clients: MetricRecord | None = None
         self.regions = list(regions)
+        self.offset = 0  # rounds completed before this run started (resume)
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -101,18 +102,21 @@ class FlameStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.offset
         config["threshold"] = self.threshold
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.offset
         self.round_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         replies = list(replies)
         roll = self.roll_call(server_round, "train", replies)
         kept = []
@@ -149,6 +153,7 @@ class FlameStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.offset
         replies = list(replies)
         for msg in replies:
             if not msg.has_error():

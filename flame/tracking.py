@@ -42,11 +42,20 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class CsvSink:
-    def __init__(self, path: Path) -> None:
+    """metrics.csv, one flushed row per record. A new run starts a fresh file; a resumed run
+    keeps the rows up to its checkpointed round (dropping a half-finished round) and appends."""
+
+    def __init__(self, path: Path, resume_after: int | None = None) -> None:
         self.path = path
-        self._file = path.open("w", newline="")  # a new run never mixes with an old one
+        kept: list[dict[str, str]] = []
+        if resume_after is not None and path.exists():
+            with path.open(newline="") as old:
+                kept = [r for r in csv.DictReader(old) if int(r["round"]) <= resume_after]
+        self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, CSV_COLUMNS, extrasaction="ignore")
         self._writer.writeheader()
+        self._writer.writerows(kept)
+        self._file.flush()
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
         row = {"time": f"{time.time():.3f}", "kind": kind, "round": rnd, "stage": stage}
@@ -108,8 +117,9 @@ class MlflowSink:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(self.uri)
-        self.run_id, experiment_id = open_run(self.client, self.settings, self.folder)
-        self.client.log_batch(self.run_id, params=_params(self.params))
+        self.run_id, experiment_id, created = open_run(self.client, self.settings, self.folder)
+        if created:  # a resumed run keeps the parameters it started with
+            self.client.log_batch(self.run_id, params=_params(self.params))
         self.url = f"{self.uri}/#/experiments/{experiment_id}/runs/{self.run_id}"
         log.info("MLflow run: %s", self.url)
         return True
@@ -120,6 +130,9 @@ class MlflowSink:
         now = int(time.time() * 1000)
         prefix = metric_prefix(kind, stage)
         self.pending += [Metric(f"{prefix}/{k}", v, now, rnd) for k, v in _scalars(metrics).items()]
+
+    def commit(self) -> None:
+        """End of a round: deliver it (a round cut short by a crash never reaches MLflow)."""
         self.flush()
 
     def flush(self) -> bool:
@@ -161,13 +174,14 @@ def metric_prefix(kind: str, stage: str) -> str:
     return kind.replace(":", "_") + ("" if stage == "evaluate" else f"_{stage}")
 
 
-def open_run(client: Any, settings: FlameSettings, folder: Path) -> tuple[str, str]:
-    """The run folder's MLflow run (from ``mlflow_run.json``), created on first use."""
+def open_run(client: Any, settings: FlameSettings, folder: Path) -> tuple[str, str, bool]:
+    """The run folder's MLflow run (from ``mlflow_run.json``), created on first use.
+    Returns (run id, experiment id, whether it was created now)."""
     record = folder / "mlflow_run.json"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("tracking_uri") == settings.mlflow_tracking_uri:
-            return saved["run_id"], saved["experiment_id"]
+            return saved["run_id"], saved["experiment_id"], False
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     experiment_id = (
         experiment.experiment_id
@@ -177,7 +191,7 @@ def open_run(client: Any, settings: FlameSettings, folder: Path) -> tuple[str, s
     run_id = client.create_run(experiment_id, run_name=folder.name).info.run_id
     saved = {"run_id": run_id, "experiment_id": experiment_id}
     record.write_text(json.dumps(saved | {"tracking_uri": settings.mlflow_tracking_uri}))
-    return run_id, experiment_id
+    return run_id, experiment_id, True
 
 
 def backfill(settings: FlameSettings, folder: Path) -> int:
@@ -189,7 +203,7 @@ def backfill(settings: FlameSettings, folder: Path) -> int:
     if not mlflow_reachable(settings.mlflow_tracking_uri):
         raise ConnectionError(f"MLflow at {settings.mlflow_tracking_uri} is unreachable")
     client = MlflowClient(settings.mlflow_tracking_uri)
-    run_id, _ = open_run(client, settings, folder)
+    run_id, _, _ = open_run(client, settings, folder)
     rows = pd.read_csv(folder / "metrics.csv")
     have: dict[str, set[int]] = {}
     missing = []
@@ -216,11 +230,18 @@ def _params(params: Mapping[str, Any]) -> list[Any]:
 class Tracker:
     """Fans every record out to the enabled sinks; a sink that fails is switched off."""
 
-    def __init__(self, settings: FlameSettings, folder: Path, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: FlameSettings,
+        folder: Path,
+        params: Mapping[str, Any],
+        resume_after: int | None = None,
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.sinks: dict[str, Any] = {}
-        self._open("csv", settings.csv, lambda: CsvSink(folder / "metrics.csv"))
+        csv_path = folder / "metrics.csv"
+        self._open("csv", settings.csv, lambda: CsvSink(csv_path, resume_after))
         self._open("tensorboard", settings.tensorboard, lambda: TensorBoardSink(folder))
         if settings.mlflow and not mlflow_reachable(settings.mlflow_tracking_uri):
             log.warning(
@@ -249,6 +270,10 @@ class Tracker:
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
         self._each("log", kind, rnd, stage, metrics)
+
+    def commit(self) -> None:
+        """A round is complete (and checkpointed): sinks that batch may deliver it."""
+        self._each("commit")
 
     def artifacts(self, paths: list[Path]) -> None:
         self._each("artifacts", paths)

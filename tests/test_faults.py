@@ -69,3 +69,35 @@ def test_lost_region_is_skipped_recorded_and_rejoins(tmp_path: Path, monkeypatch
     assert len(gap) >= 1 and (train.loc[gap, "regions"] == 1).all()
     assert train.loc[5, "regions"] == 2 and pd.isna(train.loc[5, "missing"])  # eu rejoined
     assert "client:eu" in set(table.query("round == 5")["kind"])
+
+
+def test_killed_superlink_and_serverapp_resume_from_the_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    env = _env(tmp_path, rounds=4)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    prepare(settings)
+    folder = tmp_path / "deployment"
+    server_rounds = lambda: _metrics(tmp_path).query("kind == 'server'")["round"]  # noqa: E731
+    with LocalDeployment(folder, settings, env=env) as deployment:
+        deployment.start()
+        first = deployment.submit(ROOT)
+        _wait("round 2", lambda: server_rounds().max() >= 2, 300, folder)
+        deployment.kill(deployment.superlink)  # takes the ServerApp (its child) down with it
+        assert first.wait(timeout=120) != 0
+        killed_after = int(server_rounds().max())
+        assert killed_after < 4
+        deployment.start_superlink()  # same SQLite state; the SuperNodes reconnect by themselves
+        deployment.env |= {"FLAME_RESUME": "true"}
+        second = deployment.submit(ROOT)
+        assert second.wait(timeout=600) == 0, (folder / "launch.log").read_text()[-3000:]
+    table = _metrics(tmp_path)
+    assert sorted(server_rounds()) == [0, 1, 2, 3, 4]  # each round exactly once
+    for kind, stage in (("client_aggregate", "train"), ("client:us", "train")):
+        rounds = table.query(f"kind == '{kind}' and stage == '{stage}'")["round"]
+        assert sorted(rounds) == [1, 2, 3, 4], (kind, stage)
+    assert '"round": 4' in (tmp_path / "run" / "checkpoint" / "state.json").read_text()
+    assert "Resuming" in (folder / "launch.log").read_text()
+    assert (tmp_path / "run" / "model.pt").exists()

@@ -34,7 +34,9 @@ def test_every_aggregator_builds_with_tracking(name: str, tmp_path: Path) -> Non
     from flame.strategy import AGGREGATORS, FlameStrategy
 
     assert isinstance(strategy, FlameStrategy) and isinstance(strategy, AGGREGATORS[name])
-    assert strategy.min_available_nodes == 5
+    assert strategy.min_available_nodes == strategy.min_train_nodes == 1  # lost regions skipped
+    strict = build_strategy(load_settings(min_regions=9, regions="a,b"), strategy.tracker)
+    assert strict.min_available_nodes == 2  # never more than the regions that exist
 
 
 @pytest.mark.integration

@@ -30,8 +30,9 @@ def test_csv_and_tensorboard(tmp_path: Path) -> None:
 def test_unreachable_mlflow_does_not_break(tmp_path: Path) -> None:
     settings = load_settings(mlflow=True, mlflow_tracking_uri="http://127.0.0.1:9")
     tracker = Tracker(settings, tmp_path, {})
-    assert "mlflow" not in tracker.sinks
+    assert tracker.sinks["mlflow"].run_id is None  # queueing, not connected
     tracker.log("server", 1, "evaluate", {"loss": 0.1})
+    tracker.commit()
     tracker.close()
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
 
@@ -75,9 +76,11 @@ def test_mlflow_outage_queues_metrics_and_delivers_them_on_return(tmp_path: Path
         settings = load_settings(mlflow=True, mlflow_tracking_uri=server.uri)
         tracker = Tracker(settings, tmp_path / "run", {})
         tracker.log("server", 1, "evaluate", {"pr_auc": 0.5})
+        tracker.commit()
         server.stop()  # MLflow goes down mid-run
-        tracker.log("server", 2, "evaluate", {"pr_auc": 0.6})
-        tracker.log("server", 3, "evaluate", {"pr_auc": 0.7})
+        for rnd, value in ((2, 0.6), (3, 0.7)):
+            tracker.log("server", rnd, "evaluate", {"pr_auc": value})
+            tracker.commit()
         sink = tracker.sinks["mlflow"]  # still on: queued, not switched off
         assert len(sink.pending) == 2
         server.start()  # same port and store

@@ -1,0 +1,87 @@
+"""Per-round checkpoints of the ServerApp, and finding the run to resume.
+
+After every completed round the ServerApp writes ``<run folder>/checkpoint/``: the global model
+(``arrays.npz``) and ``state.json`` (the round, the tuned threshold and the run's settings that
+must not change on resume). Both are replaced atomically, so a crash at any moment leaves the
+last completed round. A run started with FLAME_RESUME=true continues from it, in the same folder
+(same metrics.csv, same MLflow run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flame.settings import FlameSettings, SettingsError
+
+FOLDER = "checkpoint"
+# settings a resumed run must share with the run it continues
+FIXED = ("regions", "hidden_sizes", "drop_balance_features", "aggregation", "codec", "seed")
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    threshold: float
+    fixed: dict[str, object]
+
+
+def fixed_settings(settings: FlameSettings) -> dict[str, object]:
+    return {k: v for k, v in settings.model_dump(mode="json").items() if k in FIXED}
+
+
+def save(folder: Path, state: Checkpoint, arrays: dict[str, np.ndarray]) -> None:
+    target = folder / FOLDER
+    staging = folder / f".{FOLDER}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    np.savez(staging / "arrays.npz", **arrays)
+    (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    old = folder / f".{FOLDER}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(folder: Path) -> tuple[Checkpoint, dict[str, np.ndarray]]:
+    target = folder / FOLDER
+    if not (target / "state.json").exists() and (folder / f".{FOLDER}.old").exists():
+        target = folder / f".{FOLDER}.old"  # crashed between the two renames
+    state = Checkpoint(**json.loads((target / "state.json").read_text()))
+    with np.load(target / "arrays.npz") as data:
+        return state, {k: data[k] for k in data.files}
+
+
+def resume_folder(settings: FlameSettings) -> Path:
+    """FLAME_OUT_DIR if set, else the newest run under FLAME_RUNS_DIR that has a checkpoint."""
+    if settings.out_dir is not None:
+        if not (settings.out_dir / FOLDER / "state.json").exists():
+            raise SettingsError(f"FLAME_RESUME: {settings.out_dir} holds no checkpoint to resume")
+        return settings.out_dir
+    runs = sorted(
+        (p.parent.parent for p in settings.runs_dir.glob(f"*/{FOLDER}/state.json")),
+        key=lambda p: (p / FOLDER / "state.json").stat().st_mtime,
+    )
+    if not runs:
+        raise SettingsError(f"FLAME_RESUME: no run with a checkpoint under {settings.runs_dir}")
+    return runs[-1]
+
+
+def check_compatible(state: Checkpoint, settings: FlameSettings, folder: Path) -> None:
+    now = fixed_settings(settings)
+    changed = [k for k in FIXED if state.fixed.get(k) != now.get(k)]
+    if changed:
+        names = ", ".join(f"FLAME_{k.upper()}" for k in changed)
+        raise SettingsError(f"FLAME_RESUME: {names} differ from the run in {folder}")
+    if settings.dp:
+        raise SettingsError(
+            "FLAME_RESUME with FLAME_DP is not supported: each region's privacy accountant lives "
+            "in that run's node state, so a resumed run would under-report ε"
+        )
