@@ -54,6 +54,15 @@ def _supernode(args: argparse.Namespace) -> None:
     supernode([a for a in args.args if a != "--"], load_settings().poll_interval)
 
 
+def _certs(args: argparse.Namespace) -> None:
+    from flame.certs import make_all
+
+    settings = load_settings()
+    written = make_all(args.out, settings.regions, settings.tls_sans, args.force)
+    for line in written or ["nothing to do: credentials exist (use --force to renew)"]:
+        print(f"certs: {args.out}/{line}" if written else f"certs: {line}")
+
+
 def _backfill(args: argparse.Namespace) -> None:
     from flame.tracking import backfill
 
@@ -125,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
     )
     node.add_argument("args", nargs=argparse.REMAINDER, help="flower-supernode arguments")
     node.set_defaults(func=_supernode)
+
+    certs = sub.add_parser(
+        "certs", help="make the TLS CA, SuperLink certificate and one key pair per region"
+    )
+    certs.add_argument("--out", type=Path, default=Path("certs"), help="folder (git-ignored)")
+    certs.add_argument("--force", action="store_true", help="renew everything")
+    certs.set_defaults(func=_certs)
 
     fill = sub.add_parser(
         "mlflow-backfill", help="log a run folder's metrics.csv values that MLflow is missing"

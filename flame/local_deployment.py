@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,12 +44,16 @@ class LocalDeployment:
         env: dict[str, str] | None = None,
         supernode_args: list[str] | None = None,
         superlink_args: list[str] | None = None,
+        certs: Path | None = None,
     ) -> None:
+        """``certs``: a ``flame certs`` folder: TLS on every link and SuperNode authentication
+        (each region's key registered before its node starts). Without it: insecure HTTP."""
         self.folder, self.settings = folder, settings
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = os.environ | {"FLWR_HOME": str(folder / "flwr-home")} | (env or {})
-        self.security = ["--insecure"]
+        self.certs = certs
+        self.security = ["--insecure"] if certs is None else []
         self.supernode_args = supernode_args or []
         self.superlink_args = superlink_args or []
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -72,14 +77,50 @@ class LocalDeployment:
             "--port", str(self.port), "--database", str(self.folder / "state.db"),
             "--disable-runtime-dependency-installation", *self.superlink_args,
         ]  # fmt: skip
+        if self.certs is not None:
+            command += [
+                "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+                "--ssl-certfile", str(self.certs / "server.pem"),
+                "--ssl-keyfile", str(self.certs / "server.key"),
+                "--enable-supernode-auth",
+            ]  # fmt: skip
         self.superlink = self._spawn("superlink", command)
-        wait_healthy(f"http://{self.address}/health", self.superlink, self.folder / "superlink.log")
+        scheme = "http" if self.certs is None else "https"
+        wait_healthy(
+            f"{scheme}://{self.address}/health", self.superlink, self.folder / "superlink.log",
+            ca=self.certs / "ca.crt" if self.certs else None,
+        )  # fmt: skip
+        self._write_connection()
+
+    def _write_connection(self) -> None:
+        """The flwr CLI's connection ``[superlink.flame]`` in this deployment's FLWR_HOME."""
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        security = (
+            "insecure = true"
+            if self.certs is None
+            else f'root-certificates = "{(self.certs / "ca.crt").resolve()}"'
+        )
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "flame"\n\n[superlink.flame]\n'
+            f'address = "{self.address}"\n{security}\n'
+        )
+
+    def register(self, public_key: Path) -> subprocess.CompletedProcess[str]:
+        """``flwr supernode register`` a region's public key with the SuperLink."""
+        return subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(public_key), "flame"],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
 
     def start_node(
         self, index: int, extra: list[str] | None = None, wait: bool = True
     ) -> subprocess.Popen[bytes]:
         region = self.settings.regions[index]
         port = free_port()
+        if self.certs is not None and extra is None:
+            extra = ["--root-certificates", str(self.certs / "ca.crt"),
+                     "--auth-supernode-private-key", str(self.certs / "keys" / region)]  # fmt: skip
         command = [
             sys.executable, "-m", "flame.cli", "supernode", *self.security,
             "--superlink", self.address,
@@ -95,7 +136,11 @@ class LocalDeployment:
 
     def start(self) -> None:
         self.start_superlink()
-        for index in range(len(self.settings.regions)):
+        for index, region in enumerate(self.settings.regions):
+            if self.certs is not None:
+                done = self.register(self.certs / "keys" / f"{region}.pub")
+                if done.returncode != 0:
+                    raise RuntimeError(f"registering {region} failed: {done.stderr or done.stdout}")
             self.start_node(index)
 
     def kill(self, process: subprocess.Popen[bytes] | None) -> None:
@@ -109,6 +154,8 @@ class LocalDeployment:
             sys.executable, "-m", "flame.cli", "launch", "--app", str(app),
             "--superlink", self.address,
         ]  # fmt: skip
+        if self.certs is not None:
+            command += ["--root-certificates", str(self.certs / "ca.crt")]
         return self._spawn("launch", command)
 
     def close(self) -> None:
@@ -137,14 +184,19 @@ def _stamp(process: subprocess.Popen[bytes], path: Path) -> None:
 
 
 def wait_healthy(
-    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 60,
+    ca: Path | None = None,
 ) -> None:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=context):
                 return
         except OSError:
             time.sleep(0.3)

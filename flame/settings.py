@@ -6,6 +6,7 @@ Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +59,9 @@ class FlameSettings(BaseSettings):
         "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."
     )
     region: str = Field("", description="This site's region name (stand-alone region compose).")
+    tls_sans: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Extra DNS names/IPs for the SuperLink certificate (flame certs)."
+    )
 
     # --- training (names match Flower run config keys, with - for _) -----------------------
     num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
@@ -155,7 +159,7 @@ class FlameSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("adversarial_regions", mode="before")
+    @field_validator("adversarial_regions", "tls_sans", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -169,6 +173,9 @@ class FlameSettings(BaseSettings):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("need one or more distinct region names, e.g. 'us,eu'")
+        bad = [v for v in value or [] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(v))]
+        if bad:
+            raise ValueError(f"region names are letters, digits, - and _ only; got {bad}")
         return value
 
     @field_validator("hidden_sizes", mode="before")

@@ -1,0 +1,120 @@
+"""Credentials for a TLS + SuperNode-authenticated deployment: ``flame certs``.
+
+Writes into one folder (never commit it; ``certs/`` is git-ignored):
+- ``ca.crt`` / ``ca.key``: a private CA (RSA 4096, 2 years); keep ``ca.key`` offline;
+- ``server.pem`` / ``server.key``: the SuperLink's certificate, signed by the CA, whose SANs
+  cover every name a client dials (the compose service name, localhost, loopback and any
+  FLAME_TLS_SANS such as the SuperLink's public DNS name or IP);
+- ``keys/<region>`` / ``keys/<region>.pub``: one ECDSA P-384 key pair per region, OpenSSH
+  format, for ``flwr supernode register`` and ``--auth-supernode-private-key``.
+Existing files are kept (re-running never rotates credentials silently); ``--force`` renews.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEFAULT_SANS = ("superlink", "localhost", "127.0.0.1", "::1", "host.docker.internal")
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    # private keys: owner-only; the containers run as uid 10001, so compose mounts them with
+    # that owner (scripts/compose-tls.sh) rather than making them world-readable
+    os.chmod(path, 0o600 if private else 0o644)
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_ca(folder: Path, days: int) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Flame federation CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                          content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    _write(folder / "ca.key", _pem_key(key), private=True)
+    _write(folder / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), private=False)
+    return cert, key
+
+
+def make_server(
+    folder: Path, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, sans: list[str], days: int
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0])]))
+        .issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days))
+        .add_extension(x509.SubjectAlternativeName([_san(s) for s in sans]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    _write(folder / "server.key", _pem_key(key), private=True)
+    _write(folder / "server.pem", cert.public_bytes(serialization.Encoding.PEM), private=False)
+
+
+def make_node_key(folder: Path, region: str) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    _write(folder / "keys" / region, private, private=True)
+    _write(folder / "keys" / f"{region}.pub", public + b"\n", private=False)
+
+
+def make_all(
+    folder: Path, regions: list[str], extra_sans: list[str], force: bool = False, days: int = 730
+) -> list[str]:
+    """Create whatever is missing (everything with ``force``); returns what was written."""
+    written = []
+    sans = list(dict.fromkeys([*DEFAULT_SANS, *extra_sans]))
+    if force or not (folder / "ca.crt").exists():
+        ca, ca_key = make_ca(folder, days)
+        make_server(folder, ca, ca_key, sans, days)
+        written += ["ca.crt", "ca.key", f"server.pem (SANs: {', '.join(sans)})", "server.key"]
+    for region in regions:
+        if force or not (folder / "keys" / region).exists():
+            make_node_key(folder, region)
+            written.append(f"keys/{region} + keys/{region}.pub")
+    return written

@@ -1,0 +1,104 @@
+"""TLS on every link and SuperNode authentication, with real Flower processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flame.certs import make_all, make_node_key
+from flame.local_deployment import LocalDeployment, _bin
+from flame.partition import prepare
+from flame.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("certs")
+    make_all(folder, ["us", "eu"], [])
+    return folder
+
+
+def online(deployment: LocalDeployment) -> list[dict]:
+    out = subprocess.run(
+        [_bin("flwr"), "supernode", "list", "flame", "--format", "json"],
+        env=deployment.env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [n for n in json.loads(out)["nodes"] if n["status"] == "online"]
+
+
+def test_credentials_are_private_and_cover_every_dialled_name(certs: Path) -> None:
+    from cryptography import x509
+
+    pem = x509.load_pem_x509_certificate((certs / "server.pem").read_bytes())
+    sans = pem.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(n.value) for n in sans}
+    assert {"superlink", "localhost", "127.0.0.1"} <= names
+    for key in ("ca.key", "server.key", "keys/us", "keys/eu"):
+        assert (certs / key).stat().st_mode & 0o077 == 0, key
+    assert make_all(certs, ["us", "eu"], []) == []  # never silently rotated
+
+
+def test_tls_and_node_auth_run_completes(tmp_path: Path, certs: Path, monkeypatch) -> None:
+    env = {
+        "FLAME_CACHE_DIR": str(tmp_path / "cache"), "FLAME_OUT_DIR": str(tmp_path / "run"),
+        "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1", "FLAME_SYNTH_ROWS": "20000",
+        "FLAME_NUM_SERVER_ROUNDS": "2", "FLAME_LOCAL_EPOCHS": "1",
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    prepare(load_settings())
+    folder = tmp_path / "deployment"
+    with LocalDeployment(folder, load_settings(), env=env, certs=certs) as deployment:
+        deployment.start()  # registers each region's public key, then starts its node
+        assert deployment.submit(ROOT).wait(timeout=400) == 0, (folder / "launch.log").read_text()
+        assert len(online(deployment)) == 2
+    assert "Uvicorn running on https://" in (folder / "superlink.log").read_text()
+    server = pd.read_csv(tmp_path / "run" / "metrics.csv").query("kind == 'server'")
+    assert sorted(server["round"]) == [0, 1, 2]
+
+
+def test_unregistered_keyless_and_insecure_nodes_are_refused(tmp_path: Path, certs: Path) -> None:
+    make_node_key(tmp_path / "intruder", "us")  # a valid key pair the SuperLink never saw
+    ca = str(certs / "ca.crt")
+    intruders = {
+        "unregistered key": ["--root-certificates", ca,
+                             "--auth-supernode-private-key", str(tmp_path / "intruder/keys/us")],
+        "no key": ["--root-certificates", ca],
+        "insecure": ["--insecure"],
+    }  # fmt: skip
+    folder = tmp_path / "deployment"
+    with LocalDeployment(folder, load_settings(), certs=certs) as deployment:
+        deployment.start_superlink()
+        processes = {}
+        for name, extra in intruders.items():
+            deployment.security = []
+            processes[name] = deployment.start_node(0, extra=extra, wait=False)
+        deadline = time.time() + 60
+        while time.time() < deadline and any(
+            processes[n].poll() is None for n in ("unregistered key", "no key")
+        ):
+            time.sleep(0.5)
+        assert processes["unregistered key"].poll() not in (None, 0)
+        assert processes["no key"].poll() not in (None, 0)
+        time.sleep(5)
+        assert processes["insecure"].poll() is None  # still knocking, never let in
+        assert online(deployment) == []
+        log = (folder / "supernode-us.log").read_text()
+        assert "Failed to activate SuperNode" in log and "Connection attempt failed" in log
+        for process in processes.values():
+            deployment.kill(process)
+        # the same port admits the registered key
+        assert deployment.register(certs / "keys" / "eu.pub").returncode == 0
+        deployment.start_node(1)
+        deadline = time.time() + 60
+        while not online(deployment) and time.time() < deadline:
+            time.sleep(1)
+        assert len(online(deployment)) == 1
