@@ -118,3 +118,30 @@ def make_all(
             make_node_key(folder, region)
             written.append(f"keys/{region} + keys/{region}.pub")
     return written
+
+
+def distribute(authority: Path, targets: Path, regions: list[str]) -> list[str]:
+    """Copy to each consumer only what it needs (compose: one volume per consumer).
+
+    ``targets/superlink``: ca.crt, server.pem, server.key; ``targets/<region>``: ca.crt and that
+    region's private key as ``node.key``; ``targets/client``: ca.crt and the public keys (the
+    launcher registers them and submits runs; the ServerApp's SuperExec dials the SuperLink).
+    ``ca.key`` stays in ``authority``, which no running service mounts.
+    """
+    plan: dict[str, list[tuple[str, str, bool]]] = {
+        "superlink": [("ca.crt", "ca.crt", False), ("server.pem", "server.pem", False),
+                      ("server.key", "server.key", True)],
+        "client": [("ca.crt", "ca.crt", False)]
+        + [(f"keys/{r}.pub", f"keys/{r}.pub", False) for r in regions],
+    }  # fmt: skip
+    for region in regions:
+        plan[region] = [("ca.crt", "ca.crt", False), (f"keys/{region}", "node.key", True)]
+    done = []
+    for consumer, files in plan.items():
+        for source, name, private in files:
+            target = targets / consumer / name
+            data = (authority / source).read_bytes()
+            if not target.exists() or target.read_bytes() != data:
+                _write(target, data, private)
+                done.append(f"{consumer}/{name}")
+    return done

@@ -48,6 +48,14 @@ def _launch(args: argparse.Namespace) -> int:
     return launch(settings, args.superlink or settings.superlink, args.app, args.root_certificates)
 
 
+def _register(args: argparse.Namespace) -> None:
+    from flame.launch import register_nodes
+
+    superlink = args.superlink or load_settings().superlink
+    for line in register_nodes(superlink, args.keys, args.root_certificates):
+        print(f"register: {line}")
+
+
 def _supernode(args: argparse.Namespace) -> None:
     from flame.polling import supernode
 
@@ -61,6 +69,11 @@ def _certs(args: argparse.Namespace) -> None:
     written = make_all(args.out, settings.regions, settings.tls_sans, args.force)
     for line in written or ["nothing to do: credentials exist (use --force to renew)"]:
         print(f"certs: {args.out}/{line}" if written else f"certs: {line}")
+    if args.distribute:
+        from flame.certs import distribute
+
+        for line in distribute(args.out, args.distribute, settings.regions):
+            print(f"certs: {args.distribute}/{line}")
 
 
 def _backfill(args: argparse.Namespace) -> None:
@@ -129,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
     launch.add_argument("--root-certificates", type=Path, help="CA certificate (TLS)")
     launch.set_defaults(func=_launch)
 
+    reg = sub.add_parser("register", help="register the regions' public keys with a SuperLink")
+    reg.add_argument("--superlink", help="host:port of the SuperLink (FLAME_SUPERLINK)")
+    reg.add_argument("--keys", type=Path, required=True, help="folder of <region>.pub keys")
+    reg.add_argument("--root-certificates", type=Path, required=True, help="CA certificate")
+    reg.set_defaults(func=_register)
+
     node = sub.add_parser(
         "supernode", help="flower-supernode with Flame's shorter polling (FLAME_POLL_INTERVAL)"
     )
@@ -140,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--out", type=Path, default=Path("certs"), help="folder (git-ignored)")
     certs.add_argument("--force", action="store_true", help="renew everything")
+    certs.add_argument(
+        "--distribute", type=Path, help="also copy each service's files to DIR/<service>/"
+    )
     certs.set_defaults(func=_certs)
 
     fill = sub.add_parser(
@@ -172,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (PaySimFormatError, SettingsError, OSError, ValueError) as err:
+    except (PaySimFormatError, SettingsError, OSError, ValueError, RuntimeError) as err:
         print(f"flame: error: {err}", file=sys.stderr)
         return 2
     return code or 0

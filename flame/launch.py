@@ -67,6 +67,26 @@ def run_status(run_id: int) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
+def register_nodes(superlink: str, keys: Path, root_certificates: Path) -> list[str]:
+    """Register every ``*.pub`` in ``keys`` with the SuperLink (a key already there is fine)."""
+    write_connection(superlink, root_certificates)
+    done = []
+    for key in sorted(keys.glob("*.pub")):
+        proc = subprocess.run(
+            ["flwr", "supernode", "register", str(key), CONNECTION],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            done.append(f"{key.stem}: registered")
+        elif "already in use" in proc.stdout + proc.stderr:
+            done.append(f"{key.stem}: already registered")
+        else:
+            raise RuntimeError(f"registering {key} failed: {(proc.stdout + proc.stderr)[-500:]}")
+    if not done:
+        raise FileNotFoundError(f"no *.pub keys in {keys}")
+    return done
+
+
 def launch(
     settings: FlameSettings, superlink: str, app: Path, root_certificates: Path | None
 ) -> int:

@@ -83,7 +83,7 @@ class FlameSettings(BaseSettings):
         900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
     )
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(1024, ge=1, description="Mini-batch size (non-DP path).")
+    batch_size: int = Field(256, ge=1, description="Mini-batch size.")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(
         default=[64, 32], description="Comma-separated MLP hidden layer widths."
     )
