@@ -51,7 +51,10 @@ class LocalDeployment:
         self.folder, self.settings = folder, settings
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = os.environ | {"FLWR_HOME": str(folder / "flwr-home")} | (env or {})
+        # Flower's processes start `flower-superexec` / `flwr` by name: this Python's bin first
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = os.environ | {"FLWR_HOME": str(folder / "flwr-home"), "PATH": path}
+        self.env |= env or {}
         self.certs = certs
         self.security = ["--insecure"] if certs is None else []
         self.supernode_args = supernode_args or []
