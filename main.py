@@ -29,6 +29,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--drop-balances", action="store_const", const=True, dest="drop_balance_features"
     )
+    p.add_argument(
+        "--split", choices=["hash", "time"], help="server test set: hash, or the last steps"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--out", dest="out_dir", help="run folder (default runs/<timestamp>)")
     return p.parse_args(argv)

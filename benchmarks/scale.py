@@ -71,14 +71,6 @@ def child_load(csv: str, cache: str) -> dict:
     return {"seconds": time.perf_counter() - started, "rows": len(arrays["train"][1])}
 
 
-def _train_config(settings: object, epochs: int) -> dict:
-    return {
-        "server-round": 1, "local-epochs": epochs, "num-server-rounds": 1, "codec": "none",
-        "learning-rate": settings.learning_rate, "batch-size": settings.batch_size,  # type: ignore[attr-defined]
-        "pos-weight": 0.0,
-    }  # fmt: skip
-
-
 def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
     """The real ClientApp train handler, called with a train Message as Flower would."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -91,12 +83,15 @@ def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     os.environ |= {"FLAME_DATA_PATH": csv, "FLAME_CACHE_DIR": cache}
+    # the same passes as the plain loop: epochs decide the steps, one round
+    os.environ |= {"FLAME_LOCAL_EPOCHS": str(epochs), "FLAME_NUM_SERVER_ROUNDS": "1"}
+    os.environ |= {"FLAME_MIN_LOCAL_STEPS": "1", "FLAME_LR_SCHEDULE": "constant"}
     from flame import client_app
 
     settings = load_settings()
     model = FraudMLP(len(feature_names()), settings.hidden_sizes)
     content = {"arrays": ArrayRecord(model.state_dict())}
-    content["config"] = ConfigRecord(_train_config(settings, epochs))  # type: ignore[assignment]
+    content["config"] = ConfigRecord({"server-round": 1})  # type: ignore[assignment]
     msg = Message(RecordDict(content), dst_node_id=1, message_type="train")  # type: ignore[arg-type]
     times = []
     for _ in range(REPEATS):  # the first call also loads the region's arrays

@@ -1,22 +1,30 @@
 """The reference federated training is compared against: the same model trained centrally on
-the union of the regions' training rows, tuned on the union of their validation rows, and
-scored on the same held-out test set."""
+the union of the regions' training rows, with the same step plan and learning-rate schedule
+(``flame.train.Plan`` for the union's rows), the same model selection (the "round" with the best
+validation PR-AUC, on the union of the regions' validation rows) and scored on the same
+held-out test set. It writes a run folder like a federated run: ``model.pt`` (usable by
+``flame score``) and ``metrics.csv``."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from flame import metrics as fm
-from flame.features import feature_names
-from flame.model import FraudMLP
+from flame.features import FEATURE_VERSION, feature_names
+from flame.model import ModelCard, build_model, save_model
 from flame.partition import heldout_arrays, region_arrays
 from flame.settings import FlameSettings
-from flame.train import default_pos_weight, predict_logits, train_epochs
+from flame.tracking import CsvSink
+from flame.train import Plan, default_pos_weight, predict_logits, train_steps
 
 log = logging.getLogger("flame.baseline")
+CENTRAL = "central"
 
 
 def union(settings: FlameSettings, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,34 +34,56 @@ def union(settings: FlameSettings, split: str) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def run_baseline(settings: FlameSettings, epochs: int | None = None) -> dict[str, float]:
-    """Central training for ``epochs`` (default rounds x local epochs); test-set metrics."""
+def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, float]:
+    """Central training; the selected model's test-set metrics (and a run folder at ``out``)."""
     torch.set_num_threads(settings.torch_threads)
     (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
-    torch.manual_seed(settings.seed)
-    model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
-    epochs = epochs or settings.num_server_rounds * settings.local_epochs
-    train_epochs(
-        model,
-        x,
-        y,
-        epochs=epochs,
-        lr=settings.learning_rate,
-        batch_size=settings.batch_size,
-        pos_weight=settings.pos_weight or default_pos_weight(y.numpy()),
-        seed=settings.seed,
-        desc="central",
+    card = ModelCard(
+        feature_names(settings.drop_balance_features),
+        settings.drop_balance_features,
+        settings.hidden_sizes,
+        settings.threshold or 0.5,
+        FEATURE_VERSION,
     )
-    threshold = settings.threshold
-    if not threshold:
-        threshold = fm.best_threshold(*fm.histograms(predict_logits(model, x_val), y_val.numpy()))
-    result = fm.exact_metrics(predict_logits(model, x_test), y_test.numpy(), threshold)
-    result["epochs"] = epochs
+    model = build_model(card, seed=settings.seed)
+    plan = Plan.for_rows(
+        len(x), settings.batch_size, settings.local_epochs, settings.min_local_steps,
+        settings.num_server_rounds, settings.learning_rate, settings.lr_schedule,
+    )  # fmt: skip
+    pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
+    csv = CsvSink(out / "metrics.csv") if out is not None else None
+    best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+    for rnd in range(1, plan.rounds + 1):
+        loss = train_steps(
+            model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
+            pos_weight=pos_weight, seed=settings.seed + rnd, desc=f"central round {rnd}",
+        )  # fmt: skip
+        val_logits = predict_logits(model, x_val)
+        threshold = settings.threshold or fm.best_threshold(
+            *fm.histograms(val_logits, y_val.numpy())
+        )
+        val = fm.exact_metrics(val_logits, y_val.numpy(), threshold)
+        if csv is not None:
+            csv.log(CENTRAL, rnd, "train", {"loss": loss, "num_examples": len(y)})
+            csv.log(CENTRAL, rnd, "evaluate", val)
+        last = settings.model_selection == "last"
+        if last or best is None or math.isnan(best[0]) or val["pr_auc"] > best[0]:
+            best = (val["pr_auc"], rnd, threshold, copy.deepcopy(model.state_dict()))
+    assert best is not None
+    _, card.selected_round, card.threshold, state = best
+    model.load_state_dict(state)
+    result = fm.exact_metrics(predict_logits(model, x_test), y_test.numpy(), card.threshold)
+    result |= {"steps": plan.total, "selected_round": card.selected_round}
+    card.metrics = {k: float(v) for k, v in result.items()}
+    if out is not None and csv is not None:
+        csv.log("selected", card.selected_round, "evaluate", result)
+        csv.close()
+        save_model(out / "model.pt", model, card)
     log.info("central baseline on %d training rows: %s", len(y), _fmt(result))
     return result
 
 
 def _fmt(result: dict[str, float]) -> str:
-    keys = ("pr_auc", "roc_auc", "precision", "recall", "f1", "threshold")
+    keys = ("pr_auc", "roc_auc", "precision", "recall", "f1", "threshold", "selected_round")
     return " ".join(f"{k}={result[k]:.4f}" for k in keys if not np.isnan(result[k]))

@@ -30,7 +30,7 @@ def partition_key(settings: FlameSettings) -> str:
     else:
         files = sorted(source.glob("*.csv")) if source.is_dir() else [source]
         origin = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    params = [origin, settings.seed, settings.regions, settings.partitioning]
+    params = [origin, settings.seed, settings.regions, settings.partitioning, settings.split]
     return _digest([*params, settings.test_fraction, settings.val_fraction, FEATURE_VERSION])
 
 

@@ -29,18 +29,28 @@ class Checkpoint:
     round: int
     threshold: float
     fixed: dict[str, object]
+    selected_round: int = 0  # the best round so far by validation (its weights: selected.npz)
+    selected_threshold: float = 0.5
+    selected_val_pr_auc: float = float("nan")
 
 
 def fixed_settings(settings: FlameSettings) -> dict[str, object]:
     return {k: v for k, v in settings.model_dump(mode="json").items() if k in FIXED}
 
 
-def save(folder: Path, state: Checkpoint, arrays: dict[str, np.ndarray]) -> None:
+def save(
+    folder: Path,
+    state: Checkpoint,
+    arrays: dict[str, np.ndarray],
+    selected: dict[str, np.ndarray] | None = None,
+) -> None:
     target = folder / FOLDER
     staging = folder / f".{FOLDER}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     np.savez(staging / "arrays.npz", **arrays)
+    if selected is not None:
+        np.savez(staging / "selected.npz", **selected)
     (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
     old = folder / f".{FOLDER}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -50,13 +60,22 @@ def save(folder: Path, state: Checkpoint, arrays: dict[str, np.ndarray]) -> None
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load(folder: Path) -> tuple[Checkpoint, dict[str, np.ndarray]]:
+def load(
+    folder: Path,
+) -> tuple[Checkpoint, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The checkpoint's state, last global model and selected model (if any)."""
     target = folder / FOLDER
     if not (target / "state.json").exists() and (folder / f".{FOLDER}.old").exists():
         target = folder / f".{FOLDER}.old"  # crashed between the two renames
     state = Checkpoint(**json.loads((target / "state.json").read_text()))
-    with np.load(target / "arrays.npz") as data:
-        return state, {k: data[k] for k in data.files}
+    return state, _npz(target / "arrays.npz"), _npz(target / "selected.npz")
+
+
+def _npz(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def resume_folder(settings: FlameSettings) -> Path:

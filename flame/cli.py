@@ -89,10 +89,17 @@ def _backfill(args: argparse.Namespace) -> None:
 def _baseline(args: argparse.Namespace) -> None:
     from flame.baseline import run_baseline
 
-    overrides = {"data_path": args.data, "synth_rows": args.rows, "seed": args.seed}
+    overrides = {
+        "data_path": args.data, "synth_rows": args.rows, "seed": args.seed,
+        "drop_balance_features": args.drop_balances or None, "split": args.split,
+        "num_server_rounds": args.rounds, "out_dir": args.out,
+    }  # fmt: skip
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    result = run_baseline(settings, args.epochs)
+    out = settings.resolved_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_baseline(settings, out)
     print(json.dumps(result, indent=2))
+    print(f"baseline: wrote {out / 'model.pt'} and {out / 'metrics.csv'}")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -174,7 +181,10 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--data", type=Path, help="PaySim CSV or folder (default: FLAME_DATA_PATH)")
     base.add_argument("--rows", type=int, help="synthetic rows when no data file is used")
     base.add_argument("--seed", type=int)
-    base.add_argument("--epochs", type=int, help="default: rounds x local epochs")
+    base.add_argument("--rounds", type=int, help="as many step blocks as federated rounds")
+    base.add_argument("--drop-balances", action="store_true", help="no balance columns")
+    base.add_argument("--split", choices=["hash", "time"], help="server test set (FLAME_SPLIT)")
+    base.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
     base.set_defaults(func=_baseline)
 
     score = sub.add_parser("score", help="score a PaySim CSV with a saved model")

@@ -45,6 +45,8 @@ def _process_start() -> float:
 PROCESS_START = _process_start()
 if TYPE_CHECKING:
     from flame.model import FraudMLP
+    from flame.privacy import DPConfig
+    from flame.train import Plan
 
 app = ClientApp()
 log = logging.getLogger("flame.client")
@@ -110,6 +112,34 @@ def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
     return settings.seed + 1000 * rnd + zlib.crc32(region.encode()) % 1000
 
 
+def training_plan(settings: FlameSettings, rows: int) -> Plan:
+    """This region's steps per round and learning-rate schedule (DP or not)."""
+    from flame.train import Plan
+
+    if settings.dp:
+        batch, lr = round(dp_config(settings).rate(rows) * rows), settings.dp_learning_rate
+    else:
+        batch, lr = settings.batch_size, settings.learning_rate
+    return Plan.for_rows(
+        rows, batch, settings.local_epochs, settings.min_local_steps,
+        settings.num_server_rounds, lr, settings.lr_schedule,
+    )  # fmt: skip
+
+
+def dp_config(settings: FlameSettings) -> DPConfig:
+    from flame.privacy import DPConfig
+
+    return DPConfig(
+        noise_multiplier=settings.dp_noise_multiplier,
+        target_epsilon=settings.dp_target_epsilon,
+        delta=settings.dp_delta,
+        max_grad_norm=settings.dp_max_grad_norm,
+        optimizer=settings.dp_optimizer,
+        batch_size=settings.dp_batch_size,
+        sample_rate=settings.dp_sample_rate,
+    )
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
@@ -117,54 +147,53 @@ def train(msg: Message, context: Context) -> Message:
 
     from flame.attacks import poison_labels, poison_update
     from flame.compression import client_encode
-    from flame.train import default_pos_weight, train_epochs
+    from flame.train import default_pos_weight, train_steps
 
     settings, region, (x_np, y_np) = _setup(context, "train")
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     config = msg.content["config"]
     rnd = int(config["server-round"])
+    seed = region_seed(settings, region, rnd)
     adversary = region in settings.adversarial_regions
     if adversary:
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         y = poison_labels(y, settings.attack)
-    pos_weight = float(config["pos-weight"]) or default_pos_weight(y.numpy())
+    pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
+    plan = training_plan(settings, len(x))
     extra: dict[str, float] = {}
     if settings.dp:
         from flame.privacy import dp_train
 
         loss, epsilon, exhausted = dp_train(
-            model, x, y, settings=settings, state=context.state,
-            rounds=int(config["num-server-rounds"]), epochs=int(config["local-epochs"]),
-            lr=float(config["learning-rate"]), pos_weight=pos_weight,
-            seed=region_seed(settings, region, rnd),
+            model, x, y, config=dp_config(settings), plan=plan, rnd=rnd, state=context.state,
+            pos_weight=pos_weight, seed=seed,
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp-exhausted": int(exhausted)}
     else:
-        loss = train_epochs(
-            model, x, y, epochs=int(config["local-epochs"]), lr=float(config["learning-rate"]),
-            batch_size=int(config["batch-size"]), pos_weight=pos_weight,
-            seed=region_seed(settings, region, rnd), desc=f"{region} round {rnd}",
+        loss = train_steps(
+            model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
+            pos_weight=pos_weight, seed=seed, desc=f"{region} round {rnd}",
         )  # fmt: skip
     state = model.state_dict()
     if adversary:
-        seed = region_seed(settings, region, rnd)
         state = poison_update(global_state, state, settings.attack, settings.attack_scale, seed)
     received: ArrayRecord = msg.content["arrays"]
-    codec = str(config.get("codec", "none"))
-    if codec == "none":
+    if settings.codec == "none":
         arrays = ArrayRecord(state)
     else:
         global_arrays = {k: received[k].numpy() for k in received}
         local = {k: v.detach().numpy() for k, v in state.items()}
-        ratio = float(config.get("topk-ratio", 0.1))
-        seed = region_seed(settings, region, rnd)
-        arrays = client_encode(global_arrays, local, codec, ratio, context.state, seed)
+        arrays = client_encode(
+            global_arrays, local, settings.codec, settings.topk_ratio, context.state, seed
+        )
     extra |= {"bytes-sent": arrays.count_bytes(), "bytes-received": received.count_bytes()}
-    record = MetricRecord({"train-loss": loss, "num-examples": len(x), **extra})
+    record = MetricRecord(
+        {"train-loss": loss, "num-examples": len(x), "steps": plan.steps, **extra}
+    )
     log.info(
-        "%s round %d train: %d rows in %.2f s (process up %.2f s), loss %.5f",
-        region, rnd, len(x), time.perf_counter() - started, _uptime(), loss,
+        "%s round %d train: %d rows, %d steps in %.2f s (process up %.2f s), loss %.5f",
+        region, rnd, len(x), plan.steps, time.perf_counter() - started, _uptime(), loss,
     )  # fmt: skip
     return _reply(msg, region, {"arrays": arrays, "metrics": record})
 

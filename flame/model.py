@@ -36,6 +36,7 @@ class ModelCard:
     threshold: float
     feature_version: int
     metrics: dict[str, float] = field(default_factory=dict)
+    selected_round: int = 0  # the round whose global model this is (0: initial / central)
 
 
 def build_model(card: ModelCard, seed: int | None = None) -> FraudMLP:

@@ -32,7 +32,7 @@ from flame.arrays import SPLITS, SplitWriter, load_split
 from flame.cache import file_folder, load_all, partition_folder, partition_key, width
 from flame.features import build_features, feature_names, labels, type_codes
 from flame.loader import iter_paysim, read_paysim
-from flame.schema import TYPES
+from flame.schema import MAX_STEP, TYPES
 from flame.settings import FlameSettings
 from flame.synth import generate
 
@@ -78,12 +78,38 @@ def _unit(h: np.ndarray, stream: int) -> np.ndarray:
         ) / 2.0**53
 
 
-def assign_regions(frame: pd.DataFrame, settings: FlameSettings) -> np.ndarray:
-    """Region index per row (0..N-1), or TEST (-1) for the server's held-out rows."""
-    return _regions(frame, name_hash(frame["nameOrig"], settings.seed), settings)
+def assign_regions(
+    frame: pd.DataFrame, settings: FlameSettings, cutoff: int | None = None
+) -> np.ndarray:
+    """Region index per row (0..N-1), or TEST (-1) for the server's held-out rows.
+
+    With FLAME_SPLIT=time, rows after step ``cutoff`` (default: from this frame's steps) are
+    the test set."""
+    if settings.split == "time" and cutoff is None:
+        cutoff = time_cutoff(int(frame["step"].min()), int(frame["step"].max()), settings)
+    return _regions(frame, name_hash(frame["nameOrig"], settings.seed), settings, cutoff)
 
 
-def _regions(frame: pd.DataFrame, h: np.ndarray, settings: FlameSettings) -> np.ndarray:
+def time_cutoff(first: int, last: int, settings: FlameSettings) -> int:
+    """The last training step of a time split: the final FLAME_TEST_FRACTION of the steps
+    ``first..last`` are the test set."""
+    return first + int((last - first + 1) * (1 - settings.test_fraction)) - 1
+
+
+def step_range(settings: FlameSettings) -> tuple[int, int]:
+    """First and last step of the configured data (a validated pass, or the generator's range)."""
+    source = settings.data_source()
+    if source is None:
+        return 1, MAX_STEP
+    low, high = MAX_STEP + 1, 0
+    for batch in tqdm(iter_paysim(source), desc="step range", unit="batch", leave=False):
+        low, high = min(low, int(batch["step"].min())), max(high, int(batch["step"].max()))
+    return low, high
+
+
+def _regions(
+    frame: pd.DataFrame, h: np.ndarray, settings: FlameSettings, cutoff: int | None = None
+) -> np.ndarray:
     u_test, u_region = _unit(h, 1), _unit(h, 2)
     n = len(settings.regions)
     if settings.partitioning == "customer":
@@ -92,6 +118,8 @@ def _regions(frame: pd.DataFrame, h: np.ndarray, settings: FlameSettings) -> np.
         weights = np.random.default_rng(settings.seed).dirichlet(np.ones(n), size=len(TYPES))
         cumulative = np.cumsum(weights, axis=1)[type_codes(frame["type"])]
         region = np.minimum((u_region[:, None] > cumulative).sum(axis=1), n - 1)
+    if cutoff is not None:
+        return np.where(frame["step"].to_numpy() > cutoff, TEST, region).astype(np.int64)
     return np.where(u_test < settings.test_fraction, TEST, region).astype(np.int64)
 
 
@@ -129,10 +157,14 @@ def split_batches(
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
     """Each source batch with its rows' region (TEST for the server) and validation flags."""
     total = settings.synth_rows if settings.data_source() is None else None
+    cutoff = time_cutoff(*step_range(settings), settings) if settings.split == "time" else None
+    if cutoff is not None:
+        log.info("Time split: steps after %d are the server's test set", cutoff)
     with tqdm(total=total, desc="preparing partitions", unit="row", unit_scale=True) as bar:
         for batch in source_batches(settings):
             h = name_hash(batch["nameOrig"], settings.seed)
-            yield batch, _regions(batch, h, settings), _unit(h, 3) < settings.val_fraction
+            region = _regions(batch, h, settings, cutoff)
+            yield batch, region, _unit(h, 3) < settings.val_fraction
             bar.update(len(batch))
 
 

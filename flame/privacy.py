@@ -6,9 +6,18 @@ validation metrics it reports are not covered). Each region has ONE RDP accounta
 its history of (noise multiplier, sample rate, steps) is kept in the SuperNode's context state
 and restored every round, so the reported ε is cumulative, not one round's.
 
-With a target ε, the noise multiplier is chosen so that rounds x local epochs of Poisson-sampled
-steps spend exactly that budget; a region whose next round would exceed it stops training and
-says so. Opacus is imported only when DP is on.
+The recipe that keeps the model's value (see ``../shared/reference/quality-anchors.md``):
+- DP-Adam by default (``FLAME_DP_OPTIMIZER``), large logical batches: each row is in a step's
+  Poisson sample with rate ``q = FLAME_DP_BATCH_SIZE / rows`` (or ``FLAME_DP_SAMPLE_RATE``);
+  Opacus's ``BatchMemoryManager`` splits a logical batch into physical ones of at most
+  ``PHYSICAL_BATCH`` rows, so memory stays flat whatever q is;
+- the steps of the whole run (rounds x steps per round, ``flame.train.Plan``) are planned up
+  front, and with a target ε the noise multiplier is the one that spends exactly that budget
+  over those steps;
+- class weighting per sample (``BCEWithLogitsLoss(pos_weight=...)``): no oversampling or
+  duplication, which would change the sensitivity the accounting assumes.
+
+A region whose next round would exceed its budget stops training and says so.
 """
 
 from __future__ import annotations
@@ -16,23 +25,40 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from flame.settings import FlameSettings
+from flame.train import Plan, set_lr
 
 log = logging.getLogger("flame.privacy")
-# Opacus's per-sample hooks on the first layer (whose input needs no gradient) trigger this
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
 STATE_KEY = "dp-accountant"
+PHYSICAL_BATCH = 4096
 History = list[tuple[float, float, int]]
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """The privacy settings one region trains with."""
+
+    noise_multiplier: float  # 0 = derived from target_epsilon
+    target_epsilon: float  # 0 = no budget
+    delta: float
+    max_grad_norm: float
+    optimizer: str  # "adam" or "sgd"
+    batch_size: int  # expected logical batch, when sample_rate is 0
+    sample_rate: float = 0.0
+
+    def rate(self, rows: int) -> float:
+        return self.sample_rate or min(1.0, self.batch_size / max(rows, 1))
 
 
 def load_history(state: RecordDict) -> History:
@@ -60,20 +86,25 @@ def epsilon_of(history: History, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def noise_multiplier(
-    settings: FlameSettings, sample_rate: float, rounds: int, epochs: int
-) -> float:
-    if settings.dp_noise_multiplier > 0:
-        return settings.dp_noise_multiplier
+def noise_multiplier(config: DPConfig, sample_rate: float, steps: int) -> float:
+    """The configured σ, else the σ that spends exactly the target ε over ``steps``."""
+    if config.noise_multiplier > 0:
+        return config.noise_multiplier
     return float(
         get_noise_multiplier(
-            target_epsilon=settings.dp_target_epsilon,
-            target_delta=settings.dp_delta,
+            target_epsilon=config.target_epsilon,
+            target_delta=config.delta,
             sample_rate=sample_rate,
-            epochs=rounds * epochs,
+            steps=steps,
             accountant="rdp",
         )
     )
+
+
+def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def dp_train(
@@ -81,23 +112,21 @@ def dp_train(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    settings: FlameSettings,
+    config: DPConfig,
+    plan: Plan,
+    rnd: int,
     state: RecordDict,
-    rounds: int,
-    epochs: int,
-    lr: float,
     pos_weight: float,
     seed: int,
 ) -> tuple[float, float, bool]:
-    """One round of DP-SGD; returns (loss, ε spent so far, budget exhausted?)."""
+    """One round of DP training (``plan.steps`` logical steps); returns (mean loss, ε spent
+    so far, budget exhausted?)."""
     history = load_history(state)
-    batches = max(1, math.ceil(len(x) / settings.batch_size))
-    sample_rate = 1 / batches  # what Opacus's Poisson DPDataLoader uses
-    sigma = noise_multiplier(settings, sample_rate, rounds, epochs)
-    steps = epochs * batches
-    planned = epsilon_of([*history, (sigma, sample_rate, steps)], settings.dp_delta)
-    spent = epsilon_of(history, settings.dp_delta)
-    budget = settings.dp_target_epsilon
+    sample_rate = config.rate(len(x))
+    sigma = noise_multiplier(config, sample_rate, plan.total)
+    planned = epsilon_of([*history, (sigma, sample_rate, plan.steps)], config.delta)
+    spent = epsilon_of(history, config.delta)
+    budget = config.target_epsilon
     if budget > 0 and planned > budget * 1.01:  # 1 % = Opacus's noise search tolerance
         log.warning(
             "privacy budget spent: ε=%.3f of %.3f; another round would reach %.3f, "
@@ -107,33 +136,47 @@ def dp_train(
         return math.nan, spent, True
 
     torch.manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=settings.batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr * 10, momentum=0.9)
+    logical = max(1, round(sample_rate * len(x)))
+    loader = DataLoader(TensorDataset(x, y), batch_size=logical)
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
     private, optimizer, loader = engine.make_private(
         module=model,
-        optimizer=optimizer,
+        optimizer=_optimizer(model, config.optimizer, plan.lr_at(rnd, 0)),
         data_loader=loader,
         noise_multiplier=sigma,
-        max_grad_norm=settings.dp_max_grad_norm,
+        max_grad_norm=config.max_grad_norm,
         poisson_sampling=True,
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     private.train()
-    total, count = 0.0, 0
-    for _ in tqdm(range(epochs), desc="dp-sgd", unit="epoch", leave=False):
-        total, count = 0.0, 0
-        for xb, yb in loader:
-            if len(xb) == 0:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(private(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(xb), count + len(xb)
+    total, step = torch.zeros(()), 0
+    with (
+        warnings.catch_warnings(),  # Opacus's hooks on the input layer: harmless
+        BatchMemoryManager(
+            data_loader=loader, max_physical_batch_size=PHYSICAL_BATCH, optimizer=optimizer
+        ) as batches,
+        tqdm(total=plan.steps, desc="dp", unit="step", leave=False, mininterval=1) as bar,
+    ):
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        while step < plan.steps:
+            for xb, yb in batches:
+                set_lr(optimizer, plan.lr_at(rnd, step))
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(private(xb), yb)  # an empty Poisson sample: a noise-only step
+                loss.backward()
+                total += loss.detach() if len(xb) else 0.0
+                optimizer.step()
+                if not optimizer._is_last_step_skipped:  # a whole logical batch is done
+                    step += 1
+                    bar.update()
+                    if step == plan.steps:
+                        break
     private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
     save_history(state, engine.accountant.history)
-    epsilon = float(engine.accountant.get_epsilon(settings.dp_delta))
-    log.info("DP-SGD round: σ=%.3f, q=%.4f, ε spent so far %.3f", sigma, sample_rate, epsilon)
-    return total / max(count, 1), epsilon, False
+    epsilon = float(engine.accountant.get_epsilon(config.delta))
+    log.info(
+        "DP round: σ=%.3f, q=%.4f, %d steps, ε spent so far %.3f",
+        sigma, sample_rate, plan.steps, epsilon,
+    )  # fmt: skip
+    return total.item() / max(plan.steps, 1), epsilon, False

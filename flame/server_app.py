@@ -19,8 +19,8 @@ from flame.log import setup_logging
 from flame.model import FraudMLP, ModelCard, build_model, save_model
 from flame.partition import heldout_arrays
 from flame.settings import FlameSettings, load_settings
-from flame.strategy import FlameStrategy, build_strategy
-from flame.tracking import SERVER, Tracker
+from flame.strategy import FlameStrategy, Selected, build_strategy
+from flame.tracking import SELECTED, SERVER, Tracker
 from flame.train import predict_logits
 
 log = logging.getLogger("flame.server")
@@ -42,12 +42,16 @@ class ServerEvaluator:
         self.folder, self.settings = folder, settings
         self.last: dict[str, float] = {}
 
+    def score(self, arrays: ArrayRecord, threshold: float) -> dict[str, float]:
+        """Test-set metrics of ``arrays`` (its logits kept in ``self.logits``)."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.logits = predict_logits(self.model, self.x)
+        return fm.exact_metrics(self.logits, self.y, threshold)
+
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         """Score round ``rnd``'s global model, log it, checkpoint the round, commit tracking."""
         rnd += self.strategy.offset
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        self.logits = predict_logits(self.model, self.x)
-        self.last = fm.exact_metrics(self.logits, self.y, self.strategy.threshold)
+        self.last = self.score(arrays, self.strategy.threshold)
         record = MetricRecord({k: v for k, v in self.last.items() if isinstance(v, int | float)})
         if self.strategy.offset and rnd == self.strategy.offset:
             return record  # the resumed model: this round was logged by the run that made it
@@ -56,7 +60,12 @@ class ServerEvaluator:
         state = checkpoint.Checkpoint(
             rnd, self.strategy.threshold, checkpoint.fixed_settings(self.settings)
         )
-        checkpoint.save(self.folder, state, {k: arrays[k].numpy() for k in arrays})
+        chosen, selected = self.strategy.selected, None
+        if chosen is not None:
+            state.selected_round, state.selected_threshold = chosen.round, chosen.threshold
+            state.selected_val_pr_auc = chosen.val_pr_auc
+            selected = {k: chosen.arrays[k].numpy() for k in chosen.arrays}
+        checkpoint.save(self.folder, state, {k: arrays[k].numpy() for k in arrays}, selected)
         self.strategy.tracker.commit()
         return record
 
@@ -91,7 +100,7 @@ def main(grid: Grid, context: Context) -> None:
     resumed: dict[str, np.ndarray] | None = None
     if settings.resume:
         out = checkpoint.resume_folder(settings).resolve()
-        state, resumed = checkpoint.load(out)
+        state, resumed, selected = checkpoint.load(out)
         checkpoint.check_compatible(state, settings, out)
         done = state.round
         log.info("Resuming %s after round %d of %d", out, done, settings.num_server_rounds)
@@ -116,17 +125,12 @@ def main(grid: Grid, context: Context) -> None:
     if resumed is not None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in resumed.items()})
         strategy.offset, strategy.threshold = done, state.threshold
-    train_config = ConfigRecord(
-        {
-            "local-epochs": settings.local_epochs,
-            "learning-rate": settings.learning_rate,
-            "batch-size": settings.batch_size,
-            "pos-weight": settings.pos_weight,
-            "num-server-rounds": settings.num_server_rounds,
-            "codec": settings.codec,
-            "topk-ratio": settings.topk_ratio,
-        }
-    )
+        if selected is not None:
+            weights = ArrayRecord({k: torch.from_numpy(v) for k, v in selected.items()})
+            strategy.selected = Selected(
+                state.selected_round, weights, state.selected_threshold, state.selected_val_pr_auc
+            )
+    train_config = ConfigRecord()  # regions read the training settings from the run config
     initial = ArrayRecord(model.state_dict())
     runner: Strategy = strategy
     if settings.update_noise > 0:
@@ -176,11 +180,22 @@ def finish(
     evaluator: ServerEvaluator,
     tracker: Tracker,
 ) -> None:
-    """Save the final global model with its card, plots and artifacts."""
+    """Save the selected global model (``strategy.selected``, else ``arrays``) with its card,
+    plots and artifacts."""
+    strategy = evaluator.strategy
+    chosen = strategy.selected
+    if chosen is not None:
+        arrays, card.threshold, card.selected_round = chosen.arrays, chosen.threshold, chosen.round
+        log.info(
+            "Selected round %d: pooled client validation PR-AUC %.4f",
+            chosen.round, chosen.val_pr_auc,
+        )  # fmt: skip
+    else:
+        card.threshold = strategy.threshold
+    card.metrics = {k: float(v) for k, v in evaluator.score(arrays, card.threshold).items()}
     model.load_state_dict(arrays.to_torch_state_dict())
-    card.threshold = evaluator.strategy.threshold
-    card.metrics = {k: float(v) for k, v in evaluator.last.items()}
     save_model(out / "model.pt", model, card)
+    tracker.log(SELECTED, card.selected_round, "evaluate", card.metrics)
     artifacts = [out / "model.pt"]
     artifacts += plots.curves(evaluator.logits, evaluator.y, out, "server test set")
     if "csv" in tracker.sinks:
@@ -189,4 +204,4 @@ def finish(
         tracker.sinks.pop("csv")
     tracker.artifacts(artifacts)
     tracker.close()
-    log.info("Saved the final model to %s (threshold %.6f)", out / "model.pt", card.threshold)
+    log.info("Saved the model to %s (threshold %.6f)", out / "model.pt", card.threshold)

@@ -71,7 +71,24 @@ class FlameSettings(BaseSettings):
     fraction_evaluate: float = Field(
         1.0, ge=0, le=1, description="Share of regions evaluated per round."
     )
-    local_epochs: int = Field(2, ge=1, description="Epochs over local data per round.")
+    local_epochs: int = Field(
+        2, ge=1, description="Passes over a region's rows per round (when that is more steps "
+        "than FLAME_MIN_LOCAL_STEPS).",
+    )  # fmt: skip
+    min_local_steps: int = Field(
+        100, ge=1, description="Fewest optimiser steps a region takes per round (small data).",
+    )  # fmt: skip
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="Learning rate over the whole run's steps.",
+    )  # fmt: skip
+    model_selection: Literal["best-val", "last"] = Field(
+        "best-val", description="Saved model: the round with the best pooled client validation "
+        "PR-AUC (never the server's test set), or the last round.",
+    )  # fmt: skip
+    split: Literal["hash", "time"] = Field(
+        "hash", description="Server test set: a hash of nameOrig, or time = the last "
+        "FLAME_TEST_FRACTION of steps (regions train on earlier steps).",
+    )  # fmt: skip
     min_regions: int = Field(
         1, ge=1,
         description="Fewest regions a round proceeds with; lost regions are skipped, not awaited.",
@@ -112,6 +129,17 @@ class FlameSettings(BaseSettings):
     )
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
     dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
+    dp_optimizer: Literal["adam", "sgd"] = Field("adam", description="DP optimiser.")
+    dp_learning_rate: float = Field(1e-2, gt=0, description="DP optimiser learning rate.")
+    dp_batch_size: int = Field(
+        1024, ge=1, description="Expected logical batch of DP steps (sampling rate = this / rows)."
+    )
+    dp_sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Poisson sampling rate of DP steps; 0 = from FLAME_DP_BATCH_SIZE.",
+    )
 
     # --- efficiency and update noise ---------------------------------------------------------
     codec: Literal["none", "fp16", "int8", "topk"] = Field(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -54,6 +56,16 @@ def pooled_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord(fm.pool(metric_record(r) for r in records))
 
 
+@dataclass
+class Selected:
+    """The round whose global model is kept: its weights, tuned threshold and validation PR-AUC."""
+
+    round: int
+    arrays: ArrayRecord
+    threshold: float
+    val_pr_auc: float
+
+
 class FlameStrategy(FedAvg):
     """Any FedAvg-family rule + per-region tracking, pooled client metrics, tuned threshold.
 
@@ -61,6 +73,9 @@ class FlameStrategy(FedAvg):
 
     With ``threshold == 0`` the threshold is re-chosen every round as the F1-optimal cut of the
     pooled client *validation* scores; the server's test set is never used to choose it.
+
+    ``selected`` is the model to save: with ``select_best`` the round with the highest pooled
+    client validation PR-AUC (ties: the earlier round), else the last evaluated round.
     """
 
     def __init__(
@@ -69,6 +84,7 @@ class FlameStrategy(FedAvg):
         threshold: float = 0.0,
         codec: str = "none",
         regions: Iterable[str] = (),
+        select_best: bool = True,
         **kwargs: object,
     ) -> None:
         super().__init__(  # type: ignore[call-arg]
@@ -84,6 +100,9 @@ class FlameStrategy(FedAvg):
         self.last_clients: MetricRecord | None = None
         self.regions = list(regions)
         self.offset = 0  # rounds completed before this run started (resume)
+        self.select_best = select_best
+        self.eval_arrays: ArrayRecord | None = None
+        self.selected: Selected | None = None
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -104,6 +123,7 @@ class FlameStrategy(FedAvg):
     ) -> Iterable[Message]:
         server_round += self.offset
         config["threshold"] = self.threshold
+        self.eval_arrays = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def configure_train(
@@ -172,7 +192,17 @@ class FlameStrategy(FedAvg):
             self.tracker.log(CLIENTS, server_round, "evaluate", row)
             if self.auto_threshold:
                 self.threshold = fm.best_threshold(pooled["hist-pos"], pooled["hist-neg"])
+            self.consider(server_round, float(pooled["pr_auc"]))
         return pooled
+
+    def consider(self, server_round: int, val_pr_auc: float) -> None:
+        """Keep this round's model if it is the one to save (see the class docstring)."""
+        if self.eval_arrays is None:
+            return
+        best = self.selected
+        better = best is None or math.isnan(best.val_pr_auc) or val_pr_auc > best.val_pr_auc
+        if not self.select_best or better:
+            self.selected = Selected(server_round, self.eval_arrays, self.threshold, val_pr_auc)
 
 
 def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
@@ -198,5 +228,8 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         kwargs["num_nodes_to_select"] = max(1, n - settings.num_malicious)
     if base is FedTrimmedAvg:
         kwargs["beta"] = settings.trim_beta
-    strategy = cls(tracker, settings.threshold, settings.codec, settings.regions, **kwargs)
+    strategy = cls(
+        tracker, settings.threshold, settings.codec, settings.regions,
+        select_best=settings.model_selection == "best-val", **kwargs,
+    )  # fmt: skip
     return strategy  # type: ignore[return-value]

@@ -27,6 +27,7 @@ CSV_COLUMNS = [
     "bytes_sent", "bytes_received", "regions", "missing",
 ]  # fmt: skip
 SERVER, CLIENTS = "server", "client_aggregate"
+SELECTED = "selected"  # the saved model (best round by validation) on the server test set
 
 
 def client_kind(region: str) -> str:

@@ -1,8 +1,15 @@
-"""Local training and scoring loops over in-memory tensors (no per-sample DataLoader)."""
+"""Local training sized in optimiser steps, with one learning-rate schedule over the whole run.
+
+A run of R rounds is planned as R x S steps per region (``Plan``): S is at least
+``min_steps``, else ``epochs`` passes over the region's rows. Small data (10k rows) thus gets
+enough steps to learn, large data (6M rows) the usual few epochs. The learning rate follows one
+cosine (or constant) schedule over the run's steps, so round r continues where round r-1 ended.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,36 +23,73 @@ def default_pos_weight(y: np.ndarray) -> float:
     return math.sqrt((len(y) - pos) / pos) if pos else 1.0
 
 
-def train_epochs(
+@dataclass(frozen=True)
+class Plan:
+    """Steps per round, rounds and the learning-rate schedule of one region's training."""
+
+    steps: int
+    rounds: int
+    lr: float
+    schedule: str = "cosine"
+    floor: float = 0.05  # cosine ends at this share of ``lr``
+
+    @classmethod
+    def for_rows(
+        cls, rows: int, batch: int, epochs: int, min_steps: int, rounds: int, lr: float,
+        schedule: str = "cosine",
+    ) -> Plan:  # fmt: skip
+        steps = max(min_steps, epochs * math.ceil(rows / max(batch, 1)))
+        return cls(steps, rounds, lr, schedule)
+
+    @property
+    def total(self) -> int:
+        return self.steps * self.rounds
+
+    def lr_at(self, rnd: int, step: int) -> float:
+        """Learning rate of ``step`` (0-based) in round ``rnd`` (1-based)."""
+        if self.schedule == "constant":
+            return self.lr
+        done = min(((rnd - 1) * self.steps + step) / max(self.total, 1), 1.0)
+        return self.lr * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_steps(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    epochs: int,
-    lr: float,
+    plan: Plan,
+    rnd: int,
     batch_size: int,
     pos_weight: float,
     seed: int,
     desc: str = "train",
 ) -> float:
-    """Adam on BCE-with-logits (``pos_weight`` on frauds); returns the last epoch's mean loss."""
+    """``plan.steps`` Adam steps on BCE-with-logits (``pos_weight`` on frauds), shuffled passes
+    over the rows; returns the mean loss over the round's steps."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr_at(rnd, 0))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     model.train()
-    mean_loss = float("nan")
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False):
-        order = torch.randperm(len(x), generator=generator)
-        total = torch.zeros(())
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)  # no per-batch .item(): no sync, no Python float
-        mean_loss = total.item() / max(len(x), 1)
-    return mean_loss
+    order, at = torch.randperm(len(x), generator=generator), 0
+    total = torch.zeros(())
+    for step in tqdm(range(plan.steps), desc=desc, unit="step", leave=False, mininterval=1):
+        if at >= len(x):
+            order, at = torch.randperm(len(x), generator=generator), 0
+        idx = order[at : at + batch_size]
+        at += batch_size
+        set_lr(optimizer, plan.lr_at(rnd, step))
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()  # no per-batch .item(): no sync, no Python float
+    return total.item() / max(plan.steps, 1)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ def _save(folder: Path, rnd: int, value: float) -> None:
 def test_save_replaces_atomically_and_loads_back(tmp_path: Path) -> None:
     _save(tmp_path, 1, 1.0)
     _save(tmp_path, 2, 2.0)
-    state, arrays = checkpoint.load(tmp_path)
+    state, arrays, _ = checkpoint.load(tmp_path)
     assert state.round == 2 and state.threshold == 0.3
     assert np.array_equal(arrays["net.0.weight"], np.full((2, 2), 2.0, np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
@@ -33,7 +33,7 @@ def test_save_replaces_atomically_and_loads_back(tmp_path: Path) -> None:
 def test_crash_between_renames_still_loads_the_previous_round(tmp_path: Path) -> None:
     _save(tmp_path, 1, 1.0)
     os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")  # as if cut off there
-    state, _ = checkpoint.load(tmp_path)
+    state, _, _ = checkpoint.load(tmp_path)
     assert state.round == 1
 
 
@@ -54,7 +54,7 @@ def test_resume_picks_the_newest_checkpointed_run_or_the_named_one(tmp_path: Pat
 
 def test_resume_refuses_changed_model_settings_and_dp(tmp_path: Path) -> None:
     _save(tmp_path, 2, 0.0)
-    state, _ = checkpoint.load(tmp_path)
+    state, _, _ = checkpoint.load(tmp_path)
     checkpoint.check_compatible(state, load_settings(), tmp_path)
     with pytest.raises(SettingsError, match="FLAME_HIDDEN_SIZES"):
         checkpoint.check_compatible(state, load_settings(hidden_sizes="8"), tmp_path)

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from flame.cli import main
+from flame.model import load_model
 from flame.schema import COLUMNS
+from flame.synth import generate, write_csv
 
 
 def test_data_synth_writes_paysim(tmp_path: Path) -> None:
@@ -35,9 +37,26 @@ def test_bad_input_is_one_line_error_and_exit_2(tmp_path: Path) -> None:
     assert "bad.csv" in proc.stderr and "'amount'" in proc.stderr and "row 1" in proc.stderr
 
 
-def test_baseline_trains_centrally_on_the_regions_union(
-    capsys: pytest.CaptureFixture[str],
+def test_baseline_writes_a_run_folder_that_flame_score_uses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert main(["baseline", "--rows", "20000", "--epochs", "3"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["epochs"] == 3 and result["roc_auc"] > 0.95
+    out = tmp_path / "central"
+    assert main(["baseline", "--rows", "20000", "--rounds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[: printed.rindex("}") + 1])
+    assert result["roc_auc"] > 0.95 and result["selected_round"] in (1, 2)
+    table = pd.read_csv(out / "metrics.csv")
+    assert set(table["kind"]) == {"central", "selected"}
+    assert sorted(table.loc[table["stage"] == "evaluate", "round"]) == sorted(
+        [1, 2, result["selected_round"]]
+    )
+    _, card = load_model(out / "model.pt")
+    assert card.selected_round == result["selected_round"]
+    assert card.threshold == pytest.approx(result["threshold"])
+    csv = tmp_path / "fresh.csv"
+    write_csv(generate(3_000, seed=5, fraud_rate=0.05), csv)
+    assert main(["score", str(csv), "--model", str(out / "model.pt"), "--out",
+                 str(tmp_path / "scored.csv"), "--report"]) == 0  # fmt: skip
+    scored = capsys.readouterr().out
+    report = json.loads(scored[scored.index("{") :])
+    assert report["pr_auc"] > 0.5 and report["threshold"] == card.threshold

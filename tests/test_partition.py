@@ -14,6 +14,8 @@ from flame.partition import (
     name_hash,
     prepare,
     region_arrays,
+    step_range,
+    time_cutoff,
     validation_mask,
 )
 from flame.settings import load_settings
@@ -31,6 +33,25 @@ def test_regions_are_disjoint_cover_everything_and_are_deterministic() -> None:
     assert np.array_equal(assign_regions(shuffled, settings), region[shuffled.index])
     other_seed = assign_regions(frame, load_settings(regions="us,eu,apac", seed=1))
     assert not np.array_equal(region, other_seed)
+
+
+def test_time_split_tests_on_the_last_steps_and_trains_on_earlier_ones(tmp_path: Path) -> None:
+    frame = generate(30_000, seed=3)
+    frame = frame[frame["step"] <= 500].reset_index(drop=True)
+    csv = tmp_path / "early.csv"
+    write_csv(frame, csv)
+    settings = load_settings(split="time", data_path=csv)
+    assert step_range(settings) == (int(frame["step"].min()), 500)
+    cutoff = time_cutoff(1, 500, settings)
+    assert cutoff == 400  # steps 401..500: the last 20 % of the steps
+    region = assign_regions(frame, settings)
+    steps = frame["step"].to_numpy()
+    assert (steps[region == TEST] > cutoff).all() and (steps[region != TEST] <= cutoff).all()
+    assert set(np.unique(region)) == {TEST, 0, 1}
+    x_test, _ = heldout_arrays(settings)  # the prepared partitions use the same cut
+    assert len(x_test) == int((steps > cutoff).sum())
+    hashed = load_settings(data_path=csv)
+    assert len(heldout_arrays(hashed)[0]) != len(x_test)  # a separate cache entry
 
 
 def test_non_iid_regions_differ_in_type_mix() -> None:

@@ -7,11 +7,13 @@ import torch
 from flwr.app import RecordDict
 from opacus.accountants import RDPAccountant
 
+from flame.client_app import dp_config
 from flame.features import build_features, labels
 from flame.model import FraudMLP
 from flame.privacy import dp_train, load_history
 from flame.settings import SettingsError, load_settings
 from flame.synth import generate
+from flame.train import Plan
 
 
 @pytest.fixture(scope="module")
@@ -20,44 +22,46 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(build_features(frame)), torch.from_numpy(labels(frame))
 
 
+STEPS = 8  # per round
+
+
 def rounds(settings, data, n: int, state: RecordDict) -> list[tuple[float, float, bool]]:  # type: ignore[no-untyped-def]
     x, y = data
     model = FraudMLP(x.shape[1], [16])
-    out = []
-    for r in range(n):
-        out.append(
-            dp_train(
-                model,
-                x,
-                y,
-                settings=settings,
-                state=state,
-                rounds=n,
-                epochs=1,
-                lr=1e-3,
-                pos_weight=2.0,
-                seed=r,
-            )
+    plan = Plan(steps=STEPS, rounds=n, lr=1e-3)
+    config = dp_config(settings)
+    return [
+        dp_train(
+            model, x, y, config=config, plan=plan, rnd=r + 1, state=state, pos_weight=2.0, seed=r
         )
-    return out
+        for r in range(n)
+    ]
 
 
 def test_epsilon_is_cumulative_and_matches_opacus(data) -> None:  # type: ignore[no-untyped-def]
-    settings = load_settings(dp=True, dp_noise_multiplier=1.1, batch_size=256)
+    settings = load_settings(dp=True, dp_noise_multiplier=1.1, dp_batch_size=500)
     state = RecordDict()
     results = rounds(settings, data, 3, state)
     eps = [r[1] for r in results]
     assert eps[0] < eps[1] < eps[2]
     # the same steps through one fresh Opacus accountant give the same ε
-    batches = math.ceil(len(data[0]) / 256)
     reference = RDPAccountant()
-    reference.history = [(1.1, 1 / batches, batches * 3)]
+    reference.history = [(1.1, 500 / len(data[0]), STEPS * 3)]
     assert eps[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-6)
-    assert sum(h[2] for h in load_history(state)) == batches * 3
+    assert sum(h[2] for h in load_history(state)) == STEPS * 3
+
+
+def test_logical_batches_larger_than_physical_ones_count_once(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """BatchMemoryManager splits a logical batch; the accountant still counts logical steps."""
+    monkeypatch.setattr("flame.privacy.PHYSICAL_BATCH", 256)
+    settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_sample_rate=0.5)
+    state = RecordDict()
+    rounds(settings, data, 1, state)
+    assert load_history(state) == [(1.0, 0.5, STEPS)]
 
 
 def test_target_epsilon_is_not_exceeded(data) -> None:  # type: ignore[no-untyped-def]
-    settings = load_settings(dp=True, dp_target_epsilon=2.0, batch_size=256)
+    settings = load_settings(dp=True, dp_target_epsilon=2.0, dp_batch_size=256)
     results = rounds(settings, data, 3, RecordDict())
     assert not any(r[2] for r in results)
     assert results[-1][1] <= 2.0 * 1.01 and results[-1][1] > 1.5  # spent, not wasted
@@ -65,13 +69,16 @@ def test_target_epsilon_is_not_exceeded(data) -> None:  # type: ignore[no-untype
 
 def test_budget_exhaustion_stops_training(data) -> None:  # type: ignore[no-untyped-def]
     x, y = data
-    settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_target_epsilon=3.0)
+    settings = load_settings(
+        dp=True, dp_noise_multiplier=1.0, dp_target_epsilon=3.0, dp_batch_size=256
+    )
     state, model = RecordDict(), FraudMLP(x.shape[1], [16])
     spent, exhausted = [], False
+    plan, config = Plan(steps=16, rounds=1, lr=1e-3), dp_config(settings)
     for r in range(20):
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        kwargs = {"settings": settings, "state": state, "rounds": 1, "epochs": 1}
-        loss, eps, exhausted = dp_train(model, x, y, lr=1e-3, pos_weight=2.0, seed=r, **kwargs)
+        kwargs = {"config": config, "plan": plan, "rnd": 1, "state": state}
+        loss, eps, exhausted = dp_train(model, x, y, pos_weight=2.0, seed=r, **kwargs)
         if exhausted:
             assert math.isnan(loss)
             assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
