@@ -1,8 +1,9 @@
-"""The feature set: fixed transforms only, so every region (and the server) transforms identically.
+"""The feature set: fixed transforms plus history over earlier rows, computed the same way by
+every region (and the server) from its own rows.
 
 No statistic is fitted anywhere — not on a region's data and never on the server's test set.
 Money is mapped by ``signed_log(x) = sign(x) * log1p(|x|) / 20`` (PaySim amounts stay below
-1e9, so values stay within about [-1, 1]); hour of day is encoded as sin/cos of ``step % 24``.
+1e9, so values stay within about [-1, 1]); hour of day is ``step % 24``.
 
 | feature | definition |
 |---|---|
@@ -10,6 +11,14 @@ Money is mapped by ``signed_log(x) = sign(x) * log1p(|x|) / 20`` (PaySim amounts
 | ``log_amount`` | signed_log(amount) |
 | ``hour_sin``, ``hour_cos`` | hour of day on the unit circle |
 | ``dest_is_merchant`` | ``nameDest`` starts with ``M`` |
+| ``amount_round_1k`` | amount is a whole multiple of 1,000 |
+| ``amount_whole_million`` | amount is a whole multiple of 1,000,000 (and not 0) |
+| ``amount_10m`` | amount is exactly 10,000,000: the simulator's largest fraud chunk |
+| ``amount_no_cents`` | amount has no cents |
+| ``risky_hour_<h>`` (24) | hour h one-hot, on TRANSFER and CASH_OUT rows only (type x hour) |
+| ``dest_prior_log`` | log1p(earlier rows to this ``nameDest``) / 5: the payee's fan-in so far |
+| ``dest_seen`` | an earlier row went to this ``nameDest`` |
+| ``cashout_after_transfer`` | CASH_OUT of exactly an earlier TRANSFER's amount, same step |
 | ``log_<balance>`` (4) | signed_log of the four balance columns |
 | ``error_orig`` | signed_log(newbalanceOrig + amount - oldbalanceOrg) |
 | ``error_dest`` | signed_log(oldbalanceDest + amount - newbalanceDest) |
@@ -17,8 +26,17 @@ Money is mapped by ``signed_log(x) = sign(x) * log1p(|x|) / 20`` (PaySim amounts
 | ``dest_zero`` | oldbalanceDest = newbalanceDest = 0 with amount > 0 |
 | ``orig_drained`` | oldbalanceOrg > 0 and newbalanceOrig = 0 |
 
+**History features** (``dest_*``, ``cashout_after_transfer``) read only earlier rows: rows of an
+earlier step, or of the same step earlier in the file (a file need not be sorted: rows are
+ordered by step, stably, before counting). They are computed over the rows a party holds — a
+region over its own rows, the server over its test rows, ``flame score`` over the scored file
+— carrying their state from batch to batch (``History``), so a streamed file gives the same
+values as the whole file. On a sampled file (few rows of each account) they are mostly 0, which
+the model sees in training too (the shared samples are sampled files).
+
 With ``drop_balances`` (the data owner's leakage note: fraudulent transactions are cancelled, so
-balance columns should not be used) every feature from ``log_<balance>`` down is left out.
+balance columns should not be used) every feature from ``log_<balance>`` down is left out: they
+are the last columns, so the cached arrays serve both feature sets.
 """
 
 from __future__ import annotations
@@ -32,9 +50,18 @@ from flame.schema import TYPES
 if TYPE_CHECKING:
     import pandas as pd
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 LOG_SCALE = 20.0
+COUNT_SCALE = 5.0
+TEN_MILLION = 10_000_000.0
 BALANCES = ("oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbalanceDest")
+AMOUNT_FLAGS = ("amount_round_1k", "amount_whole_million", "amount_10m", "amount_no_cents")
+HISTORY = ("dest_prior_log", "dest_seen", "cashout_after_transfer")
+RISKY = ("TRANSFER", "CASH_OUT")
+
+
+class StepOrderError(ValueError):
+    """Streamed rows went back in time across batches, so history would read later rows."""
 
 
 def signed_log(x: np.ndarray) -> np.ndarray:
@@ -43,7 +70,9 @@ def signed_log(x: np.ndarray) -> np.ndarray:
 
 def feature_names(drop_balances: bool = False) -> list[str]:
     names = [f"type_{t}" for t in TYPES] + ["log_amount", "hour_sin", "hour_cos"]
-    names.append("dest_is_merchant")
+    names += ["dest_is_merchant", *AMOUNT_FLAGS]
+    names += [f"risky_hour_{h}" for h in range(24)]
+    names += HISTORY
     if not drop_balances:
         names += [f"log_{b}" for b in BALANCES]
         names += ["error_orig", "error_dest", "orig_zero", "dest_zero", "orig_drained"]
@@ -69,22 +98,93 @@ def merchant(names: pd.Series) -> np.ndarray:
     return pc.starts_with(pa.array(names, type=pa.string()), "M").to_numpy(zero_copy_only=False)
 
 
-def build_features(frame: pd.DataFrame, drop_balances: bool = False) -> np.ndarray:
-    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame."""
+class History:
+    """What a party has seen so far: rows per destination, and the TRANSFER amounts of the
+    latest step (for ``cashout_after_transfer``). Memory: 16 bytes per distinct destination."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.uint64)  # sorted destination hashes
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.last_step = -1
+        self.transfers = np.zeros(0, dtype=np.int64)  # (step, cents) keys of last_step
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        """The history columns of ``frame``'s rows (in frame order); then remembers them."""
+        import pandas as pd
+
+        from flame.partition import name_hash
+
+        steps = frame["step"].to_numpy(dtype=np.int64)
+        if len(steps) and steps.min() < self.last_step:
+            raise StepOrderError(
+                f"rows are not in step order: step {steps.min()} comes after step "
+                f"{self.last_step} in an earlier block; sort the file by step"
+            )
+        order = np.argsort(steps, kind="stable")
+        dest = name_hash(frame["nameDest"], 0)[order]
+        within = pd.Series(dest).groupby(dest, sort=False).cumcount().to_numpy()
+        prior = within + self._count(dest)
+        codes = type_codes(frame["type"])[order]
+        cents = np.round(frame["amount"].to_numpy(dtype=np.float64)[order] * 100).astype(np.int64)
+        key = steps[order] * np.int64(10**13) + cents
+        is_transfer = codes == TYPES.index("TRANSFER")
+        earlier = pd.Series(is_transfer.astype(np.int64)).groupby(key).cumsum().to_numpy()
+        earlier = earlier - is_transfer + np.isin(key, self.transfers)
+        paired = (codes == TYPES.index("CASH_OUT")) & (earlier > 0)
+        out = np.empty((len(frame), len(HISTORY)), dtype=np.float32)
+        out[order] = np.column_stack([np.log1p(prior) / COUNT_SCALE, prior > 0, paired])
+        self._remember(dest, steps[order], key[is_transfer], steps[order][is_transfer])
+        return out
+
+    def _count(self, dest: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(self.keys, dest), max(len(self.keys) - 1, 0))
+        if not len(self.keys):
+            return np.zeros(len(dest), dtype=np.int64)
+        return np.where(self.keys[at] == dest, self.counts[at], 0)
+
+    def _remember(
+        self, dest: np.ndarray, steps: np.ndarray, transfers: np.ndarray, t_steps: np.ndarray
+    ) -> None:
+        keys, inverse = np.unique(np.concatenate([self.keys, dest]), return_inverse=True)
+        weights = np.concatenate([self.counts, np.ones(len(dest), dtype=np.int64)])
+        self.keys, self.counts = keys, np.bincount(inverse, weights=weights).astype(np.int64)
+        if len(steps):
+            last = int(steps[-1])
+            kept = self.transfers if last == self.last_step else self.transfers[:0]
+            self.transfers = np.concatenate([kept, transfers[t_steps == last]])
+            self.last_step = last
+
+
+def build_features(
+    frame: pd.DataFrame, drop_balances: bool = False, history: History | None = None
+) -> np.ndarray:
+    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame.
+
+    ``history`` carries the history features' state from earlier batches of the same party's
+    rows; without it the frame is taken as everything the party holds.
+    """
     codes = type_codes(frame["type"])
     amount = frame["amount"].to_numpy(dtype=np.float64)
-    angle = 2 * np.pi * (frame["step"].to_numpy() % 24) / 24
-    columns = [np.eye(len(TYPES), dtype=np.float32)[codes]]
-    columns.append(
+    hour = frame["step"].to_numpy() % 24
+    angle = 2 * np.pi * hour / 24
+    risky = np.isin(codes, [TYPES.index(t) for t in RISKY])
+    columns = [
+        np.eye(len(TYPES), dtype=np.float32)[codes],
         np.column_stack(
             [
                 signed_log(amount),
                 np.sin(angle),
                 np.cos(angle),
                 merchant(frame["nameDest"]),
+                amount % 1_000 == 0,
+                (amount % 1_000_000 == 0) & (amount > 0),
+                amount == TEN_MILLION,
+                amount % 1 == 0,
             ]
-        )
-    )
+        ),
+        np.eye(24, dtype=np.float32)[hour] * risky[:, None],
+        (history or History()).features(frame),
+    ]
     if not drop_balances:
         old_o, new_o, old_d, new_d = (frame[b].to_numpy(dtype=np.float64) for b in BALANCES)
         columns.append(

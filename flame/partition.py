@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from flame.arrays import SPLITS, SplitWriter, load_split
 from flame.cache import file_folder, load_all, partition_folder, partition_key, width
-from flame.features import build_features, feature_names, labels, type_codes
+from flame.features import (
+    History,
+    StepOrderError,
+    build_features,
+    feature_names,
+    labels,
+    type_codes,
+)
 from flame.loader import iter_paysim, read_paysim
 from flame.schema import MAX_STEP, TYPES
 from flame.settings import FlameSettings
@@ -198,12 +205,14 @@ def _write_arrays(folder: Path, settings: FlameSettings) -> dict[str, dict[str, 
     parts = {"test": SplitWriter(folder, "test", cols, ("all",))}
     parts |= {r: SplitWriter(folder, f"region-{r}", cols, SPLITS) for r in settings.regions}
     frauds = dict.fromkeys(parts, 0)
+    history = {name: History() for name in parts}  # each party's own rows only
     for batch, region, val in split_batches(settings):
-        x, y = build_features(batch), labels(batch)
         for index, name in enumerate(parts):  # "test" first, then regions 0..N-1
             mask = region == (TEST if name == "test" else index - 1)
-            parts[name].append(x[mask], y[mask], None if name == "test" else val[mask])
-            frauds[name] += int(y[mask].sum())
+            rows = batch[mask]
+            x, y = _features(rows, history[name], settings.data_source()), labels(rows)
+            parts[name].append(x, y, None if name == "test" else val[mask])
+            frauds[name] += int(y.sum())
     summary = {}
     for name, writer in parts.items():
         rows = writer.close()
@@ -211,6 +220,14 @@ def _write_arrays(folder: Path, settings: FlameSettings) -> dict[str, dict[str, 
             raise ValueError(f"no rows fell into {name!r}; use more data or fewer regions")
         summary[name] = {"rows": sum(rows.values()), "frauds": frauds[name], **rows}
     return summary
+
+
+def _features(rows: pd.DataFrame, history: History, source: Path | None) -> np.ndarray:
+    """All features of one party's next rows (the history carried from its earlier rows)."""
+    try:
+        return build_features(rows, history=history)
+    except StepOrderError as err:
+        raise StepOrderError(f"{source or 'synthetic data'}: {err}") from None
 
 
 def heldout_arrays(settings: FlameSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +260,7 @@ def file_arrays(
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
         try:
-            writer = SplitWriter(staging, "data", len(feature_names()), splits)
+            writer, history = SplitWriter(staging, "data", len(feature_names()), splits), History()
             for batch in tqdm(_file_batches(path), desc=f"features of {path}", unit="batch"):
                 val = None
                 if validation:
@@ -252,7 +269,7 @@ def file_arrays(
                         if "is_val" in batch
                         else validation_mask(batch, settings)
                     )
-                writer.append(build_features(batch), labels(batch), val)
+                writer.append(_features(batch, history, path), labels(batch), val)
             writer.close()
             (staging / "done").touch()
             os.rename(staging, folder)

@@ -70,14 +70,15 @@ def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
     assert prepare(settings) == folder  # cached
     frame = generate(20_000, settings.seed, settings.synth_fraud_rate)
     region, val = assign_regions(frame, settings), validation_mask(frame, settings)
-    x_all, y_all = build_features(frame), labels(frame)
     x_test, _ = heldout_arrays(settings)
-    assert np.array_equal(x_test, x_all[region == TEST])  # same rows, same order
+    # same rows, same order; history features from the server's own rows only
+    assert np.array_equal(x_test, build_features(frame[region == TEST]))
     for i, name in enumerate(settings.regions):
         arrays = region_arrays(settings, name)
         mask = region == i
-        assert np.array_equal(arrays["train"][0], x_all[mask & ~val])
-        assert np.array_equal(arrays["val"][1], y_all[mask & val])
+        own = build_features(frame[mask])  # a region's history: its own rows (train and val)
+        assert np.array_equal(arrays["train"][0], own[~val[mask]])
+        assert np.array_equal(arrays["val"][1], labels(frame)[mask & val])
     assert 0.1 < val.mean() < 0.3
 
 
@@ -107,5 +108,6 @@ def test_streamed_preparation_equals_whole_file(tmp_path: Path) -> None:
     settings = load_settings(data_path=tmp_path / "p.csv")
     with patch("flame.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
         streamed = region_arrays(settings, "eu")["train"][0]
-    whole = frame[(assign_regions(frame, settings) == 1) & ~validation_mask(frame, settings)]
-    assert np.allclose(streamed, build_features(whole), atol=1e-6)
+    mask = assign_regions(frame, settings) == 1
+    whole = build_features(frame[mask])[~validation_mask(frame, settings)[mask]]
+    assert np.allclose(streamed, whole, atol=1e-6)
