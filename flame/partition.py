@@ -54,6 +54,8 @@ def name_hash(names: pd.Series, seed: int) -> np.ndarray:
     costs ~600 ns. Stable across processes, platforms and versions (it is our own code).
     """
     arr = pa.array(names, type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed column of pooled frames
+        arr = arr.combine_chunks()
     if arr.null_count:
         raise ValueError("account names must not be missing")
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[

@@ -49,7 +49,7 @@ History = list[tuple[float, float, int]]
 class DPConfig:
     """The privacy settings one region trains with."""
 
-    noise_multiplier: float  # 0 = derived from target_epsilon
+    noise_multiplier: float | None  # None = derived from target_epsilon; 0 = clipping only
     target_epsilon: float  # 0 = no budget
     delta: float
     max_grad_norm: float
@@ -81,6 +81,8 @@ def save_history(state: RecordDict, history: History) -> None:
 def epsilon_of(history: History, delta: float) -> float:
     if not history:
         return 0.0
+    if any(sigma == 0 for sigma, _, _ in history):
+        return math.inf  # clipping without noise: no privacy
     accountant = RDPAccountant()
     accountant.history = list(history)
     return float(accountant.get_epsilon(delta))
@@ -88,7 +90,7 @@ def epsilon_of(history: History, delta: float) -> float:
 
 def noise_multiplier(config: DPConfig, sample_rate: float, steps: int) -> float:
     """The configured σ, else the σ that spends exactly the target ε over ``steps``."""
-    if config.noise_multiplier > 0:
+    if config.noise_multiplier is not None:
         return config.noise_multiplier
     return float(
         get_noise_multiplier(
@@ -174,7 +176,7 @@ def dp_train(
                         break
     private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
     save_history(state, engine.accountant.history)
-    epsilon = float(engine.accountant.get_epsilon(config.delta))
+    epsilon = epsilon_of(engine.accountant.history, config.delta)
     log.info(
         "DP round: σ=%.3f, q=%.4f, %d steps, ε spent so far %.3f",
         sigma, sample_rate, plan.steps, epsilon,

@@ -99,11 +99,12 @@ class FlameSettings(BaseSettings):
     round_timeout: float = Field(
         900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
     )
-    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate (peak).")
     batch_size: int = Field(256, ge=1, description="Mini-batch size.")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(
-        default=[64, 32], description="Comma-separated MLP hidden layer widths."
-    )
+        default=[], description="Comma-separated MLP hidden layer widths; empty = 64,32, or 32,16 "
+        "with FLAME_DP (fewer weights, less noise per weight).",
+    )  # fmt: skip
     pos_weight: float = Field(
         0.0, ge=0, description="BCE pos_weight; 0 = sqrt(neg/pos) of the local training data."
     )
@@ -121,16 +122,17 @@ class FlameSettings(BaseSettings):
 
     # --- privacy ---------------------------------------------------------------------------
     dp: bool = Field(False, description="DP-SGD (Opacus) on every region's local training.")
-    dp_noise_multiplier: float = Field(
-        0.0, ge=0, description="DP-SGD noise multiplier; 0 = derive from FLAME_DP_TARGET_EPSILON."
-    )
+    dp_noise_multiplier: float | None = Field(
+        None, ge=0, description="DP-SGD noise multiplier; unset = derive from "
+        "FLAME_DP_TARGET_EPSILON; 0 = clipping only, no privacy (ε = inf; an ablation).",
+    )  # fmt: skip
     dp_target_epsilon: float = Field(
         0.0, ge=0, description="Whole-run ε budget per region; 0 = no budget (needs noise > 0)."
     )
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
     dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
     dp_optimizer: Literal["adam", "sgd"] = Field("adam", description="DP optimiser.")
-    dp_learning_rate: float = Field(1e-2, gt=0, description="DP optimiser learning rate.")
+    dp_learning_rate: float = Field(2e-2, gt=0, description="DP optimiser learning rate (peak).")
     dp_batch_size: int = Field(
         1024, ge=1, description="Expected logical batch of DP steps (sampling rate = this / rows)."
     )
@@ -182,7 +184,7 @@ class FlameSettings(BaseSettings):
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking URI.")
     mlflow_experiment: str = Field("flame", description="MLflow experiment name.")
 
-    @field_validator("data_path", "test_path", "out_dir", mode="before")
+    @field_validator("data_path", "test_path", "out_dir", "dp_noise_multiplier", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -210,14 +212,22 @@ class FlameSettings(BaseSettings):
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [int(v) for v in value.split(",") if v.strip()]
+            value = [int(v) for v in value.split(",") if v.strip()]
+        if any(int(v) < 1 for v in value):
+            raise ValueError(f"hidden layer widths must be 1 or more, got {value}")
         return value
 
     @model_validator(mode="after")
+    def _default_model(self) -> FlameSettings:
+        if not self.hidden_sizes:
+            self.hidden_sizes = [32, 16] if self.dp else [64, 32]
+        return self
+
+    @model_validator(mode="after")
     def _dp_needs_noise(self) -> FlameSettings:
-        if self.dp and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
+        if self.dp and self.dp_noise_multiplier is None and self.dp_target_epsilon == 0:
             raise ValueError(
-                "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER > 0 or FLAME_DP_TARGET_EPSILON > 0"
+                "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER or FLAME_DP_TARGET_EPSILON > 0"
             )
         return self
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flame.model import load_model
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
@@ -47,6 +49,15 @@ def test_two_round_simulation_on_synthetic_data(tmp_path: Path) -> None:
     assert (out / "model.pt").exists() and (out / "pr_curve.png").exists()
     assert any((out / "tensorboard").iterdir())
     assert "client:us" in proc.stdout and "server" in proc.stdout  # the per-round table
+    # the saved model is the round with the best pooled client *validation* PR-AUC
+    pooled = rows[rows["kind"] == "client_aggregate"].sort_values("round")
+    best = int(pooled.loc[pooled["pr_auc"].idxmax(), "round"])
+    _, card = load_model(out / "model.pt")
+    assert card.selected_round == best
+    selected = rows[rows["kind"] == "selected"].iloc[0]
+    server_best = rows[(rows["kind"] == "server") & (rows["round"] == best)].iloc[0]
+    assert selected["round"] == best and selected["pr_auc"] == pytest.approx(server_best["pr_auc"])
+    assert card.metrics["pr_auc"] == pytest.approx(selected["pr_auc"])
 
     scored = tmp_path / "scored.csv"
     data = tmp_path / "fresh.csv"

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from flame.attacks import poison_labels, poison_update
+from flame.protocol import INFO_KEY
 from flame.settings import load_settings
 from flame.strategy import build_strategy
 from flame.tracking import Tracker
@@ -55,3 +58,44 @@ def test_robust_rule_beats_fedavg_under_attack(tmp_path: Path) -> None:
         final[rule] = server["pr_auc"]
     assert final["fedmedian"] > 0.8
     assert final["fedavg"] < final["fedmedian"] - 0.3, final
+
+
+def _evaluate_reply(logits: np.ndarray, y: np.ndarray, region: str) -> Message:
+    from flame import metrics as fm
+
+    record = fm.region_metrics(logits, y, 0.5) | {"num-examples": len(y), "threshold": 0.5}
+    content = {"metrics": MetricRecord(record), INFO_KEY: ConfigRecord({"region": region})}  # type: ignore[arg-type]
+    return Message(RecordDict(content), dst_node_id=1, message_type="evaluate")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("selection", ["best-val", "last"])
+def test_selected_round_is_the_best_by_pooled_validation_only(
+    selection: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation PR-AUC per round: good, best, worse. The model kept is round 2's (or the
+    last), with the threshold tuned on that round's validation scores."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key in ("_run_id", "_node_id", "_task_id"):  # the identity a ServerApp process has
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    settings = load_settings(model_selection=selection)
+    strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.2).astype(np.float32)
+    thresholds = {}
+    for rnd, separation in ((1, 1.0), (2, 4.0), (3, 0.5)):
+        arrays = ArrayRecord({"w": torch.full((2,), float(rnd))})
+        strategy.configure_evaluate(rnd, arrays, ConfigRecord(), _FakeGrid())  # type: ignore[arg-type]
+        replies = [_evaluate_reply(rng.normal(size=400) + separation * y, y, r) for r in "ab"]
+        strategy.aggregate_evaluate(rnd, replies)
+        thresholds[rnd] = strategy.threshold
+    chosen = strategy.selected
+    assert chosen is not None
+    expected = 2 if selection == "best-val" else 3
+    assert chosen.round == expected and chosen.threshold == thresholds[expected]
+    assert float(chosen.arrays["w"].numpy()[0]) == expected
+
+
+class _FakeGrid:
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]

@@ -1,0 +1,336 @@
+"""Model-quality benchmark: central vs federated vs DP-SGD vs no balance columns, on real and
+synthetic PaySim; prints the table and writes quality.{md,json,png} to --out.
+
+    python benchmarks/quality.py [--out benchmarks/results] [--seeds 1,2,3] [--rounds 5]
+                                 [--synth-rows 1000000] [--real DIR] [--only real|synth]
+
+Every federated number is a real Flower simulation (``main.py``), every central one a real
+``flame baseline`` run, each in its own process, two at a time. Data columns:
+
+- ``real (leave one file out)``: for each of the three shared real samples, train on the other
+  two (split into us/eu), score the held-out file with ``flame score``; the cell is the mean over
+  the three files, then mean ± std over the seeds.
+- ``synthetic hash``: ``--synth-rows`` synthetic rows at the real file's fraud rate (0.129 %),
+  scored on the server's held-out test set (hash of nameOrig); one seed.
+- ``synthetic time``: the same data with ``--split time`` (test set = the last 20 % of steps).
+
+Columns: PR-AUC, ROC-AUC, recall at precision >= 0.9, F1 at the model's stored threshold (the
+threshold chosen on validation rows, never on the scored rows). The HistGradientBoosting row is
+scikit-learn's classifier on the same no-balance features and the same training rows (threshold:
+F1-optimal on the same validation rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_FILES = (
+    "head-step1-2688.csv",
+    "random-sample-3000.csv",
+    "steps45-95-spreadsheet-7557.csv",
+)
+FRAUD_RATE = 0.00129
+METRICS = ("pr_auc", "roc_auc", "recall_at_p90", "f1")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: how its models are trained."""
+
+    name: str
+    kind: str  # "federated", "central" or "hgb"
+    env: dict[str, str] = field(default_factory=dict)
+    drop_balances: bool = False
+
+
+ROWS = (
+    Row("central baseline", "central"),
+    Row("federated (defaults)", "federated"),
+    Row("federated DP ε=1", "federated", {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"}),
+    Row("federated DP ε=3", "federated", {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "3"}),
+    Row("federated DP ε=8", "federated", {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}),
+    Row("federated DP clip only (σ=0)", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}),
+    Row("federated, no balances", "federated", drop_balances=True),
+    Row("central, no balances", "central", drop_balances=True),
+    Row("HistGradientBoosting, no balances", "hgb", drop_balances=True),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Job:
+    row: Row
+    column: str  # "real", "synthetic hash", "synthetic time"
+    seed: int
+    heldout: str = ""  # real column: the file scored
+
+
+def scores(probability: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+    precision, recall, _ = precision_recall_curve(y, probability)
+    predicted = probability >= threshold
+    tp = float((predicted & (y == 1)).sum())
+    f1 = 2 * tp / (predicted.sum() + (y == 1).sum()) if tp else 0.0
+    return {
+        "pr_auc": float(average_precision_score(y, probability)),
+        "roc_auc": float(roc_auc_score(y, probability)),
+        "recall_at_p90": float(recall[precision >= 0.9].max(initial=0.0)),
+        "f1": float(f1),
+    }
+
+
+def run(command: list[str], env: dict[str, str], log: Path) -> None:
+    started = time.time()
+    full = os.environ | {"FLAME_MLFLOW": "false", "FLAME_TENSORBOARD": "false"}
+    full |= {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"} | env
+    with log.open("w") as out:
+        proc = subprocess.run(command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); see {log}")
+    print(f"  {time.time() - started:5.0f} s  {' '.join(command[1:])}", flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.cache = work / "cache"
+
+    def env(self, job: Job) -> dict[str, str]:
+        env = {"FLAME_CACHE_DIR": str(self.cache), "FLAME_NUM_SERVER_ROUNDS": str(self.args.rounds)}
+        env |= {"FLAME_SEED": str(job.seed)} | job.row.env
+        env |= {"FLAME_DROP_BALANCE_FEATURES": str(job.row.drop_balances).lower()}
+        if job.column == "real":
+            env["FLAME_DATA_PATH"] = str(self.train_dir(job.heldout))
+        else:
+            env |= {"FLAME_DATA_PATH": "", "FLAME_SYNTH_ROWS": str(self.args.synth_rows)}
+            env |= {"FLAME_SYNTH_FRAUD_RATE": str(FRAUD_RATE)}
+            env["FLAME_SPLIT"] = "time" if job.column == "synthetic time" else "hash"
+        return env
+
+    def train_dir(self, heldout: str) -> Path:
+        """A folder with the two real files other than ``heldout`` (symbolic links)."""
+        folder = self.work / "real" / f"without-{Path(heldout).stem}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in REAL_FILES:
+            if name != heldout and not (folder / name).exists():
+                (folder / name).symlink_to(self.args.real.resolve() / name)
+        return folder
+
+    def evaluate(self, job: Job) -> dict[str, float]:
+        slug = "-".join([job.row.name, job.column, str(job.seed), Path(job.heldout).stem])
+        out = self.work / "runs" / slug.replace(" ", "_").replace("/", "")
+        out.mkdir(parents=True, exist_ok=True)
+        env = self.env(job)
+        if job.row.kind == "hgb":
+            return self.hgb(env, job)
+        if job.row.kind == "federated":
+            run([sys.executable, "main.py", "--out", str(out)], env, out / "log.txt")
+        else:
+            run([sys.executable, "-m", "flame.cli", "baseline", "--out", str(out)], env,
+                out / "log.txt")  # fmt: skip
+        model = out / "model.pt"
+        if job.column == "real":
+            scored = out / "scored.csv"
+            heldout = self.args.real / job.heldout
+            run([sys.executable, "-m", "flame.cli", "score", str(heldout), "--model", str(model),
+                 "--out", str(scored)], env, out / "score-log.txt")  # fmt: skip
+            return self.from_scored(scored)
+        return self.on_test_set(model, env)
+
+    @staticmethod
+    def from_scored(scored: Path) -> dict[str, float]:
+        import pandas as pd
+
+        frame = pd.read_csv(scored)
+        p, y = frame["fraud_probability"].to_numpy(), frame["isFraud"].to_numpy()
+        flagged = frame["is_fraud_predicted"].to_numpy() == 1
+        threshold = p[flagged].min() if flagged.any() else math.inf
+        return scores(p, y, threshold)
+
+    @staticmethod
+    def on_test_set(model_path: Path, env: dict[str, str]) -> dict[str, float]:
+        import torch
+
+        from flame import metrics as fm
+        from flame.model import load_model
+        from flame.partition import heldout_arrays
+        from flame.settings import load_settings
+        from flame.train import predict_logits
+
+        settings = _settings(env, load_settings)
+        model, card = load_model(model_path)
+        x, y = heldout_arrays(settings)
+        x = x[:, : len(card.feature_names)]
+        probability = fm.sigmoid(predict_logits(model, torch.from_numpy(x)))
+        return scores(probability, y, card.threshold)
+
+    def hgb(self, env: dict[str, str], job: Job) -> dict[str, float]:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        from flame import metrics as fm
+        from flame.baseline import union
+        from flame.features import build_features
+        from flame.loader import read_paysim_file
+        from flame.partition import heldout_arrays, prepare
+        from flame.settings import load_settings
+
+        settings = _settings(env, load_settings)
+        prepare(settings)
+        (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
+        model = HistGradientBoostingClassifier(random_state=job.seed).fit(x.numpy(), y.numpy())
+        p_val = model.predict_proba(x_val.numpy())[:, 1]
+        logit = lambda p: np.log(np.clip(p, 1e-12, 1) / np.clip(1 - p, 1e-12, 1))  # noqa: E731
+        threshold = fm.best_threshold(*fm.histograms(logit(p_val), y_val.numpy()))
+        if job.column == "real":
+            frame = read_paysim_file(self.args.real / job.heldout)
+            x_eval, y_eval = build_features(frame, True), frame["isFraud"].to_numpy()
+        else:
+            x_eval, y_eval = heldout_arrays(settings)
+        probability = model.predict_proba(x_eval)[:, 1]
+        print(f"  hgb {job.column} seed {job.seed} {job.heldout}", flush=True)
+        return scores(probability, y_eval, threshold)
+
+
+def _settings(env: dict[str, str], load_settings):  # type: ignore[no-untyped-def]
+    """Settings as the child processes see them (env applied, nothing else of ours)."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        return load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def jobs(args: argparse.Namespace) -> list[Job]:
+    out = []
+    for row in ROWS:
+        if args.only in (None, "real"):
+            out += [Job(row, "real", s, f) for s in args.seeds for f in REAL_FILES]
+        if args.only in (None, "synth"):
+            out += [Job(row, c, args.seeds[0]) for c in ("synthetic hash", "synthetic time")]
+    return out
+
+
+def table(results: list[tuple[Job, dict[str, float]]]) -> tuple[str, dict]:
+    """Markdown table (mean ± std over seeds; the real column averages the three files first)."""
+    cells: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for job, result in results:
+        cells.setdefault(job.row.name, {}).setdefault(job.column, {})
+        per_seed = cells[job.row.name][job.column]
+        for metric in METRICS:
+            per_seed.setdefault(f"{metric}@{job.seed}", []).append(result[metric])
+    columns = [c for c in ("real", "synthetic hash", "synthetic time")
+               if any(c in by for by in cells.values())]  # fmt: skip
+    summary: dict = {}
+    header = "| model | " + " | ".join(
+        f"{c}: {m}" for c in columns for m in ("PR-AUC", "ROC-AUC", "R@P0.9", "F1")
+    )
+    lines = [header + " |", "|---|" + "---:|" * (4 * len(columns))]
+    for row in ROWS:
+        parts = []
+        for column in columns:
+            per_seed = cells.get(row.name, {}).get(column, {})
+            for metric in METRICS:
+                values = [float(np.mean(v)) for k, v in per_seed.items() if k.startswith(metric)]
+                mean = float(np.mean(values)) if values else math.nan
+                std = float(np.std(values)) if len(values) > 1 else 0.0
+                summary.setdefault(row.name, {}).setdefault(column, {})[metric] = {
+                    "mean": mean, "std": std, "seeds": len(values),
+                }  # fmt: skip
+                parts.append(f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}")
+        lines.append(f"| {row.name} | " + " | ".join(parts) + " |")
+    return "\n".join(lines), summary
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = sorted({c for by in summary.values() for c in by})
+    names = [r.name for r in ROWS if r.name in summary]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / max(len(columns), 1)
+    for i, column in enumerate(columns):
+        means = [summary[n][column]["pr_auc"]["mean"] for n in names]
+        stds = [summary[n][column]["pr_auc"]["std"] for n in names]
+        ax.bar(np.arange(len(names)) + i * width, means, width, yerr=stds, label=column, capsize=2)
+    ax.set_xticks(np.arange(len(names)) + width * (len(columns) - 1) / 2)
+    ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("PR-AUC")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Model quality: PR-AUC per model and data (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--synth-rows", type=int, default=1_000_000)
+    p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "paysim-real")
+    p.add_argument("--only", choices=["real", "synth"], help="one data family only")
+    p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if (ROOT / ".env").exists():
+        sys.exit("quality: .env is present and would change every run's settings; move it away")
+    missing = [f for f in REAL_FILES if not (args.real / f).exists()]
+    if args.only != "synth" and missing:
+        sys.exit(f"quality: real samples {missing} not found in {args.real} (--real DIR)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="flame-quality-") as tmp:
+        bench = Bench(args, args.work or Path(tmp))
+        todo = jobs(args)
+        # synthetic data first, one at a time per cache entry: later runs reuse its cache
+        for column in ("synthetic hash", "synthetic time"):
+            first = next((j for j in todo if j.column == column and j.row.kind != "hgb"), None)
+            if first is not None:
+                from flame.partition import prepare
+                from flame.settings import load_settings
+
+                prepare(_settings(bench.env(first), load_settings))
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = list(zip(todo, pool.map(bench.evaluate, todo), strict=True))
+    text, summary = table(results)
+    minutes = (time.time() - started) / 60
+    machine = f"{os.cpu_count()} CPUs, {sys.platform}"
+    intro = (
+        f"{time.strftime('%Y-%m-%d')}, {machine}, {minutes:.0f} min; {args.rounds} rounds, "
+        f"seeds {args.seeds} (real column), seed {args.seeds[0]} (synthetic, "
+        f"{args.synth_rows:,} rows at {FRAUD_RATE:.3%} fraud)."
+    )
+    (args.out / "quality.md").write_text(f"{intro}\n\n{text}\n")
+    raw = [{"row": j.row.name, "column": j.column, "seed": j.seed, "heldout": j.heldout, **r}
+           for j, r in results]  # fmt: skip
+    (args.out / "quality.json").write_text(
+        json.dumps({"about": intro, "summary": summary, "runs": raw}, indent=1)
+    )
+    plot(summary, args.out / "quality.png")
+    print(f"\n{intro}\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
