@@ -59,7 +59,7 @@ def test_resume_refuses_changed_model_settings_and_dp(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="FLAME_HIDDEN_SIZES"):
         checkpoint.check_compatible(state, load_settings(hidden_sizes="8"), tmp_path)
     with pytest.raises(SettingsError, match="FLAME_DP"):
-        dp = load_settings(dp=True, dp_noise_multiplier=1.0)
+        dp = load_settings(dp=True, dp_noise_multiplier=1.0, hidden_sizes="64,32")
         checkpoint.check_compatible(state, dp, tmp_path)
 
 

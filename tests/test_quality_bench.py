@@ -1,0 +1,42 @@
+"""The pieces of benchmarks/quality.py (the benchmark itself is not part of the test suite)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+assert spec is not None and spec.loader is not None
+quality = importlib.util.module_from_spec(spec)
+sys.modules["quality"] = quality  # dataclasses look their module up
+spec.loader.exec_module(quality)
+
+
+def test_scores_recall_at_precision_and_f1_at_the_stored_threshold() -> None:
+    # ranked: F F F N F N N N ... ; precision >= 0.9 holds down to the 3rd fraud (3/3)
+    p = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.5, 0.4, 0.3, 0.2, 0.1])
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    result = quality.scores(p, y, threshold=0.955)
+    assert result["recall_at_p90"] == pytest.approx(3 / 4)
+    assert result["f1"] == pytest.approx(2 * 3 / (4 + 4))  # 4 flagged, 3 right, 4 frauds
+    assert result["roc_auc"] == pytest.approx(1 - 1 / (4 * 6))
+    assert 0.9 < result["pr_auc"] < 1.0
+
+
+def test_table_averages_the_held_out_files_then_the_seeds() -> None:
+    row = quality.ROWS[1]
+    results = []
+    for seed, values in ((1, (0.2, 0.4, 0.6)), (2, (0.6, 0.8, 1.0))):
+        for name, v in zip(quality.REAL_FILES, values, strict=True):
+            job = quality.Job(row, "real", seed, name)
+            results.append((job, dict.fromkeys(quality.METRICS, v)))
+    text, summary = quality.table(results)
+    cell = summary[row.name]["real"]["pr_auc"]
+    assert cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.2)
+    assert cell["seeds"] == 2
+    assert "0.600 ± 0.200" in text
