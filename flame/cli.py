@@ -56,6 +56,12 @@ def _register(args: argparse.Namespace) -> None:
         print(f"register: {line}")
 
 
+def _fab_hash(args: argparse.Namespace) -> None:
+    from flame.approval import folder_hash
+
+    print(folder_hash(args.app))
+
+
 def _supernode(args: argparse.Namespace) -> None:
     from flame.polling import supernode
 
@@ -155,9 +161,17 @@ def parser() -> argparse.ArgumentParser:
     reg.add_argument("--root-certificates", type=Path, required=True, help="CA certificate")
     reg.set_defaults(func=_register)
 
+    fab = sub.add_parser(
+        "fab-hash", help="the hash of the FAB `flwr run` submits for an app folder (for "
+        "FLAME_TRUSTED_APPS)",
+    )  # fmt: skip
+    fab.add_argument("app", type=Path, nargs="?", default=Path("."), help="app folder")
+    fab.set_defaults(func=_fab_hash)
+
     node = sub.add_parser(
-        "supernode", help="flower-supernode with Flame's shorter polling (FLAME_POLL_INTERVAL)"
-    )
+        "supernode", help="flower-supernode with Flame's shorter polling (FLAME_POLL_INTERVAL) "
+        "and the region's app approval (FLAME_TRUSTED_APPS)",
+    )  # fmt: skip
     node.add_argument("args", nargs=argparse.REMAINDER, help="flower-supernode arguments")
     node.set_defaults(func=_supernode)
 

@@ -59,6 +59,9 @@ def supernode(argv: list[str], interval: float) -> None:
 
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    from flame.approval import use_flame_clientapp
+
     apply(interval)
+    use_flame_clientapp()  # every ClientApp task passes the region's approval check
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()

@@ -59,6 +59,10 @@ class FlameSettings(BaseSettings):
         "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."
     )
     region: str = Field("", description="This site's region name (stand-alone region compose).")
+    trusted_apps: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Region: FAB hashes (flame fab-hash) whose code may run on this "
+        "region's data; 'image' = the app folder this node runs in; empty = any app.",
+    )  # fmt: skip
     tls_sans: Annotated[list[str], NoDecode] = Field(
         default=[], description="Extra DNS names/IPs for the SuperLink certificate (flame certs)."
     )
@@ -189,7 +193,7 @@ class FlameSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("adversarial_regions", "tls_sans", mode="before")
+    @field_validator("adversarial_regions", "tls_sans", "trusted_apps", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flame.approval import folder_hash
 from flame.certs import make_all, make_node_key
 from flame.local_deployment import LocalDeployment, _bin
 from flame.partition import prepare
@@ -51,6 +53,7 @@ def test_tls_and_node_auth_run_completes(tmp_path: Path, certs: Path, monkeypatc
         "FLAME_CACHE_DIR": str(tmp_path / "cache"), "FLAME_OUT_DIR": str(tmp_path / "run"),
         "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1", "FLAME_SYNTH_ROWS": "20000",
         "FLAME_NUM_SERVER_ROUNDS": "2", "FLAME_LOCAL_EPOCHS": "1",
+        "FLAME_TRUSTED_APPS": "image",  # regions approve exactly the app in their own folder
     }  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -102,3 +105,37 @@ def test_unregistered_keyless_and_insecure_nodes_are_refused(tmp_path: Path, cer
         while not online(deployment) and time.time() < deadline:
             time.sleep(1)
         assert len(online(deployment)) == 1
+
+
+def test_a_region_refuses_an_app_it_did_not_approve_before_its_code_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same app with one changed line (it writes a marker file when imported) is refused
+    by both regions: the marker never appears, the server hears an error from each region."""
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "flame", app / "flame", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "main.py"):
+        shutil.copy(ROOT / name, app / name)
+    marker = tmp_path / "tampered-code-ran"
+    client = app / "flame" / "client_app.py"
+    client.write_text(client.read_text() + f"\nPath({str(marker)!r}).write_text('ran')\n")
+    assert folder_hash(app) != folder_hash(ROOT)
+    env = {
+        "FLAME_CACHE_DIR": str(tmp_path / "cache"), "FLAME_OUT_DIR": str(tmp_path / "run"),
+        "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1", "FLAME_SYNTH_ROWS": "5000",
+        "FLAME_NUM_SERVER_ROUNDS": "1", "FLAME_JOIN_TIMEOUT": "60",
+        "FLAME_TRUSTED_APPS": "image",
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    prepare(load_settings())
+    folder = tmp_path / "deployment"
+    with LocalDeployment(folder, load_settings(), env=env) as deployment:
+        deployment.start()
+        deployment.submit(app).wait(timeout=300)
+    assert not marker.exists()
+    for region in ("us", "eu"):
+        log = (folder / f"supernode-{region}.log").read_text()
+        assert "is not in FLAME_TRUSTED_APPS of this region" in log, region
+    missing = pd.read_csv(tmp_path / "run" / "metrics.csv").query("kind == 'client_aggregate'")
+    assert set(missing["missing"].dropna()) == {"eu;us"}

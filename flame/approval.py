@@ -1,0 +1,101 @@
+"""Each region runs only code it approved (``FLAME_TRUSTED_APPS``).
+
+A submitted run is a FAB: Python code that each region's ClientApp process installs and imports,
+next to the region's data. Flower's SuperNode starts a ``flower-superexec`` process, which starts
+``flwr-clientapp`` by name for every task. ``flame supernode`` puts its own ``flwr-clientapp``
+first on the PATH its children inherit: Flower's own ClientApp process (``python -m
+flame.approval``) with one check added before the FAB is installed or any of its code
+imported: the SHA-256 of the FAB's bytes (Flower's FAB hash) must be one the region approved.
+Otherwise the task fails with one line in the region's log and an error reply to the server.
+
+Approved hashes: ``FLAME_TRUSTED_APPS``, comma-separated; ``image`` stands for the FAB that
+``flwr build`` makes of the app folder this process runs in (in the compose image: ``/app``,
+the code the region built its own image from). ``flame fab-hash [DIR]`` prints a folder's hash.
+Empty: any app runs (the region trusts whoever can submit runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger("flame.approval")
+IMAGE = "image"
+
+
+class UntrustedAppError(RuntimeError):
+    """A task's FAB is not one this region approved."""
+
+
+def fab_hash(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def folder_hash(app: Path) -> str:
+    """The hash of the FAB ``flwr build`` / ``flwr run`` makes of ``app``."""
+    from flwr.cli.build import build_fab_from_disk
+
+    if not (app / "pyproject.toml").exists():
+        raise FileNotFoundError(f"{app} holds no pyproject.toml: not a Flower app folder")
+    return fab_hash(build_fab_from_disk(app))
+
+
+def approved(trusted: Iterable[str], app: Path) -> set[str]:
+    """The approved hashes, with ``image`` replaced by the hash of ``app``."""
+    return {folder_hash(app) if t == IMAGE else t.lower() for t in trusted}
+
+
+def check(content: bytes, allowed: set[str]) -> None:
+    digest = fab_hash(content)
+    if digest not in allowed:
+        message = f"refused: app {digest[:16]}… is not in FLAME_TRUSTED_APPS of this region"
+        log.error(message)
+        raise UntrustedAppError(message)
+
+
+def guard(allowed: set[str]) -> None:
+    """Make Flower's ClientApp runner check every FAB before it installs it."""
+    from flwr.supernode.runtime import run_clientapp
+
+    install: Callable[..., object] = run_clientapp.install_from_fab
+
+    def checked_install(content: bytes, *args: object, **kwargs: object) -> object:
+        check(content, allowed)
+        return install(content, *args, **kwargs)
+
+    run_clientapp.install_from_fab = checked_install  # type: ignore[assignment]
+
+
+def use_flame_clientapp() -> Path:
+    """For this process's children: ``flwr-clientapp`` is Flame's checked one (a shim in a
+    fresh folder put first on PATH). Returns the shim."""
+    folder = Path(tempfile.mkdtemp(prefix="flame-clientapp-"))
+    shim = folder / "flwr-clientapp"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m flame.approval "$@"\n')
+    shim.chmod(0o755)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return shim
+
+
+def clientapp_main() -> None:
+    """Flower's ``flwr-clientapp`` with the region's approval check."""
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    from flame.log import setup_logging
+    from flame.settings import load_settings
+
+    setup_logging()
+    trusted = load_settings().trusted_apps
+    if trusted:
+        guard(approved(trusted, Path.cwd()))
+    sys.argv[0] = "flwr-clientapp"
+    flwr_clientapp()
+
+
+if __name__ == "__main__":
+    clientapp_main()
