@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger("flame.approval")
 IMAGE = "image"
+SHIM_MODULE = "flame.approval"
 
 
 class UntrustedAppError(RuntimeError):
@@ -73,10 +75,14 @@ def guard(allowed: set[str]) -> None:
 
 def use_flame_clientapp() -> Path:
     """For this process's children: ``flwr-clientapp`` is Flame's checked one (a shim in a
-    fresh folder put first on PATH). Returns the shim."""
+    fresh folder put first on PATH, unless the one on PATH already is: the image bakes one in,
+    since its /tmp is not executable). Returns the shim."""
+    current = shutil.which("flwr-clientapp")
+    if current is not None and SHIM_MODULE in Path(current).read_text(errors="replace")[:500]:
+        return Path(current)
     folder = Path(tempfile.mkdtemp(prefix="flame-clientapp-"))
     shim = folder / "flwr-clientapp"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m flame.approval "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {SHIM_MODULE} "$@"\n')
     shim.chmod(0o755)
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
     return shim
