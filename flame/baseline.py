@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from flame import metrics as fm
-from flame.features import FEATURE_VERSION, feature_names
-from flame.model import ModelCard, build_model, save_model
+from flame.model import build_model, new_card, save_model
 from flame.partition import heldout_arrays, region_arrays
 from flame.settings import FlameSettings
 from flame.tracking import CsvSink
@@ -39,13 +38,7 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
     torch.set_num_threads(settings.torch_threads)
     (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
-    card = ModelCard(
-        feature_names(settings.drop_balance_features),
-        settings.drop_balance_features,
-        settings.hidden_sizes,
-        settings.threshold or 0.5,
-        FEATURE_VERSION,
-    )
+    card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     model = build_model(card, seed=settings.seed)
     plan = Plan.for_rows(
         len(x), settings.batch_size, settings.local_epochs, settings.min_local_steps,

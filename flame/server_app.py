@@ -14,9 +14,8 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from flame import checkpoint, plots, polling
 from flame import metrics as fm
-from flame.features import FEATURE_VERSION, feature_names
 from flame.log import setup_logging
-from flame.model import FraudMLP, ModelCard, build_model, save_model
+from flame.model import FraudMLP, ModelCard, build_model, new_card, save_model
 from flame.partition import heldout_arrays
 from flame.settings import FlameSettings, load_settings
 from flame.strategy import FlameStrategy, Selected, build_strategy
@@ -110,13 +109,7 @@ def main(grid: Grid, context: Context) -> None:
         "Run folder %s; server test set %d rows, %d frauds", out, len(y_test), int(y_test.sum())
     )
 
-    card = ModelCard(
-        feature_names(settings.drop_balance_features),
-        settings.drop_balance_features,
-        settings.hidden_sizes,
-        settings.threshold or 0.5,
-        FEATURE_VERSION,
-    )
+    card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     model = build_model(card, seed=settings.seed)
     params = run_params(settings, len(y_test))
     tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
