@@ -140,6 +140,20 @@ def dp_config(settings: FlameSettings) -> DPConfig:
     )
 
 
+def enforce_policy(settings: FlameSettings, rows: int, plan: Plan) -> None:
+    """This region's own privacy policy (node settings) against what the run asks for."""
+    if not (settings.policy_require_dp or settings.policy_max_epsilon or settings.policy_max_delta):
+        return
+    from flame.privacy import check_policy, planned_epsilon
+
+    config = dp_config(settings)
+    epsilon = planned_epsilon(config, rows, plan) if settings.dp else float("inf")
+    check_policy(
+        settings.dp, epsilon, settings.dp_delta, settings.policy_require_dp,
+        settings.policy_max_epsilon, settings.policy_max_delta,
+    )  # fmt: skip
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
@@ -161,6 +175,7 @@ def train(msg: Message, context: Context) -> Message:
         y = poison_labels(y, settings.attack)
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
     plan = training_plan(settings, len(x))
+    enforce_policy(settings, len(x), plan)
     extra: dict[str, float] = {}
     if settings.dp:
         from flame.privacy import dp_train

@@ -103,6 +103,37 @@ def noise_multiplier(config: DPConfig, sample_rate: float, steps: int) -> float:
     )
 
 
+class PolicyError(RuntimeError):
+    """A run asks for less privacy than a region's own policy allows."""
+
+
+def check_policy(
+    dp: bool, planned_epsilon: float, delta: float, require_dp: bool, max_epsilon: float,
+    max_delta: float,
+) -> None:  # fmt: skip
+    """Refuse (one line, naming the setting) a run looser than the region's policy."""
+    if (require_dp or max_epsilon) and not dp:
+        raise PolicyError("region policy: this region trains only with DP-SGD (FLAME_DP=true)")
+    if max_epsilon and planned_epsilon > max_epsilon * 1.01:  # Opacus's search tolerance
+        raise PolicyError(
+            f"region policy: the run plans ε={planned_epsilon:.3g}, this region accepts at "
+            f"most ε={max_epsilon:g} (FLAME_POLICY_MAX_EPSILON)"
+        )
+    if dp and max_delta and delta > max_delta:
+        raise PolicyError(
+            f"region policy: the run asks for δ={delta:g}, this region accepts at most "
+            f"δ={max_delta:g} (FLAME_POLICY_MAX_DELTA)"
+        )
+
+
+def planned_epsilon(config: DPConfig, rows: int, plan: Plan) -> float:
+    """The whole-run ε of ``plan`` on ``rows`` rows, before any step is taken."""
+    rate = config.rate(rows)
+    return epsilon_of(
+        [(noise_multiplier(config, rate, plan.total), rate, plan.total)], config.delta
+    )
+
+
 def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)

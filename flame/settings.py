@@ -147,6 +147,17 @@ class FlameSettings(BaseSettings):
         description="Poisson sampling rate of DP steps; 0 = from FLAME_DP_BATCH_SIZE.",
     )
 
+    # --- a region's own privacy policy (node settings; a run config cannot change them) -------
+    policy_require_dp: bool = Field(
+        False, description="Region policy: refuse to train a run without DP-SGD."
+    )
+    policy_max_epsilon: float = Field(
+        0.0, ge=0, description="Region policy: largest whole-run ε it trains for; 0 = any."
+    )
+    policy_max_delta: float = Field(
+        0.0, ge=0, lt=1, description="Region policy: largest δ it trains for; 0 = any."
+    )
+
     # --- efficiency and update noise ---------------------------------------------------------
     codec: Literal["none", "fp16", "int8", "topk"] = Field(
         "none", description="Client->server update compression."
@@ -251,9 +262,16 @@ class FlameSettings(BaseSettings):
         return KAGGLE_FILE if KAGGLE_FILE.exists() else None
 
 
+# a region's own limits: from its node's environment only, never from what a run asks for
+NODE_ONLY = frozenset(
+    {"trusted_apps", "policy_require_dp", "policy_max_epsilon", "policy_max_delta"}
+)
+
+
 def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) -> FlameSettings:
-    """Settings from env/.env, then Flower run config, then explicit overrides."""
+    """Settings from env/.env, then Flower run config (except NODE_ONLY), then overrides."""
     values = {k.replace("-", "_"): v for k, v in (run_config or {}).items()}
+    values = {k: v for k, v in values.items() if k not in NODE_ONLY}
     values.update(overrides)
     known = set(FlameSettings.model_fields)
     try:

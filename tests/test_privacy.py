@@ -109,3 +109,45 @@ def test_dp_run_reports_epsilon_every_round(tmp_path) -> None:  # type: ignore[n
     for kind in ("client:us", "client:eu", "client_aggregate"):
         eps = train.loc[train["kind"] == kind].sort_values("round")["epsilon"].to_numpy()
         assert len(eps) == 3 and (eps[1:] > eps[:-1]).all() and eps[-1] <= 4 * 1.01, kind
+
+
+def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from flame.privacy import PolicyError, check_policy
+
+    check_policy(True, 2.9, 1e-5, True, 3.0, 1e-5)  # within the policy
+    with pytest.raises(PolicyError, match="only with DP-SGD"):
+        check_policy(False, math.inf, 1e-5, True, 0.0, 0.0)
+    with pytest.raises(PolicyError, match=r"plans ε=8.*at most ε=3 \(FLAME_POLICY_MAX_EPSILON\)"):
+        check_policy(True, 8.0, 1e-5, False, 3.0, 0.0)
+    with pytest.raises(PolicyError, match="FLAME_POLICY_MAX_DELTA"):
+        check_policy(True, 1.0, 1e-3, False, 0.0, 1e-5)
+    monkeypatch.setenv("FLAME_POLICY_MAX_EPSILON", "3")
+    monkeypatch.setenv("FLAME_TRUSTED_APPS", "image")
+    asked = {"policy-max-epsilon": 100.0, "trusted-apps": "", "dp-target-epsilon": 8.0}
+    settings = load_settings(asked)
+    assert settings.policy_max_epsilon == 3 and settings.trusted_apps == ["image"]
+    assert settings.dp_target_epsilon == 8.0  # what the run asks for still arrives
+
+
+def test_planned_epsilon_is_the_accountants_for_the_whole_plan(data) -> None:  # type: ignore[no-untyped-def]
+    from flame.privacy import planned_epsilon
+
+    settings = load_settings(dp=True, dp_target_epsilon=3.0)
+    plan = Plan(steps=50, rounds=4, lr=1e-3)
+    assert planned_epsilon(dp_config(settings), len(data[0]), plan) == pytest.approx(3.0, rel=0.01)
+
+
+@pytest.mark.integration
+def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from tests.test_integration import run_main
+
+    out = tmp_path / "loose"
+    proc = run_main(
+        ["--rounds", "1", "--rows", "5000", "--fraud-rate", "0.05", "--out", str(out)],
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8", "FLAME_POLICY_MAX_EPSILON": "3"},
+    )
+    table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
+    assert set(table["missing"].dropna()) == {"eu;us"}
+    assert "this region accepts at most ε=3 (FLAME_POLICY_MAX_EPSILON)" in proc.stderr + proc.stdout
