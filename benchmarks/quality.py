@@ -108,6 +108,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.cache = work / "cache"
+        self.reused = 0  # runs finished by an earlier, interrupted invocation (--work)
 
     def env(self, job: Job) -> dict[str, str]:
         env = {"FLAME_CACHE_DIR": str(self.cache), "FLAME_NUM_SERVER_ROUNDS": str(self.args.rounds)}
@@ -137,17 +138,20 @@ class Bench:
         env = self.env(job)
         if job.row.kind == "hgb":
             return self.hgb(env, job)
-        if job.row.kind == "federated":
+        model, scored = out / "model.pt", out / "scored.csv"
+        done = model.exists() and (job.column != "real" or scored.exists())
+        if done:  # written last, so the run finished: an earlier invocation's
+            self.reused += 1
+        elif job.row.kind == "federated":
             run([sys.executable, "main.py", "--out", str(out)], env, out / "log.txt")
         else:
             run([sys.executable, "-m", "flame.cli", "baseline", "--out", str(out)], env,
                 out / "log.txt")  # fmt: skip
-        model = out / "model.pt"
         if job.column == "real":
-            scored = out / "scored.csv"
             heldout = self.args.real / job.heldout
-            run([sys.executable, "-m", "flame.cli", "score", str(heldout), "--model", str(model),
-                 "--out", str(scored)], env, out / "score-log.txt")  # fmt: skip
+            if not done:
+                run([sys.executable, "-m", "flame.cli", "score", str(heldout), "--model",
+                     str(model), "--out", str(scored)], env, out / "score-log.txt")  # fmt: skip
             return self.from_scored(scored)
         return self.on_test_set(model, env)
 
@@ -290,7 +294,10 @@ def main() -> None:
     p.add_argument("--synth-rows", type=int, default=1_000_000)
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "paysim-real")
     p.add_argument("--only", choices=["real", "synth"], help="one data family only")
-    p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument(
+        "--work", type=Path, help="scratch folder (default: a temporary one); runs an earlier "
+        "invocation finished there are reused, so an interrupted benchmark resumes",
+    )  # fmt: skip
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -317,8 +324,11 @@ def main() -> None:
     text, summary = table(results)
     minutes = (time.time() - started) / 60
     machine = f"{os.cpu_count()} CPUs, {sys.platform}"
+    reused = (
+        f" ({bench.reused} of {len(todo)} runs reused from {args.work})" if bench.reused else ""
+    )
     intro = (
-        f"{time.strftime('%Y-%m-%d')}, {machine}, {minutes:.0f} min; {args.rounds} rounds, "
+        f"{time.strftime('%Y-%m-%d')}, {machine}, {minutes:.0f} min{reused}; {args.rounds} rounds, "
         f"seeds {args.seeds} (real column), seed {args.seeds[0]} (synthetic, "
         f"{args.synth_rows:,} rows at {FRAUD_RATE:.3%} fraud)."
     )
