@@ -112,7 +112,7 @@ class Bench:
 
     def env(self, job: Job) -> dict[str, str]:
         env = {"FLAME_CACHE_DIR": str(self.cache), "FLAME_NUM_SERVER_ROUNDS": str(self.args.rounds)}
-        env |= {"FLAME_SEED": str(job.seed)} | job.row.env
+        env |= {"FLAME_SEED": str(job.seed)} | job.row.env | self.args.extra
         env |= {"FLAME_DROP_BALANCE_FEATURES": str(job.row.drop_balances).lower()}
         if job.column == "real":
             env["FLAME_DATA_PATH"] = str(self.train_dir(job.heldout))
@@ -220,9 +220,20 @@ def _settings(env: dict[str, str], load_settings):  # type: ignore[no-untyped-de
         os.environ.update(saved)
 
 
+def selected_rows(names: str | None) -> list[Row]:
+    """The rows whose name contains one of the comma-separated ``names`` (all when None)."""
+    if not names:
+        return list(ROWS)
+    wanted = [n.strip() for n in names.split(",")]
+    rows = [r for r in ROWS if any(w in r.name for w in wanted)]
+    if not rows:
+        sys.exit(f"quality: --rows {names!r} matches none of {[r.name for r in ROWS]}")
+    return rows
+
+
 def jobs(args: argparse.Namespace) -> list[Job]:
     out = []
-    for row in ROWS:
+    for row in selected_rows(args.rows):
         if args.only in (None, "real"):
             out += [Job(row, "real", s, f) for s in args.seeds for f in REAL_FILES]
         if args.only in (None, "synth"):
@@ -245,7 +256,7 @@ def table(results: list[tuple[Job, dict[str, float]]]) -> tuple[str, dict]:
         f"{c}: {m}" for c in columns for m in ("PR-AUC", "ROC-AUC", "R@P0.9", "F1")
     )
     lines = [header + " |", "|---|" + "---:|" * (4 * len(columns))]
-    for row in ROWS:
+    for row in (r for r in ROWS if r.name in cells):
         parts = []
         for column in columns:
             per_seed = cells.get(row.name, {}).get(column, {})
@@ -286,6 +297,13 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("FLAME_"):
+        sys.exit(f"quality: --set {text!r} is not FLAME_NAME=VALUE")
+    return key, value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -299,7 +317,14 @@ def main() -> None:
         "invocation finished there are reused, so an interrupted benchmark resumes",
     )  # fmt: skip
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    p.add_argument("--rows", help="only rows whose name contains one of these (comma-separated)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FLAME_X=V",
+        help="a setting for every run (repeatable): to try a hyper-parameter by leaving one "
+        "file out; never tune on the number you report",
+    )  # fmt: skip
     args = p.parse_args()
+    args.extra = dict(parse_setting(s) for s in args.set)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if (ROOT / ".env").exists():
         sys.exit("quality: .env is present and would change every run's settings; move it away")
@@ -331,6 +356,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}, {machine}, {minutes:.0f} min{reused}; {args.rounds} rounds, "
         f"seeds {args.seeds} (real column), seed {args.seeds[0]} (synthetic, "
         f"{args.synth_rows:,} rows at {FRAUD_RATE:.3%} fraud)."
+        + (f" Settings: {' '.join(args.set)}." if args.set else "")
     )
     (args.out / "quality.md").write_text(f"{intro}\n\n{text}\n")
     raw = [{"row": j.row.name, "column": j.column, "seed": j.seed, "heldout": j.heldout, **r}

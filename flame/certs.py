@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DEFAULT_SANS = ("superlink", "localhost", "127.0.0.1", "::1", "host.docker.internal")
+DEFAULT_SANS = ("superlink", "gateway", "localhost", "127.0.0.1", "::1", "host.docker.internal")
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
@@ -89,6 +89,15 @@ def make_server(
     _write(folder / "server.pem", cert.public_bytes(serialization.Encoding.PEM), private=False)
 
 
+def server_sans(pem: Path) -> set[str]:
+    """The names and addresses ``pem`` covers (empty when there is no such file)."""
+    if not pem.exists():
+        return set()
+    cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(n.value) for n in names}
+
+
 def make_node_key(folder: Path, region: str) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
@@ -113,6 +122,13 @@ def make_all(
         ca, ca_key = make_ca(folder, days)
         make_server(folder, ca, ca_key, sans, days)
         written += ["ca.crt", "ca.key", f"server.pem (SANs: {', '.join(sans)})", "server.key"]
+    elif missing := sorted(set(sans) - server_sans(folder / "server.pem")):
+        # a name to dial was added (a new FLAME_TLS_SANS, or a newer Flame's `gateway`): a new
+        # server certificate from the same CA, so every node's ca.crt and key stay valid
+        ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+        make_server(folder, ca, ca_key, sans, days)  # type: ignore[arg-type]
+        written += [f"server.pem (reissued: it did not cover {', '.join(missing)})", "server.key"]
     for region in regions:
         if force or not (folder / "keys" / region).exists():
             make_node_key(folder, region)

@@ -2,7 +2,8 @@
 # End-to-end test of the compose deployment through the offline path, in one command:
 # local base image (built only if missing) + wheelhouse -> image -> `compose up` -> wait for the
 # launcher -> check through MLflow's REST API that the run finished with every round's server
-# metrics and both regions' client metrics -> `compose down -v`.
+# metrics and both regions' client metrics -> check from the host that the public gateway port
+# refuses `flwr run` (scripts/verify_gateway.py) -> `compose down -v`.
 # Needs a running Docker engine (scripts/install-docker.sh). Exit 0 only if all metrics are in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +43,8 @@ compose logs --no-color launcher | grep -E "flame: (round|Run|Saved)" || true
 log "launcher exit code $code; up -> finished run $((t3 - t2)) s"
 [ "$code" = 0 ] || { log "the federated run failed; full logs: ${FLAME_E2E_LOG:-/tmp/flame-e2e.log}"; exit 1; }
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000
+# regions joined through the gateway; from this host, the public port must refuse `flwr run`
+ca=$(mktemp -d)/ca.crt
+docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
+"$python" scripts/verify_gateway.py --ca "$ca"
 log "passed (setup $((t1 - t0)) s, build $((t2 - t1)) s, run $((t3 - t2)) s)"

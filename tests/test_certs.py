@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flame.certs import distribute, make_all
+from flame.certs import distribute, make_all, server_sans
 
 
 def test_each_service_gets_only_its_own_files(tmp_path: Path) -> None:
@@ -22,3 +22,15 @@ def test_each_service_gets_only_its_own_files(tmp_path: Path) -> None:
     assert (tmp_path / "us/node.key").stat().st_mode & 0o077 == 0
     assert us_key.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert distribute(tmp_path / "authority", tmp_path, ["us", "eu"]) == []  # idempotent
+
+
+def test_a_new_name_reissues_only_the_server_certificate(tmp_path: Path) -> None:
+    make_all(tmp_path, ["us"], [])
+    ca, key = (tmp_path / "ca.crt").read_bytes(), (tmp_path / "keys/us").read_bytes()
+    assert "gateway" in server_sans(tmp_path / "server.pem")  # regions dial the gateway
+    assert make_all(tmp_path, ["us"], []) == []  # nothing new: nothing rotated
+    written = make_all(tmp_path, ["us"], ["coordinator.example.com", "203.0.113.7"])
+    assert written[0].startswith("server.pem (reissued")
+    assert {"coordinator.example.com", "203.0.113.7"} <= server_sans(tmp_path / "server.pem")
+    assert (tmp_path / "ca.crt").read_bytes() == ca  # nodes' ca.crt and keys stay valid
+    assert (tmp_path / "keys/us").read_bytes() == key

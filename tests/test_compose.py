@@ -34,3 +34,6 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     log = (tmp_path / "compose.log").read_text() if (tmp_path / "compose.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + log[-4000:]
     assert "MLflow run complete" in proc.stdout
+    # the regions joined through the Fleet-only gateway; from the host, its port refuses
+    # `flwr run` / `flwr ls` (HTTP 403) and no run was added
+    assert "the public port refuses the Control API" in proc.stdout
