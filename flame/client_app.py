@@ -140,8 +140,15 @@ def dp_config(settings: FlameSettings) -> DPConfig:
     )
 
 
-def enforce_policy(settings: FlameSettings, rows: int, plan: Plan) -> None:
-    """This region's own privacy policy (node settings) against what the run asks for."""
+def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bool) -> None:
+    """This region's own policy (node settings) against what the run asks for."""
+    if settings.policy_codecs or settings.policy_attacks:
+        from flame.privacy import check_update_policy
+
+        check_update_policy(
+            settings.codec, settings.attack if adversary else None, settings.policy_codecs,
+            settings.policy_attacks,
+        )  # fmt: skip
     if not (settings.policy_require_dp or settings.policy_max_epsilon or settings.policy_max_delta):
         return
     from flame.privacy import check_policy, planned_epsilon
@@ -170,12 +177,12 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(config["server-round"])
     seed = region_seed(settings, region, rnd)
     adversary = region in settings.adversarial_regions
+    plan = training_plan(settings, len(x))
+    enforce_policy(settings, len(x), plan, adversary)
     if adversary:
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         y = poison_labels(y, settings.attack)
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
-    plan = training_plan(settings, len(x))
-    enforce_policy(settings, len(x), plan)
     extra: dict[str, float] = {}
     if settings.dp:
         from flame.privacy import dp_train

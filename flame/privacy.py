@@ -126,6 +126,23 @@ def check_policy(
         )
 
 
+def check_update_policy(
+    codec: str, attack: str | None, allowed_codecs: list[str], allowed_attacks: list[str]
+) -> None:
+    """Refuse a codec or a simulated attack (``attack`` None: this region is not an adversary)
+    that the region's policy does not allow."""
+    if allowed_codecs and codec not in allowed_codecs:
+        raise PolicyError(
+            f"region policy: the run asks for codec {codec!r}, this region sends only "
+            f"{', '.join(allowed_codecs)} (FLAME_POLICY_CODECS)"
+        )
+    if attack is not None and allowed_attacks and attack not in allowed_attacks:
+        raise PolicyError(
+            f"region policy: the run makes this region simulate attack {attack!r}, this region "
+            f"allows {', '.join(allowed_attacks)} (FLAME_POLICY_ATTACKS)"
+        )
+
+
 def planned_epsilon(config: DPConfig, rows: int, plan: Plan) -> float:
     """The whole-run ε of ``plan`` on ``rows`` rows, before any step is taken."""
     rate = config.rate(rows)

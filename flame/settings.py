@@ -157,6 +157,16 @@ class FlameSettings(BaseSettings):
     policy_max_delta: float = Field(
         0.0, ge=0, lt=1, description="Region policy: largest δ it trains for; 0 = any."
     )
+    policy_codecs: Annotated[list[Literal["none", "fp16", "int8", "topk"]], NoDecode] = Field(
+        default=[], description="Region policy: comma-separated update codecs it sends; "
+        "empty = any.",
+    )  # fmt: skip
+    policy_attacks: Annotated[
+        list[Literal["none", "label_flip", "sign_flip", "scale", "random"]], NoDecode
+    ] = Field(
+        default=[], description="Region policy: comma-separated attacks a run may make it "
+        "simulate; none = never act as an adversary; empty = any (simulation).",
+    )  # fmt: skip
 
     # --- efficiency and update noise ---------------------------------------------------------
     codec: Literal["none", "fp16", "int8", "topk"] = Field(
@@ -204,7 +214,10 @@ class FlameSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("adversarial_regions", "tls_sans", "trusted_apps", mode="before")
+    @field_validator(
+        "adversarial_regions", "tls_sans", "trusted_apps", "policy_codecs", "policy_attacks",
+        mode="before",
+    )
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -264,7 +277,8 @@ class FlameSettings(BaseSettings):
 
 # a region's own limits: from its node's environment only, never from what a run asks for
 NODE_ONLY = frozenset(
-    {"trusted_apps", "policy_require_dp", "policy_max_epsilon", "policy_max_delta"}
+    {"trusted_apps", "policy_require_dp", "policy_max_epsilon", "policy_max_delta",
+     "policy_codecs", "policy_attacks"}
 )
 
 
@@ -311,8 +325,9 @@ def env_example() -> str:
         "# FLAME_BASE_IMAGE=python:3.11-slim",
         "# index: PyTorch CPU index + PyPI; wheelhouse: ./wheelhouse only (offline)",
         "# FLAME_PIP_SOURCE=index",
-        "# Host address the SuperLink port 8000 is published on (0.0.0.0 for remote regions)",
-        "# FLAME_SUPERLINK_BIND=127.0.0.1",
+        "# Host address the gateway's port 9443 (Fleet API only) is published on; 0.0.0.0 for",
+        "# remote regions (the SuperLink's own port 8000 stays on 127.0.0.1)",
+        "# FLAME_GATEWAY_BIND=127.0.0.1",
     ]
     return "\n".join(lines) + "\n"
 

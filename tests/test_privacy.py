@@ -151,3 +151,40 @@ def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path)
     table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
     assert set(table["missing"].dropna()) == {"eu;us"}
     assert "this region accepts at most ε=3 (FLAME_POLICY_MAX_EPSILON)" in proc.stderr + proc.stdout
+
+
+def test_region_policy_on_codecs_and_simulated_attacks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from flame.privacy import PolicyError, check_update_policy
+
+    check_update_policy("int8", None, ["int8", "topk"], ["none"])  # not an adversary: fine
+    check_update_policy("none", "sign_flip", [], [])  # no policy: anything
+    with pytest.raises(PolicyError, match=r"codec 'none'.*sends only int8 \(FLAME_POLICY_CODECS\)"):
+        check_update_policy("none", None, ["int8"], [])
+    with pytest.raises(PolicyError, match=r"attack 'scale'.*\(FLAME_POLICY_ATTACKS\)"):
+        check_update_policy("none", "scale", [], ["none"])
+    monkeypatch.setenv("FLAME_POLICY_ATTACKS", "none")
+    monkeypatch.setenv("FLAME_POLICY_CODECS", "int8,topk")
+    settings = load_settings({"policy-attacks": "", "policy-codecs": "none"})
+    assert settings.policy_attacks == ["none"] and settings.policy_codecs == ["int8", "topk"]
+    with pytest.raises(ValueError, match="FLAME_POLICY_CODECS"):
+        load_settings(policy_codecs="gzip")
+
+
+@pytest.mark.integration
+def test_a_region_refuses_to_act_as_an_adversary_when_its_policy_says_none(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from tests.test_integration import run_main
+
+    out = tmp_path / "attack"
+    proc = run_main(
+        ["--rounds", "1", "--rows", "5000", "--fraud-rate", "0.05", "--out", str(out)],
+        {
+            "FLAME_ADVERSARIAL_REGIONS": "eu",
+            "FLAME_ATTACK": "scale",
+            "FLAME_POLICY_ATTACKS": "none",
+        },
+    )
+    table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
+    assert set(table["missing"].dropna()) == {"eu"}  # us trains; eu refuses to attack
+    assert "simulate attack 'scale', this region allows none" in proc.stderr + proc.stdout
