@@ -215,7 +215,11 @@ class FlameSettings(BaseSettings):
         return None if value == "" else value
 
     @field_validator(
-        "adversarial_regions", "tls_sans", "trusted_apps", "policy_codecs", "policy_attacks",
+        "adversarial_regions",
+        "tls_sans",
+        "trusted_apps",
+        "policy_codecs",
+        "policy_attacks",
         mode="before",
     )
     @classmethod
@@ -277,8 +281,14 @@ class FlameSettings(BaseSettings):
 
 # a region's own limits: from its node's environment only, never from what a run asks for
 NODE_ONLY = frozenset(
-    {"trusted_apps", "policy_require_dp", "policy_max_epsilon", "policy_max_delta",
-     "policy_codecs", "policy_attacks"}
+    {
+        "trusted_apps",
+        "policy_require_dp",
+        "policy_max_epsilon",
+        "policy_max_delta",
+        "policy_codecs",
+        "policy_attacks",
+    }
 )
 
 
