@@ -37,3 +37,20 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     # the regions joined through the Fleet-only gateway; from the host, its port refuses
     # `flwr run` / `flwr ls` (HTTP 403) and no run was added
     assert "the public port refuses the Control API" in proc.stdout
+
+
+@pytest.mark.compose
+def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
+    """The README's multi-host path: a site in its own compose project, holding only its key
+    and ca.crt, trains through the coordinator's public (Fleet-only) port with TLS. Uses the
+    image the test above built."""
+    env = os.environ | {"PYTHON": sys.executable, "FLAME_MH_LOG": str(tmp_path / "mh.log")}
+    for key in [k for k in env if k.startswith("FLAME_") and k != "FLAME_MH_LOG"]:
+        env.pop(key)
+    proc = subprocess.run(
+        ["scripts/multihost-e2e.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=1800,
+    )  # fmt: skip
+    log = (tmp_path / "mh.log").read_text() if (tmp_path / "mh.log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + log[-4000:]
+    assert "the eu site trained through the gateway" in proc.stdout
