@@ -11,6 +11,7 @@ import sys
 
 from flame.log import setup_logging
 from flame.report import print_rounds
+from flame.server_app import NothingTrainedError
 from flame.settings import SettingsError
 from flame.simulate import run
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NothingTrainedError as err:
+        print(f"error: the run failed: {err}", file=sys.stderr)
+        return 1
     print_rounds(out / "metrics.csv")
     print(f"\nRun folder: {out}  (metrics.csv, model.pt, plots, tensorboard/)")
     return 0

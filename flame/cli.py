@@ -112,9 +112,12 @@ def _score(args: argparse.Namespace) -> None:
     from scipy.special import logit
 
     from flame import metrics as fm
+    from flame.loader import header
     from flame.model import load_model
     from flame.score import score_file
 
+    if args.report and args.input.is_file() and "isFraud" not in header(args.input):
+        raise ValueError(f"--report needs labels: {args.input} has no isFraud column")
     scored = score_file(args.model, args.input, args.out)
     flagged = int(scored["is_fraud_predicted"].sum())
     print(f"scored {len(scored):,} rows -> {args.out} ({flagged:,} predicted fraud)")

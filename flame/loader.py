@@ -69,15 +69,15 @@ def iter_paysim_file(
     path: Path, require_labels: bool = True, block_bytes: int = BLOCK_BYTES
 ) -> Iterator[pd.DataFrame]:
     """Validated batches of one CSV, read by pyarrow's streaming reader."""
-    header = _header(path)
+    names = header(path)
     optional = () if require_labels else LABELS
-    missing = [c for c in COLUMNS if c not in header and c not in optional]
-    extra = [c for c in header if c not in COLUMNS]
+    missing = [c for c in COLUMNS if c not in names and c not in optional]
+    extra = [c for c in names if c not in COLUMNS]
     if missing or extra:
         raise PaySimFormatError(
             path, f"header does not match PaySim: missing {missing}, unexpected {extra}"
         )
-    if len(set(header)) != len(header):
+    if len(set(names)) != len(names):
         raise PaySimFormatError(path, "header repeats a column name")
     types = {c: pa.float64() for c in _NUMERIC} | {c: pa.string() for c in ("type", *NAMES)}
     offset = 0
@@ -114,7 +114,8 @@ MAGIC = {
 MAX_FIELD = 1 << 16  # bytes; PaySim fields are at most ~20
 
 
-def _header(path: Path) -> list[str]:
+def header(path: Path) -> list[str]:
+    """The column names of ``path``'s first line (checked: plain UTF-8 text, not empty)."""
     with path.open("rb") as handle:
         start = handle.read(8)
         handle.seek(0)

@@ -11,8 +11,9 @@ import torch
 
 from flame import metrics as fm
 from flame.features import FEATURE_VERSION, build_features
-from flame.loader import csv_files, read_paysim_file
+from flame.loader import csv_files, header, read_paysim_file
 from flame.model import load_model
+from flame.schema import LABELS
 from flame.train import predict_logits
 
 log = logging.getLogger("flame.score")
@@ -35,10 +36,14 @@ def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_file(model_path: Path, input_csv: Path, out_csv: Path) -> pd.DataFrame:
-    """Score every row of ``input_csv`` (input order) and write ``out_csv``."""
+    """Score every row of ``input_csv`` (input order) and write ``out_csv``; label columns are
+    written only if the input has them."""
     [path] = csv_files(input_csv) if input_csv.is_file() else [input_csv]
+    if out_csv.resolve() == path.resolve():
+        raise ValueError(f"--out {out_csv} is the input file; scoring never overwrites its input")
     frame = read_paysim_file(path, require_labels=False)
-    scored = score_frame(model_path, frame)
+    absent = [c for c in LABELS if c not in header(path)]
+    scored = score_frame(model_path, frame).drop(columns=absent)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     scored.to_csv(out_csv, index=False)
     log.info("Scored %d rows of %s -> %s", len(scored), input_csv, out_csv)

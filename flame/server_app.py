@@ -88,6 +88,10 @@ def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
     return params
 
 
+class NothingTrainedError(RuntimeError):
+    """The run ended without a single aggregated update: its model would be the initial one."""
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)
@@ -148,8 +152,12 @@ def main(grid: Grid, context: Context) -> None:
         train_config=train_config,
         evaluate_fn=evaluator,
     )
-    if result.arrays is None:
-        log.error("no region returned a model update in any round; saving the initial model")
+    if strategy.trained_rounds == 0:
+        tracker.close("FAILED")
+        raise NothingTrainedError(
+            f"no region returned a model update in any of the {settings.num_server_rounds - done} "
+            "rounds (see the regions' errors above); no model was saved"
+        )
     finish(out, model, card, result.arrays or initial, evaluator, tracker)
 
 

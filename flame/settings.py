@@ -6,13 +6,19 @@ Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger("flame.settings")
 
 KAGGLE_FILE = Path("data/PS_20174392719_1491204439457_log.csv")
 
@@ -233,8 +239,12 @@ class FlameSettings(BaseSettings):
     def _split_regions(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and len(value) == 1 and str(value[0]).isdigit():
+            value = [f"region{i}" for i in range(1, int(value[0]) + 1)]  # "3": three regions
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError("need one or more distinct region names, e.g. 'us,eu'")
+            raise ValueError("need one or more distinct region names, e.g. 'us,eu' (or a count)")
+        if any(str(v).isdigit() for v in value or []):
+            raise ValueError(f"region names cannot be bare numbers, got {value}")
         bad = [v for v in value or [] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(v))]
         if bad:
             raise ValueError(f"region names are letters, digits, - and _ only; got {bad}")
@@ -260,6 +270,21 @@ class FlameSettings(BaseSettings):
         if self.dp and self.dp_noise_multiplier is None and self.dp_target_epsilon == 0:
             raise ValueError(
                 "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER or FLAME_DP_TARGET_EPSILON > 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _attack_needs_regions(self) -> FlameSettings:
+        if strangers := [r for r in self.adversarial_regions if r not in self.regions]:
+            raise ValueError(
+                f"FLAME_ADVERSARIAL_REGIONS names {strangers}, which are not in FLAME_REGIONS "
+                f"{self.regions}"
+            )
+        n, f = len(self.regions), self.num_malicious
+        if self.aggregation in ("krum", "multikrum") and n <= 2 * f + 2:
+            raise ValueError(
+                f"FLAME_AGGREGATION={self.aggregation} needs more than 2 x FLAME_NUM_MALICIOUS + 2 "
+                f"= {2 * f + 2} regions; FLAME_REGIONS has {n}"
             )
         return self
 
@@ -292,8 +317,45 @@ NODE_ONLY = frozenset(
 )
 
 
+# FLAME_* names read by docker compose and the scripts, not by Flame
+NOT_SETTINGS = frozenset(
+    {"FLAME_BASE_IMAGE", "FLAME_PIP_SOURCE", "FLAME_GATEWAY_BIND", "FLAME_E2E_PROJECT",
+     "FLAME_E2E_LOG", "FLAME_MH_PROJECT", "FLAME_MH_LOG"}
+)  # fmt: skip
+_warned: set[str] = set()
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """A line for each ``FLAME_*`` name that is no setting (a typo is otherwise silently
+    ignored), with the closest setting's name."""
+    known = [k.upper() for k in FlameSettings.model_fields]
+    lines = []
+    for name in sorted({n.upper() for n in names if n.upper().startswith("FLAME_")}):
+        if name[6:] in known or name in NOT_SETTINGS:
+            continue
+        lines.append(f"{name} is not a Flame setting and is ignored{_hint(name[6:], known)}")
+    return lines
+
+
+def _hint(word: str, known: list[str]) -> str:
+    """``word`` as the tail of a setting (ROUNDS -> NUM_SERVER_ROUNDS), else the closest."""
+    tails = [k for k in known if k.endswith(f"_{word}")]
+    close = tails or difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean FLAME_{close[0]}?" if close else ""
+
+
+def _warn_unknown_variables() -> None:
+    from dotenv import dotenv_values
+
+    names = set(os.environ) | (set(dotenv_values(".env")) if Path(".env").is_file() else set())
+    for line in unknown_variables(names - _warned):
+        log.warning(line)
+    _warned.update(names)
+
+
 def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) -> FlameSettings:
     """Settings from env/.env, then Flower run config (except NODE_ONLY), then overrides."""
+    _warn_unknown_variables()
     values = {k.replace("-", "_"): v for k, v in (run_config or {}).items()}
     values = {k: v for k, v in values.items() if k not in NODE_ONLY}
     values.update(overrides)
@@ -302,7 +364,8 @@ def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) ->
         return FlameSettings(**{k: v for k, v in values.items() if k in known})
     except ValidationError as err:
         problems = "; ".join(
-            f"{'FLAME_' + str(e['loc'][0]).upper() if e['loc'] else 'settings'}: {e['msg']}"
+            (f"FLAME_{str(e['loc'][0]).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
             for e in err.errors()
         )
         raise SettingsError(f"invalid setting: {problems}") from None

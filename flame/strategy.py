@@ -103,6 +103,7 @@ class FlameStrategy(FedAvg):
         self.select_best = select_best
         self.eval_arrays: ArrayRecord | None = None
         self.selected: Selected | None = None
+        self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -163,6 +164,7 @@ class FlameStrategy(FedAvg):
                     )
                 kept.append(msg)
         arrays, metrics = super().aggregate_train(server_round, kept)
+        self.trained_rounds += arrays is not None
         row: dict[str, Any] = roll | totals
         if metrics is not None:
             row |= {"loss": metrics["train-loss"]}

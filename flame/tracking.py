@@ -279,5 +279,12 @@ class Tracker:
     def artifacts(self, paths: list[Path]) -> None:
         self._each("artifacts", paths)
 
-    def close(self) -> None:
-        self._each("close")
+    def close(self, status: str = "FINISHED") -> None:
+        for name, sink in list(self.sinks.items()):
+            try:
+                if name == "mlflow":
+                    sink.close(status)
+                else:
+                    sink.close()
+            except Exception as err:  # noqa: BLE001 - a failing sink must not end the run
+                log.warning("tracking: %s sink failed to close (%s)", name, err)

@@ -60,3 +60,21 @@ def test_baseline_writes_a_run_folder_that_flame_score_uses(
     scored = capsys.readouterr().out
     report = json.loads(scored[scored.index("{") :])
     assert report["pr_auc"] > 0.5 and report["threshold"] == card.threshold
+    # rows without labels: the output gets no made-up label columns, and --report is refused
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.read_csv(csv).drop(columns=["isFraud", "isFlaggedFraud"]).to_csv(unlabelled, index=False)
+    assert main(["score", str(unlabelled), "--model", str(out / "model.pt"), "--out",
+                 str(tmp_path / "u.csv")]) == 0  # fmt: skip
+    written = pd.read_csv(tmp_path / "u.csv")
+    assert "isFraud" not in written and "isFlaggedFraud" not in written
+    assert len(written) == 3_000 and "fraud_probability" in written
+    capsys.readouterr()
+    assert main(["score", str(unlabelled), "--model", str(out / "model.pt"), "--out",
+                 str(tmp_path / "u2.csv"), "--report"]) == 2  # fmt: skip
+    assert "--report needs labels" in capsys.readouterr().err
+    assert not (tmp_path / "u2.csv").exists()
+    # --out equal to the input is refused; the input is untouched
+    before = csv.read_bytes()
+    assert main(["score", str(csv), "--model", str(out / "model.pt"), "--out", str(csv)]) == 2
+    assert "never overwrites its input" in capsys.readouterr().err
+    assert csv.read_bytes() == before

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,8 @@ from flame.privacy import dp_train, load_history
 from flame.settings import SettingsError, load_settings
 from flame.synth import generate
 from flame.train import Plan
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +147,20 @@ def test_planned_epsilon_is_the_accountants_for_the_whole_plan(data) -> None:  #
 def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    from tests.test_integration import run_main
-
     out = tmp_path / "loose"
-    proc = run_main(
-        ["--rounds", "1", "--rows", "5000", "--fraud-rate", "0.05", "--out", str(out)],
-        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8", "FLAME_POLICY_MAX_EPSILON": "3"},
-    )
+    env = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8", "FLAME_POLICY_MAX_EPSILON": "3"}
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--rounds", "1", "--rows", "5000", "--fraud-rate", "0.05",
+         "--out", str(out)],
+        cwd=ROOT, env=os.environ | env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
     assert set(table["missing"].dropna()) == {"eu;us"}
     assert "this region accepts at most ε=3 (FLAME_POLICY_MAX_EPSILON)" in proc.stderr + proc.stdout
+    # every region refused, so nothing was trained: the run fails and saves no model
+    assert proc.returncode == 1
+    assert "error: the run failed: no region returned a model update" in proc.stderr
+    assert not (out / "model.pt").exists()
 
 
 def test_region_policy_on_codecs_and_simulated_attacks(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -132,7 +132,9 @@ def test_a_region_refuses_an_app_it_did_not_approve_before_its_code_runs(
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
         deployment.start()
-        deployment.submit(app).wait(timeout=300)
+        code = deployment.submit(app).wait(timeout=300)
+    assert code != 0  # no region trained: the run fails, no model is saved
+    assert not (tmp_path / "run" / "model.pt").exists()
     assert not marker.exists()
     for region in ("us", "eu"):
         log = (folder / f"supernode-{region}.log").read_text()

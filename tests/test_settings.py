@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 
@@ -54,3 +55,38 @@ def test_env_example_documents_every_setting_and_is_current() -> None:
     assert text == env_example(), "regenerate: python -m flame.settings > .env.example"
     for name in FlameSettings.model_fields:
         assert f"FLAME_{name.upper()}=" in text, name
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flame import settings as fs
+
+    monkeypatch.setenv("FLAME_AGGREGATOR", "krum")
+    monkeypatch.setenv("FLAME_ROUNDS", "9")
+    monkeypatch.setenv("FLAME_BASE_IMAGE", "python:3.11-slim")  # docker compose's, not ours
+    monkeypatch.setattr(fs, "_warned", set())
+    monkeypatch.setattr(logging.getLogger("flame"), "propagate", True)  # to caplog
+    with caplog.at_level("WARNING", logger="flame.settings"):
+        fs.load_settings()
+    warned = [r.getMessage() for r in caplog.records]
+    assert (
+        "FLAME_AGGREGATOR is not a Flame setting and is ignored; did you mean "
+        "FLAME_AGGREGATION?" in warned
+    )
+    assert any("FLAME_ROUNDS" in w and "FLAME_NUM_SERVER_ROUNDS" in w for w in warned)
+    assert not any("FLAME_BASE_IMAGE" in w for w in warned)
+    caplog.clear()
+    fs.load_settings()  # once per process
+    assert not caplog.records
+
+
+def test_settings_that_cannot_work_are_refused_by_name() -> None:
+    assert load_settings(regions="3").regions == ["region1", "region2", "region3"]
+    with pytest.raises(SettingsError, match=r"FLAME_REGIONS: region names cannot be bare numbers"):
+        load_settings(regions="2,x")
+    with pytest.raises(SettingsError, match=r"FLAME_ADVERSARIAL_REGIONS names \['zz'\]"):
+        load_settings(adversarial_regions="zz")
+    with pytest.raises(SettingsError, match=r"krum needs more than .* FLAME_REGIONS has 2$"):
+        load_settings(aggregation="krum")
+    assert load_settings(aggregation="krum", regions="5").aggregation == "krum"
