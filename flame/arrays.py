@@ -90,7 +90,3 @@ def load_split(
     if x.shape[1] < width:
         raise ValueError(f"{folder / name}: cached features have {x.shape[1]} < {width} columns")
     return x[:, :width], y
-
-
-def has_split(folder: Path, name: str, split: str) -> bool:
-    return (folder / f"{name}.{split}.y.npy").exists()

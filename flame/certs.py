@@ -28,8 +28,8 @@ DEFAULT_SANS = ("superlink", "gateway", "localhost", "127.0.0.1", "::1", "host.d
 def _write(path: Path, data: bytes, private: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    # private keys: owner-only; the containers run as uid 10001, so compose mounts them with
-    # that owner (scripts/compose-tls.sh) rather than making them world-readable
+    # private keys: owner-only; the containers run as uid 10001, and the compose `certs`
+    # service (running as that uid) writes them, rather than making them world-readable
     os.chmod(path, 0o600 if private else 0o644)
 
 

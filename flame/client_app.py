@@ -13,6 +13,7 @@ when the cache is missing or DP is on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -32,8 +33,9 @@ from flame.protocol import INFO_KEY
 from flame.settings import FlameSettings, load_settings
 
 
+@functools.cache
 def _process_start() -> float:
-    """Wall-clock start of this process (Linux /proc, 10 ms), else when this module loaded."""
+    """Wall-clock start of this process (Linux /proc, 10 ms), else when first asked."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         since_boot = float(Path("/proc/uptime").read_text().split()[0])
@@ -42,7 +44,6 @@ def _process_start() -> float:
         return time.time()
 
 
-PROCESS_START = _process_start()
 if TYPE_CHECKING:
     from flame.model import FraudMLP
     from flame.privacy import DPConfig
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 app = ClientApp()
 log = logging.getLogger("flame.client")
-setup_logging()
 
 
 def region_name(context: Context, settings: FlameSettings) -> str:
@@ -80,6 +80,7 @@ def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, 
 
 
 def _setup(context: Context, split: str) -> tuple[FlameSettings, str, Split]:
+    setup_logging()
     settings = load_settings(context.run_config)
     region = region_name(context, settings)
     data_path = str(context.node_config.get("data-path", ""))
@@ -100,7 +101,7 @@ def _model(msg: Message, settings: FlameSettings) -> FraudMLP:
 
 def _uptime() -> float:
     """Seconds since this process started (deployment starts one per message)."""
-    return time.time() - PROCESS_START
+    return time.time() - _process_start()
 
 
 def _reply(msg: Message, region: str, content: dict[str, object]) -> Message:

@@ -4,7 +4,7 @@ fault-tolerance tests (kill a SuperNode, restart the SuperLink) and handy for de
 
     with LocalDeployment(folder, settings) as deployment:
         deployment.start()
-        status = deployment.run(app=Path("."))
+        code = deployment.submit(Path(".")).wait()  # `flame launch`: 0 = finished:completed
 """
 
 from __future__ import annotations

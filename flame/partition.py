@@ -157,10 +157,6 @@ def source_batches(settings: FlameSettings) -> Iterator[pd.DataFrame]:
         yield from iter_paysim(source)
 
 
-def cache_key(settings: FlameSettings) -> str:
-    return partition_key(settings)
-
-
 def split_batches(
     settings: FlameSettings,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
@@ -301,7 +297,7 @@ def write_parts(
     left alone, and with ``keep_existing`` any existing file is (a region never replaces the
     partition a data owner's split step gave it with synthetic rows). Returns what was done.
     """
-    key, todo, done = cache_key(settings), {}, []
+    key, todo, done = partition_key(settings), {}, []
     for part, out in outputs.items():
         if part.isdigit() and int(part) < len(settings.regions):
             part = settings.regions[int(part)]

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+if TYPE_CHECKING:
+    from matplotlib import pyplot
+
+
+def _pyplot() -> pyplot:  # type: ignore[valid-type]
+    """pyplot on the file-only Agg backend (chosen here, not at import: no global side effect
+    for whoever imports this module)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
 
 def curves(logits: np.ndarray, y: np.ndarray, folder: Path, title: str) -> list[Path]:
     """Write roc_curve.png and pr_curve.png for one scored dataset; returns their paths."""
+    plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     fpr, tpr, _ = roc_curve(y, logits)
     precision, recall, _ = precision_recall_curve(y, logits)
@@ -36,6 +48,7 @@ def curves(logits: np.ndarray, y: np.ndarray, folder: Path, title: str) -> list[
 
 def rounds(metrics_csv: Path, folder: Path) -> Path:
     """PR-AUC, ROC-AUC and F1 per round for every evaluation kind in metrics.csv."""
+    plt = _pyplot()
     table = pd.read_csv(metrics_csv)
     table = table[table["stage"] == "evaluate"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))

@@ -19,13 +19,6 @@ TYPES: tuple[str, ...] = ("CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER")
 MONEY = ("amount", "oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbalanceDest")
 LABELS = ("isFraud", "isFlaggedFraud")
 NAMES = ("nameOrig", "nameDest")
-DTYPES: dict[str, str] = {
-    "step": "int32",
-    "type": "category",
-    **dict.fromkeys(MONEY, "float64"),
-    **dict.fromkeys(NAMES, "string"),
-    **dict.fromkeys(LABELS, "int8"),
-}
 MAX_STEP = 743
 FRAUD_CHUNK = 10_000_000.0
 
