@@ -9,7 +9,7 @@ echo "build-wheelhouse: torch 2.13.0 (CPU) and Flame's dependencies pinned by co
 # torch is pinned in the same resolve: unpinned, pip may take a newer multi-GB CUDA build
 "$python" -m pip wheel --quiet --wheel-dir wheelhouse -c constraints.txt \
   torch==2.13.0 setuptools wheel . 2>&1 | grep -v "^WARNING: Location" || true
-if ls wheelhouse | grep -q '^nvidia_'; then
+if compgen -G 'wheelhouse/nvidia_*' >/dev/null; then
   echo "build-wheelhouse: CUDA wheels found in wheelhouse/; remove them and check the torch pin" >&2
   exit 1
 fi

@@ -50,6 +50,7 @@ grep -E "flame: (round|Run|Saved)" "$site_dir/launcher.log" || true
 log "launcher exit code $code; run $((t2 - t1)) s"
 [ "$code" = 0 ] || { tail -40 "$site_dir/launcher.log"; exit 1; }
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000
-site_compose logs --no-color region | grep -q "eu round 1 train" \
+site_compose logs --no-color region > "$site_dir/site.log" 2>&1
+grep -q "eu round 1 train" "$site_dir/site.log" \
   || { log "the site's log shows no training round" >&2; exit 1; }
 log "passed: the eu site trained through the gateway with TLS and its own key"
