@@ -16,6 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_script(script: str, log_variable: str, log: Path, timeout: int) -> str:
+    """Run ``scripts/<script>`` with the stack's settings from .env only, as a user's would;
+    its stdout, after asserting exit 0 (else the tail of its output and of the compose log)."""
+    env = os.environ | {"PYTHON": sys.executable, log_variable: str(log)}
+    for key in [k for k in env if k.startswith("FLAME_") and k != log_variable]:
+        env.pop(key)
+    proc = subprocess.run(
+        [f"scripts/{script}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    logged = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logged[-4000:]
+    return proc.stdout
+
+
 @pytest.mark.compose
 def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     engine = subprocess.run(["docker", "info"], capture_output=True, text=True)
@@ -24,19 +38,11 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
             "no Docker engine reachable ('docker info' failed): start one with "
             "`sudo scripts/install-docker.sh`, or deselect with -m 'not compose'"
         )
-    env = os.environ | {"PYTHON": sys.executable, "FLAME_E2E_LOG": str(tmp_path / "compose.log")}
-    for key in [k for k in env if k.startswith("FLAME_") and k not in ("FLAME_E2E_LOG",)]:
-        env.pop(key)  # the stack reads its settings from .env, as a user's would
-    proc = subprocess.run(
-        ["scripts/compose-e2e.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=2400,
-    )  # fmt: skip
-    log = (tmp_path / "compose.log").read_text() if (tmp_path / "compose.log").exists() else ""
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + log[-4000:]
-    assert "MLflow run complete" in proc.stdout
+    out = run_script("compose-e2e.sh", "FLAME_E2E_LOG", tmp_path / "compose.log", 2400)
+    assert "MLflow run complete" in out
     # the regions joined through the Fleet-only gateway; from the host, its port refuses
     # `flwr run` / `flwr ls` (HTTP 403) and no run was added
-    assert "the public port refuses the Control API" in proc.stdout
+    assert "the public port refuses the Control API" in out
 
 
 @pytest.mark.compose
@@ -44,13 +50,5 @@ def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
     """The README's multi-host path: a site in its own compose project, holding only its key
     and ca.crt, trains through the coordinator's public (Fleet-only) port with TLS. Uses the
     image the test above built."""
-    env = os.environ | {"PYTHON": sys.executable, "FLAME_MH_LOG": str(tmp_path / "mh.log")}
-    for key in [k for k in env if k.startswith("FLAME_") and k != "FLAME_MH_LOG"]:
-        env.pop(key)
-    proc = subprocess.run(
-        ["scripts/multihost-e2e.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=1800,
-    )  # fmt: skip
-    log = (tmp_path / "mh.log").read_text() if (tmp_path / "mh.log").exists() else ""
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + log[-4000:]
-    assert "the eu site trained through the gateway" in proc.stdout
+    out = run_script("multihost-e2e.sh", "FLAME_MH_LOG", tmp_path / "mh.log", 1800)
+    assert "the eu site trained through the gateway" in out

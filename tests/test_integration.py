@@ -140,11 +140,15 @@ def test_flwr_run_simulation(tmp_path: Path) -> None:
 
 def _stop_local_superlink(flwr_home: Path) -> None:
     """`flwr run` leaves a background SuperLink; stop the one using this FLWR_HOME."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if "flower-superlink" in args and str(flwr_home) in _environ(pid):
-            os.kill(int(pid), signal.SIGTERM)
+    # /proc, not `ps`: ps cuts a command line at 80 columns when piped, and a long clone path
+    # then hid the SuperLink, which outlived the test and served the next `flwr run`
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in args and str(flwr_home) in _environ(proc.name):
+            os.kill(int(proc.name), signal.SIGTERM)
 
 
 def _environ(pid: str) -> str:
