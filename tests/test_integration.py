@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flame.local_deployment import free_port
 from flame.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,9 @@ def test_flwr_run_simulation(tmp_path: Path) -> None:
         "FLAME_SYNTH_FRAUD_RATE": "0.01",
         "FLAME_OUT_DIR": str(tmp_path / "flwr-run"),
         "PATH": f"{flwr.parent}:{os.environ['PATH']}",
+        # this test's own managed SuperLink: never one left running by another run
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     try:
         proc = subprocess.run(
@@ -140,8 +144,6 @@ def test_flwr_run_simulation(tmp_path: Path) -> None:
 
 def _stop_local_superlink(flwr_home: Path) -> None:
     """`flwr run` leaves a background SuperLink; stop the one using this FLWR_HOME."""
-    # /proc, not `ps`: ps cuts a command line at 80 columns when piped, and a long clone path
-    # then hid the SuperLink, which outlived the test and served the next `flwr run`
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().decode(errors="replace")
