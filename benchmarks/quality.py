@@ -17,7 +17,9 @@ Every federated number is a real Flower simulation (``main.py``), every central 
 Columns: PR-AUC, ROC-AUC, recall at precision >= 0.9, F1 at the model's stored threshold (the
 threshold chosen on validation rows, never on the scored rows). The HistGradientBoosting row is
 scikit-learn's classifier on the same no-balance features and the same training rows (threshold:
-F1-optimal on the same validation rows).
+F1-optimal on the same validation rows). Every Flame model starts from the warm start
+(``flame.pretrain``: synthetic rows only, from their own seed); the rows marked "no warm start"
+start from random weights (``FLAME_PRETRAIN_ROWS=0``), on the real column only.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ class Row:
     kind: str  # "federated", "central" or "hgb"
     env: dict[str, str] = field(default_factory=dict)
     drop_balances: bool = False
+    real_only: bool = False  # an ablation: the real column only (the one it is about)
 
 
+COLD = {"FLAME_PRETRAIN_ROWS": "0"}  # no warm start: random initial weights
 ROWS = (
     Row("central baseline", "central"),
     Row("federated (defaults)", "federated"),
@@ -67,6 +71,11 @@ ROWS = (
     Row("federated, no balances", "federated", drop_balances=True),
     Row("central, no balances", "central", drop_balances=True),
     Row("HistGradientBoosting, no balances", "hgb", drop_balances=True),
+    Row("federated, no warm start", "federated", COLD, real_only=True),
+    Row("federated DP ε=1, no warm start", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"} | COLD, real_only=True),
+    Row("federated, no balances, no warm start", "federated", COLD, drop_balances=True,
+        real_only=True),
 )  # fmt: skip
 
 
@@ -236,7 +245,7 @@ def jobs(args: argparse.Namespace) -> list[Job]:
     for row in selected_rows(args.rows):
         if args.only in (None, "real"):
             out += [Job(row, "real", s, f) for s in args.seeds for f in REAL_FILES]
-        if args.only in (None, "synth"):
+        if args.only in (None, "synth") and not row.real_only:
             out += [Job(row, c, args.seeds[0]) for c in ("synthetic hash", "synthetic time")]
     return out
 
@@ -267,7 +276,8 @@ def table(results: list[tuple[Job, dict[str, float]]]) -> tuple[str, dict]:
                 summary.setdefault(row.name, {}).setdefault(column, {})[metric] = {
                     "mean": mean, "std": std, "seeds": len(values),
                 }  # fmt: skip
-                parts.append(f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}")
+                text = f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+                parts.append(text if values else "—")
         lines.append(f"| {row.name} | " + " | ".join(parts) + " |")
     return "\n".join(lines), summary
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from flame import metrics as fm
-from flame.model import build_model, new_card, save_model
+from flame.model import new_card, save_model
 from flame.partition import heldout_arrays, region_arrays
+from flame.pretrain import initial_model
 from flame.settings import FlameSettings
 from flame.tracking import CsvSink
 from flame.train import Plan, default_pos_weight, predict_logits, train_steps
@@ -39,7 +40,10 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
     (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
-    model = build_model(card, seed=settings.seed)
+    model = initial_model(
+        card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,
+        settings.cache_dir,
+    )  # fmt: skip
     plan = Plan.for_rows(
         len(x), settings.batch_size, settings.local_epochs, settings.min_local_steps,
         settings.num_server_rounds, settings.learning_rate, settings.lr_schedule,

@@ -21,7 +21,10 @@ from flame.settings import FlameSettings, SettingsError
 
 FOLDER = "checkpoint"
 # settings a resumed run must share with the run it continues
-FIXED = ("regions", "hidden_sizes", "drop_balance_features", "aggregation", "codec", "seed")
+FIXED = (
+    "regions", "hidden_sizes", "drop_balance_features", "aggregation", "codec", "seed",
+    "pretrain_rows",
+)  # fmt: skip
 
 
 @dataclass

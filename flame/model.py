@@ -37,6 +37,7 @@ class ModelCard:
     feature_version: int
     metrics: dict[str, float] = field(default_factory=dict)
     selected_round: int = 0  # the round whose global model this is (0: initial / central)
+    pretrained_rows: int = 0  # synthetic rows of the warm start (0: random initial weights)
 
 
 def new_card(drop_balances: bool, hidden_sizes: list[int], threshold: float) -> ModelCard:

@@ -15,8 +15,9 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from flame import checkpoint, plots, polling
 from flame import metrics as fm
 from flame.log import setup_logging
-from flame.model import FraudMLP, ModelCard, build_model, new_card, save_model
+from flame.model import FraudMLP, ModelCard, new_card, save_model
 from flame.partition import heldout_arrays
+from flame.pretrain import initial_model
 from flame.settings import FlameSettings, load_settings
 from flame.strategy import FlameStrategy, Selected, build_strategy
 from flame.tracking import SELECTED, SERVER, Tracker
@@ -114,7 +115,10 @@ def main(grid: Grid, context: Context) -> None:
     )
 
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
-    model = build_model(card, seed=settings.seed)
+    model = initial_model(
+        card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,
+        settings.cache_dir, warm=resumed is None,
+    )  # fmt: skip
     params = run_params(settings, len(y_test))
     tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
     strategy = build_strategy(settings, tracker)

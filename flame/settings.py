@@ -109,6 +109,11 @@ class FlameSettings(BaseSettings):
     round_timeout: float = Field(
         900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
     )
+    pretrain_rows: int = Field(
+        300_000, ge=0, description="Warm start: the initial model is trained on this many "
+        "synthetic PaySim rows (public data: no region's rows, no privacy cost); 0 = random "
+        "initial weights.",
+    )  # fmt: skip
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate (peak).")
     batch_size: int = Field(256, ge=1, description="Mini-batch size.")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(

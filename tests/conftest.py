@@ -28,6 +28,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLAME_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FLAME_MLFLOW", "false")
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("FLAME_PRETRAIN_ROWS", "20000")  # the warm start, small: fast tests
 
 
 @pytest.fixture

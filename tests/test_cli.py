@@ -52,6 +52,7 @@ def test_baseline_writes_a_run_folder_that_flame_score_uses(
     )
     _, card = load_model(out / "model.pt")
     assert card.selected_round == result["selected_round"]
+    assert card.pretrained_rows == 20_000  # central starts from the same warm start
     assert card.threshold == pytest.approx(result["threshold"])
     csv = tmp_path / "fresh.csv"
     write_csv(generate(3_000, seed=5, fraud_rate=0.05), csv)

@@ -55,6 +55,7 @@ def test_two_round_simulation_on_synthetic_data(tmp_path: Path) -> None:
     best = int(pooled.loc[pooled["pr_auc"].idxmax(), "round"])
     _, card = load_model(out / "model.pt")
     assert card.selected_round == best
+    assert card.pretrained_rows == 20_000  # the warm start (FLAME_PRETRAIN_ROWS, conftest)
     selected = rows[rows["kind"] == "selected"].iloc[0]
     server_best = rows[(rows["kind"] == "server") & (rows["round"] == best)].iloc[0]
     assert selected["round"] == best and selected["pr_auc"] == pytest.approx(server_best["pr_auc"])
