@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flame.fl.server_app import NothingTrainedError
 from flame.log import setup_logging
-from flame.report import print_rounds
-from flame.server_app import NothingTrainedError
+from flame.ops.simulate import run
 from flame.settings import SettingsError
-from flame.simulate import run
+from flame.track.report import print_rounds
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

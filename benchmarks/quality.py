@@ -18,8 +18,8 @@ Columns: PR-AUC, ROC-AUC, recall at precision >= 0.9, F1 at the model's stored t
 threshold chosen on validation rows, never on the scored rows). The HistGradientBoosting row is
 scikit-learn's classifier on the same no-balance features and the same training rows (threshold:
 F1-optimal on the same validation rows). Every Flame model starts from the warm start
-(``flame.pretrain``: synthetic rows only, from their own seed); the rows marked "no warm start"
-start from random weights (``FLAME_PRETRAIN_ROWS=0``), on the real column only.
+(``flame.model.pretrain``: synthetic rows only, from their own seed); the rows marked "no warm
+start" start from random weights (``FLAME_PRETRAIN_ROWS=0``), on the real column only.
 """
 
 from __future__ import annotations
@@ -178,11 +178,11 @@ class Bench:
     def on_test_set(model_path: Path, env: dict[str, str]) -> dict[str, float]:
         import torch
 
-        from flame import metrics as fm
-        from flame.model import load_model
-        from flame.partition import heldout_arrays
+        from flame.data.partition import heldout_arrays
+        from flame.model import metrics as fm
+        from flame.model.net import load_model
+        from flame.model.train import predict_logits
         from flame.settings import load_settings
-        from flame.train import predict_logits
 
         settings = _settings(env, load_settings)
         model, card = load_model(model_path)
@@ -194,11 +194,11 @@ class Bench:
     def hgb(self, env: dict[str, str], job: Job) -> dict[str, float]:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        from flame import metrics as fm
-        from flame.baseline import union
-        from flame.features import build_features
-        from flame.loader import read_paysim_file
-        from flame.partition import heldout_arrays, prepare
+        from flame.data.features import build_features
+        from flame.data.loader import read_paysim_file
+        from flame.data.partition import heldout_arrays, prepare
+        from flame.model import metrics as fm
+        from flame.model.baseline import union
         from flame.settings import load_settings
 
         settings = _settings(env, load_settings)
@@ -350,7 +350,7 @@ def main() -> None:
         for column in ("synthetic hash", "synthetic time"):
             first = next((j for j in todo if j.column == column and j.row.kind != "hgb"), None)
             if first is not None:
-                from flame.partition import prepare
+                from flame.data.partition import prepare
                 from flame.settings import load_settings
 
                 prepare(_settings(bench.env(first), load_settings))

@@ -49,7 +49,7 @@ def peak_rss_mb() -> float:
 
 
 def child_prepare(csv: str, cache: str) -> dict:
-    from flame.partition import prepare
+    from flame.data.partition import prepare
     from flame.settings import load_settings
 
     settings = load_settings(data_path=csv, cache_dir=cache)
@@ -61,7 +61,7 @@ def child_prepare(csv: str, cache: str) -> dict:
 
 
 def child_load(csv: str, cache: str) -> dict:
-    from flame.cache import cached_region
+    from flame.data.cache import cached_region
     from flame.settings import load_settings
 
     settings = load_settings(data_path=csv, cache_dir=cache)
@@ -76,9 +76,9 @@ def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    import flame.train  # noqa: F401 - torch imported before timing, as in the plain loop
-    from flame.features import feature_names
-    from flame.model import FraudMLP
+    import flame.model.train  # noqa: F401 - torch imported before timing, as in the plain loop
+    from flame.data.features import feature_names
+    from flame.model.net import FraudMLP
     from flame.settings import load_settings
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -86,7 +86,7 @@ def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
     # the same passes as the plain loop: epochs decide the steps, one round
     os.environ |= {"FLAME_LOCAL_EPOCHS": str(epochs), "FLAME_NUM_SERVER_ROUNDS": "1"}
     os.environ |= {"FLAME_MIN_LOCAL_STEPS": "1", "FLAME_LR_SCHEDULE": "constant"}
-    from flame import client_app
+    from flame.fl import client_app
 
     settings = load_settings()
     model = FraudMLP(len(feature_names()), settings.hidden_sizes)
@@ -108,10 +108,10 @@ def child_plain_train(csv: str, cache: str, epochs: int) -> dict:
     import torch
     from torch import nn
 
-    from flame.cache import cached_region
-    from flame.model import FraudMLP
+    from flame.data.cache import cached_region
+    from flame.model.net import FraudMLP
+    from flame.model.train import default_pos_weight
     from flame.settings import load_settings
-    from flame.train import default_pos_weight
 
     settings = load_settings(data_path=csv, cache_dir=cache)
     torch.set_num_threads(settings.torch_threads)
@@ -198,7 +198,7 @@ def round_seconds(metrics_csv: Path) -> list[float]:
 
 
 def deployment_round(work: Path, rounds: int) -> dict:
-    from flame.local_deployment import LocalDeployment
+    from flame.ops.local_deployment import LocalDeployment
     from flame.settings import load_settings
 
     folder = work / "deployment"
@@ -206,7 +206,7 @@ def deployment_round(work: Path, rounds: int) -> dict:
     env = {"FLAME_CACHE_DIR": str(work / "cache-default"), "FLAME_OUT_DIR": str(folder / "run"),
            "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1",
            "FLAME_NUM_SERVER_ROUNDS": str(rounds)}  # fmt: skip
-    subprocess.run([sys.executable, "-c", "from flame.partition import prepare; "
+    subprocess.run([sys.executable, "-c", "from flame.data.partition import prepare; "
                     "from flame.settings import load_settings; prepare(load_settings())"],
                    env=os.environ | env, check=True)  # fmt: skip
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
@@ -279,7 +279,7 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     from tabulate import tabulate
 
-    from flame.synth import generate, write_csv
+    from flame.data.synth import generate, write_csv
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows = 600_000 if args.quick else FULL_ROWS

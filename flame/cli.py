@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from flame.data.schema import PaySimFormatError
 from flame.log import setup_logging
-from flame.schema import PaySimFormatError
 from flame.settings import SettingsError, load_settings
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from flame.synth import generate, write_csv
+    from flame.data.synth import generate, write_csv
 
     settings = load_settings()
     rate = args.fraud_rate if args.fraud_rate is not None else settings.synth_fraud_rate
@@ -23,7 +23,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from flame.partition import file_arrays, write_parts
+    from flame.data.partition import file_arrays, write_parts
 
     settings = load_settings()
     if args.only_if_data and settings.data_source() is None:
@@ -42,14 +42,14 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from flame.launch import launch
+    from flame.ops.launch import launch
 
     settings = load_settings()
     return launch(settings, args.superlink or settings.superlink, args.app, args.root_certificates)
 
 
 def _register(args: argparse.Namespace) -> None:
-    from flame.launch import register_nodes
+    from flame.ops.launch import register_nodes
 
     superlink = args.superlink or load_settings().superlink
     for line in register_nodes(superlink, args.keys, args.root_certificates):
@@ -57,33 +57,33 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _fab_hash(args: argparse.Namespace) -> None:
-    from flame.approval import folder_hash
+    from flame.ops.approval import folder_hash
 
     print(folder_hash(args.app))
 
 
 def _supernode(args: argparse.Namespace) -> None:
-    from flame.polling import supernode
+    from flame.ops.polling import supernode
 
     supernode([a for a in args.args if a != "--"], load_settings().poll_interval)
 
 
 def _certs(args: argparse.Namespace) -> None:
-    from flame.certs import make_all
+    from flame.ops.certs import make_all
 
     settings = load_settings()
     written = make_all(args.out, settings.regions, settings.tls_sans, args.force)
     for line in written or ["nothing to do: credentials exist (use --force to renew)"]:
         print(f"certs: {args.out}/{line}" if written else f"certs: {line}")
     if args.distribute:
-        from flame.certs import distribute
+        from flame.ops.certs import distribute
 
         for line in distribute(args.out, args.distribute, settings.regions):
             print(f"certs: {args.distribute}/{line}")
 
 
 def _backfill(args: argparse.Namespace) -> None:
-    from flame.tracking import backfill
+    from flame.track.tracking import backfill
 
     if not (args.folder / "metrics.csv").exists():
         raise FileNotFoundError(f"{args.folder / 'metrics.csv'} does not exist")
@@ -93,7 +93,7 @@ def _backfill(args: argparse.Namespace) -> None:
 
 
 def _baseline(args: argparse.Namespace) -> None:
-    from flame.baseline import run_baseline
+    from flame.model.baseline import run_baseline
 
     overrides = {
         "data_path": args.data, "synth_rows": args.rows, "seed": args.seed,
@@ -111,13 +111,19 @@ def _baseline(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from scipy.special import logit
 
-    from flame import metrics as fm
-    from flame.loader import header
-    from flame.model import load_model
-    from flame.score import score_file
+    from flame.data.loader import header
+    from flame.model import metrics as fm
+    from flame.model.net import load_model
+    from flame.model.score import score_file
 
     if args.report and args.input.is_file() and "isFraud" not in header(args.input):
         raise ValueError(f"--report needs labels: {args.input} has no isFraud column")
+    if ":/" in args.model:  # an MLflow model URI: models:/flame-fraud@champion, runs:/..., ...
+        from flame.settings import load_settings
+        from flame.track.registry import model_file
+
+        args.model = model_file(args.model, load_settings().mlflow_tracking_uri)
+    args.model = Path(args.model)
     scored = score_file(args.model, args.input, args.out)
     flagged = int(scored["is_fraud_predicted"].sum())
     print(f"scored {len(scored):,} rows -> {args.out} ({flagged:,} predicted fraud)")
@@ -206,7 +212,10 @@ def parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a PaySim CSV with a saved model")
     score.add_argument("input", type=Path, help="PaySim-format CSV")
-    score.add_argument("--model", type=Path, required=True, help="model.pt from a run folder")
+    score.add_argument(
+        "--model", required=True, help="model.pt from a run folder, or an MLflow model URI "
+        "(models:/flame-fraud@champion; FLAME_MLFLOW_TRACKING_URI)",
+    )  # fmt: skip
     score.add_argument("--out", type=Path, required=True, help="output CSV")
     score.add_argument("--report", action="store_true", help="print metrics if labels present")
     score.set_defaults(func=_score)

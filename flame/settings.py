@@ -219,6 +219,13 @@ class FlameSettings(BaseSettings):
     mlflow: bool = Field(True, description="Log to MLflow (skipped with a warning if unreachable).")
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking URI.")
     mlflow_experiment: str = Field("flame", description="MLflow experiment name.")
+    mlflow_register: bool = Field(
+        True, description="Register each finished run's model in the MLflow Model Registry "
+        "(the alias 'champion' moves to it only if its test PR-AUC beats the champion's).",
+    )  # fmt: skip
+    mlflow_model_name: str = Field(
+        "flame-fraud", min_length=1, description="MLflow registered model name."
+    )
 
     @field_validator("data_path", "test_path", "out_dir", "dp_noise_multiplier", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flame.certs import distribute, make_all, server_sans
+from flame.ops.certs import distribute, make_all, server_sans
 
 
 def test_each_service_gets_only_its_own_files(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame import checkpoint
+from flame.fl import checkpoint
 from flame.settings import SettingsError, load_settings
-from flame.tracking import CsvSink
+from flame.track.tracking import CsvSink
 
 
 def _save(folder: Path, rnd: int, value: float) -> None:

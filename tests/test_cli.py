@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from flame.cli import main
-from flame.model import load_model
-from flame.schema import COLUMNS
-from flame.synth import generate, write_csv
+from flame.data.schema import COLUMNS
+from flame.data.synth import generate, write_csv
+from flame.model.net import load_model
 
 
 def test_data_synth_writes_paysim(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from flame.compression import RESIDUAL_KEY, client_encode, decode, encode, server_decode
+from flame.fl.compression import RESIDUAL_KEY, client_encode, decode, encode, server_decode
 
 SHAPES = {"a": (64, 19), "b": (64,), "c": (1, 32)}
 

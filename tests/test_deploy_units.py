@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.launch import run_config, write_connection
-from flame.partition import file_arrays, region_arrays, write_parts
+from flame.data.partition import file_arrays, region_arrays, write_parts
+from flame.ops.launch import run_config, write_connection
 from flame.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

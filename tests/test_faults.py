@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flame.local_deployment import LocalDeployment
-from flame.partition import prepare
+from flame.data.partition import prepare
+from flame.ops.local_deployment import LocalDeployment
 from flame.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

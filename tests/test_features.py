@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.features import HISTORY, History, StepOrderError, build_features, feature_names
-from flame.synth import generate
+from flame.data.features import HISTORY, History, StepOrderError, build_features, feature_names
+from flame.data.synth import generate
 
 
 def test_shapes_names_and_drop_balances() -> None:

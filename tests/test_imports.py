@@ -7,10 +7,11 @@ import sys
 
 CHECK = """
 import logging, sys
-import flame.client_app, flame.server_app, flame.plots, flame.privacy, flame.simulate
+import flame.fl.client_app, flame.fl.server_app, flame.fl.privacy
+import flame.track.plots, flame.ops.simulate
 assert not logging.getLogger("flame").handlers, "logging configured at import"
 assert "matplotlib.pyplot" not in sys.modules, "pyplot imported at import"
-assert flame.client_app._process_start.cache_info().currsize == 0, "/proc read at import"
+assert flame.fl.client_app._process_start.cache_info().currsize == 0, "/proc read at import"
 """
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flame.local_deployment import free_port
-from flame.model import load_model
+from flame.data.synth import generate
+from flame.model.net import load_model
+from flame.model.score import score_frame
+from flame.ops.local_deployment import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -107,6 +109,20 @@ def test_mlflow_receives_the_federated_run(tmp_path: Path, mlflow_server: str) -
     with urllib.request.urlopen(url) as reply:
         files = {f["path"] for f in json.load(reply)["files"]}
     assert {"model.pt", "roc_curve.png", "pr_curve.png", "metrics.csv"} <= files
+    # the model is a logged MLflow model, registered, and the first version is the champion
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    version = mlflow.MlflowClient().get_model_version_by_alias("flame-fraud", "champion")
+    assert version.version == "1" and version.tags["champion_decision"].startswith("champion")
+    _, card = load_model(out / "model.pt")
+    assert float(version.tags["server_test_pr_auc"]) == pytest.approx(card.metrics["pr_auc"])
+    frame = generate(500, seed=9, fraud_rate=0.05)
+    served = mlflow.pyfunc.load_model("models:/flame-fraud@champion").predict(
+        frame.assign(type=frame["type"].astype(str))  # labels may come along: ignored
+    )
+    local = score_frame(out / "model.pt", frame)
+    assert served["fraud_probability"].to_numpy() == pytest.approx(local["fraud_probability"])
 
 
 def _experiment_id(uri: str) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flame.loader import read_paysim
-from flame.schema import COLUMNS, PaySimFormatError
+from flame.data.loader import read_paysim
+from flame.data.schema import COLUMNS, PaySimFormatError
 
 HEADER = ",".join(COLUMNS)
 JAVA = "1,TRANSFER,1.916920493E7,C1,1.916920493E7,0.0,C2,0.0,0.0,1,0"

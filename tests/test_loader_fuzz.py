@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flame.loader import read_paysim
-from flame.schema import PaySimFormatError
+from flame.data.loader import read_paysim
+from flame.data.schema import PaySimFormatError
 from tests.test_loader import HEADER, JAVA, PANDAS, SPREADSHEET
 
 ROWS = [JAVA, PANDAS, SPREADSHEET]

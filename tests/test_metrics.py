@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from flame import metrics as fm
+from flame.model import metrics as fm
 
 
 def region_record(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, object]:

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flame.features import FEATURE_VERSION, build_features, feature_names, labels
-from flame.inference import mlp_logits
-from flame.model import FraudMLP, ModelCard, build_model, load_model, save_model
-from flame.score import score_file
-from flame.synth import generate, write_csv
-from flame.train import Plan, default_pos_weight, predict_logits, train_steps
+from flame.data.features import FEATURE_VERSION, build_features, feature_names, labels
+from flame.data.synth import generate, write_csv
+from flame.model.inference import mlp_logits
+from flame.model.net import FraudMLP, ModelCard, build_model, load_model, save_model
+from flame.model.score import score_file
+from flame.model.train import Plan, default_pos_weight, predict_logits, train_steps
 
 
 def card(threshold: float = 0.5) -> ModelCard:

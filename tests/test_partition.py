@@ -6,8 +6,8 @@ from unittest.mock import patch
 import numpy as np
 import pandas as pd
 
-from flame.features import build_features, feature_names, labels
-from flame.partition import (
+from flame.data.features import build_features, feature_names, labels
+from flame.data.partition import (
     TEST,
     assign_regions,
     heldout_arrays,
@@ -18,8 +18,8 @@ from flame.partition import (
     time_cutoff,
     validation_mask,
 )
+from flame.data.synth import generate, write_csv
 from flame.settings import load_settings
-from flame.synth import generate, write_csv
 
 
 def test_regions_are_disjoint_cover_everything_and_are_deterministic() -> None:
@@ -106,7 +106,7 @@ def test_streamed_preparation_equals_whole_file(tmp_path: Path) -> None:
     frame = generate(12_000, seed=3)
     write_csv(frame, tmp_path / "p.csv")
     settings = load_settings(data_path=tmp_path / "p.csv")
-    with patch("flame.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
+    with patch("flame.data.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
         streamed = region_arrays(settings, "eu")["train"][0]
     mask = assign_regions(frame, settings) == 1
     whole = build_features(frame[mask])[~validation_mask(frame, settings)[mask]]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from flame import pretrain
-from flame.features import build_features, labels
-from flame.metrics import exact_metrics
-from flame.model import build_model, new_card
-from flame.synth import generate
-from flame.train import predict_logits
+from flame.data.features import build_features, labels
+from flame.data.synth import generate
+from flame.model import pretrain
+from flame.model.metrics import exact_metrics
+from flame.model.net import build_model, new_card
+from flame.model.train import predict_logits
 
 ROWS = 20_000
 

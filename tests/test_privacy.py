@@ -11,13 +11,13 @@ import torch
 from flwr.app import RecordDict
 from opacus.accountants import RDPAccountant
 
-from flame.client_app import dp_config
-from flame.features import build_features, labels
-from flame.model import FraudMLP
-from flame.privacy import dp_train, load_history
+from flame.data.features import build_features, labels
+from flame.data.synth import generate
+from flame.fl.client_app import dp_config
+from flame.fl.privacy import dp_train, load_history
+from flame.model.net import FraudMLP
+from flame.model.train import Plan
 from flame.settings import SettingsError, load_settings
-from flame.synth import generate
-from flame.train import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_epsilon_is_cumulative_and_matches_opacus(data) -> None:  # type: ignore
 
 def test_logical_batches_larger_than_physical_ones_count_once(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """BatchMemoryManager splits a logical batch; the accountant still counts logical steps."""
-    monkeypatch.setattr("flame.privacy.PHYSICAL_BATCH", 256)
+    monkeypatch.setattr("flame.fl.privacy.PHYSICAL_BATCH", 256)
     settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_sample_rate=0.5)
     state = RecordDict()
     rounds(settings, data, 1, state)
@@ -118,7 +118,7 @@ def test_dp_run_reports_epsilon_every_round(tmp_path) -> None:  # type: ignore[n
 
 
 def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from flame.privacy import PolicyError, check_policy
+    from flame.fl.privacy import PolicyError, check_policy
 
     check_policy(True, 2.9, 1e-5, True, 3.0, 1e-5)  # within the policy
     with pytest.raises(PolicyError, match="only with DP-SGD"):
@@ -136,7 +136,7 @@ def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monke
 
 
 def test_planned_epsilon_is_the_accountants_for_the_whole_plan(data) -> None:  # type: ignore[no-untyped-def]
-    from flame.privacy import planned_epsilon
+    from flame.fl.privacy import planned_epsilon
 
     settings = load_settings(dp=True, dp_target_epsilon=3.0)
     plan = Plan(steps=50, rounds=4, lr=1e-3)
@@ -164,7 +164,7 @@ def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path)
 
 
 def test_region_policy_on_codecs_and_simulated_attacks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from flame.privacy import PolicyError, check_update_policy
+    from flame.fl.privacy import PolicyError, check_update_policy
 
     check_update_policy("int8", None, ["int8", "topk"], ["none"])  # not an adversary: fine
     check_update_policy("none", "sign_flip", [], [])  # no policy: anything

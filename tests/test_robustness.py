@@ -8,11 +8,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from flame.attacks import poison_labels, poison_update
-from flame.protocol import INFO_KEY
+from flame.fl.attacks import poison_labels, poison_update
+from flame.fl.protocol import INFO_KEY
+from flame.fl.strategy import build_strategy
 from flame.settings import load_settings
-from flame.strategy import build_strategy
-from flame.tracking import Tracker
+from flame.track.tracking import Tracker
 from tests.test_integration import run_main
 
 
@@ -34,7 +34,7 @@ def test_poison_update_kinds() -> None:
 def test_every_aggregator_builds_with_tracking(name: str, tmp_path: Path) -> None:
     settings = load_settings(aggregation=name, regions="a,b,c,d,e")
     strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
-    from flame.strategy import AGGREGATORS, FlameStrategy
+    from flame.fl.strategy import AGGREGATORS, FlameStrategy
 
     assert isinstance(strategy, FlameStrategy) and isinstance(strategy, AGGREGATORS[name])
     assert strategy.min_available_nodes == strategy.min_train_nodes == 1  # lost regions skipped
@@ -61,7 +61,7 @@ def test_robust_rule_beats_fedavg_under_attack(tmp_path: Path) -> None:
 
 
 def _evaluate_reply(logits: np.ndarray, y: np.ndarray, region: str) -> Message:
-    from flame import metrics as fm
+    from flame.model import metrics as fm
 
     record = fm.region_metrics(logits, y, 0.5) | {"num-examples": len(y), "threshold": 0.5}
     content = {"metrics": MetricRecord(record), INFO_KEY: ConfigRecord({"region": region})}  # type: ignore[arg-type]

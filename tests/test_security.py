@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flame.approval import folder_hash
-from flame.certs import make_all, make_node_key
-from flame.local_deployment import LocalDeployment, _bin
-from flame.partition import prepare
+from flame.data.partition import prepare
+from flame.ops.approval import folder_hash
+from flame.ops.certs import make_all, make_node_key
+from flame.ops.local_deployment import LocalDeployment, _bin
 from flame.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,8 +42,8 @@ def test_invalid_settings_name_the_setting(
 def test_pyproject_run_config_matches_settings_defaults() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert config["components"] == {
-        "serverapp": "flame.server_app:app",
-        "clientapp": "flame.client_app:app",
+        "serverapp": "flame.fl.server_app:app",
+        "clientapp": "flame.fl.client_app:app",
     }
     defaults = FlameSettings.model_fields
     for key, value in config["config"].items():

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.loader import read_paysim
-from flame.schema import COLUMNS, FRAUD_CHUNK
-from flame.synth import generate, step_profile, write_csv
+from flame.data.loader import read_paysim
+from flame.data.schema import COLUMNS, FRAUD_CHUNK
+from flame.data.synth import generate, step_profile, write_csv
 
 ROWS = 400_000
 

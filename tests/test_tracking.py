@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from flame.settings import load_settings
-from flame.tracking import CSV_COLUMNS, Tracker
+from flame.track.tracking import CSV_COLUMNS, Tracker
 from tests.conftest import MlflowServer
 
 

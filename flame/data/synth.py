@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from flame.schema import COLUMNS, FRAUD_CHUNK, MAX_STEP, TYPES
+from flame.data.schema import COLUMNS, FRAUD_CHUNK, MAX_STEP, TYPES
 
 TYPE_MIX = {
     "CASH_OUT": 0.352,

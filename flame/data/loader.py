@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from flame.features import type_codes
-from flame.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
+from flame.data.features import type_codes
+from flame.data.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
 
 DEDUP_KEY = ["step", "type", "amount", "nameOrig", "nameDest"]
 _NUMERIC = ("step", *MONEY, *LABELS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flame.settings import load_settings
 
-log = logging.getLogger("flame.simulate")
+log = logging.getLogger("flame.ops.simulate")
 
 
 def run(overrides: Mapping[str, object]) -> Path:
@@ -27,13 +27,13 @@ def run(overrides: Mapping[str, object]) -> Path:
     if settings.out_dir is None:
         settings = load_settings(out_dir=settings.resolved_out_dir())
         os.environ["FLAME_OUT_DIR"] = str(settings.out_dir)
-    from flame.partition import prepare
+    from flame.data.partition import prepare
 
     prepare(settings)  # once, before the ClientApps start
     from flwr.simulation import run_simulation
 
-    from flame.client_app import app as client_app
-    from flame.server_app import app as server_app
+    from flame.fl.client_app import app as client_app
+    from flame.fl.server_app import app as server_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

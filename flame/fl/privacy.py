@@ -11,7 +11,7 @@ The recipe that keeps the model's value (see ``../shared/reference/quality-ancho
   Poisson sample with rate ``q = FLAME_DP_BATCH_SIZE / rows`` (or ``FLAME_DP_SAMPLE_RATE``);
   Opacus's ``BatchMemoryManager`` splits a logical batch into physical ones of at most
   ``PHYSICAL_BATCH`` rows, so memory stays flat whatever q is;
-- the steps of the whole run (rounds x steps per round, ``flame.train.Plan``) are planned up
+- the steps of the whole run (rounds x steps per round, ``flame.model.train.Plan``) are planned up
   front, and with a target ε the noise multiplier is the one that spends exactly that budget
   over those steps;
 - class weighting per sample (``BCEWithLogitsLoss(pos_weight=...)``): no oversampling or
@@ -37,9 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from flame.train import Plan, set_lr
+from flame.model.train import Plan, set_lr
 
-log = logging.getLogger("flame.privacy")
+log = logging.getLogger("flame.fl.privacy")
 STATE_KEY = "dp-accountant"
 PHYSICAL_BATCH = 4096
 History = list[tuple[float, float, int]]

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flame.schema import TYPES
+from flame.data.schema import TYPES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,7 +112,7 @@ class History:
         """The history columns of ``frame``'s rows (in frame order); then remembers them."""
         import pandas as pd
 
-        from flame.partition import name_hash
+        from flame.data.partition import name_hash
 
         steps = frame["step"].to_numpy(dtype=np.int64)
         if len(steps) and steps.min() < self.last_step:

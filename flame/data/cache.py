@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flame.arrays import SPLITS, load_split
-from flame.features import FEATURE_VERSION, feature_names
+from flame.data.arrays import SPLITS, load_split
+from flame.data.features import FEATURE_VERSION, feature_names
 from flame.settings import FlameSettings
 
 Split = tuple[np.ndarray, np.ndarray]

@@ -12,16 +12,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
-from flame import checkpoint, plots, polling
-from flame import metrics as fm
+from flame.data.partition import heldout_arrays
+from flame.fl import checkpoint
+from flame.fl.strategy import FlameStrategy, Selected, build_strategy
 from flame.log import setup_logging
-from flame.model import FraudMLP, ModelCard, new_card, save_model
-from flame.partition import heldout_arrays
-from flame.pretrain import initial_model
+from flame.model import metrics as fm
+from flame.model.net import FraudMLP, ModelCard, new_card, save_model
+from flame.model.pretrain import initial_model
+from flame.model.train import predict_logits
+from flame.ops import polling
 from flame.settings import FlameSettings, load_settings
-from flame.strategy import FlameStrategy, Selected, build_strategy
-from flame.tracking import SELECTED, SERVER, Tracker
-from flame.train import predict_logits
+from flame.track import plots
+from flame.track.tracking import SELECTED, SERVER, Tracker
 
 log = logging.getLogger("flame.server")
 app = ServerApp()
@@ -177,6 +179,23 @@ def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
                     have, want, settings.join_timeout)  # fmt: skip
 
 
+def model_tags(evaluator: ServerEvaluator) -> dict[str, str]:
+    """What a registered model version records besides its card: the test set it was scored
+    on, and its privacy (DP runs)."""
+    from flame.data.features import feature_names
+    from flame.track.registry import test_set_digest
+
+    settings = evaluator.settings
+    shared = len(feature_names(drop_balances=True))
+    tags = {"test_set": test_set_digest(evaluator.x.numpy(), evaluator.y, shared)}
+    if settings.dp:
+        tags |= {
+            "dp_epsilon": f"{evaluator.strategy.epsilon:.4f}",
+            "dp_delta": f"{settings.dp_delta:g}",
+        }
+    return tags
+
+
 def finish(
     out: Path,
     model: FraudMLP,
@@ -208,5 +227,6 @@ def finish(
         artifacts += [out / "metrics.csv", plots.rounds(out / "metrics.csv", out)]
         tracker.sinks.pop("csv")
     tracker.artifacts(artifacts)
+    tracker.model(out / "model.pt", card, model_tags(evaluator))
     tracker.close()
     log.info("Saved the model to %s (threshold %.6f)", out / "model.pt", card.threshold)

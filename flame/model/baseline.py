@@ -1,8 +1,8 @@
 """The reference federated training is compared against: the same model trained centrally on
 the union of the regions' training rows, with the same step plan and learning-rate schedule
-(``flame.train.Plan`` for the union's rows), the same model selection (the "round" with the best
-validation PR-AUC, on the union of the regions' validation rows) and scored on the same
-held-out test set. It writes a run folder like a federated run: ``model.pt`` (usable by
+(``flame.model.train.Plan`` for the union's rows), the same model selection (the "round" with
+the best validation PR-AUC, on the union of the regions' validation rows) and scored on the
+same held-out test set. It writes a run folder like a federated run: ``model.pt`` (usable by
 ``flame score``) and ``metrics.csv``."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flame import metrics as fm
-from flame.model import new_card, save_model
-from flame.partition import heldout_arrays, region_arrays
-from flame.pretrain import initial_model
+from flame.data.partition import heldout_arrays, region_arrays
+from flame.model import metrics as fm
+from flame.model.net import new_card, save_model
+from flame.model.pretrain import initial_model
+from flame.model.train import Plan, default_pos_weight, predict_logits, train_steps
 from flame.settings import FlameSettings
-from flame.tracking import CsvSink
-from flame.train import Plan, default_pos_weight, predict_logits, train_steps
+from flame.track.tracking import CsvSink
 
-log = logging.getLogger("flame.baseline")
+log = logging.getLogger("flame.model.baseline")
 CENTRAL = "central"
 
 

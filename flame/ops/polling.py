@@ -17,7 +17,7 @@ import os
 import time
 import types
 
-log = logging.getLogger("flame.polling")
+log = logging.getLogger("flame.ops.polling")
 PATCHED_MODULES = ("flwr.supernode.start_client_internal", "flwr.superlink.grid.http_grid")
 
 
@@ -59,7 +59,7 @@ def supernode(argv: list[str], interval: float) -> None:
 
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    from flame.approval import use_flame_clientapp
+    from flame.ops.approval import use_flame_clientapp
 
     apply(interval)
     use_flame_clientapp()  # every ClientApp task passes the region's approval check

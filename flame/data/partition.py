@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from flame.arrays import SPLITS, SplitWriter, load_split
-from flame.cache import file_folder, load_all, partition_folder, partition_key, width
-from flame.features import (
+from flame.data.arrays import SPLITS, SplitWriter, load_split
+from flame.data.cache import file_folder, load_all, partition_folder, partition_key, width
+from flame.data.features import (
     History,
     StepOrderError,
     build_features,
@@ -38,10 +38,10 @@ from flame.features import (
     labels,
     type_codes,
 )
-from flame.loader import iter_paysim, read_paysim
-from flame.schema import MAX_STEP, TYPES
+from flame.data.loader import iter_paysim, read_paysim
+from flame.data.schema import MAX_STEP, TYPES
 from flame.settings import FlameSettings
-from flame.synth import generate
+from flame.data.synth import generate
 
 log = logging.getLogger(__name__)
 TEST = -1

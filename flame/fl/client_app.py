@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flame import metrics as fm
-from flame.cache import Split, cached_region
-from flame.inference import mlp_logits
+from flame.data.cache import Split, cached_region
+from flame.fl.protocol import INFO_KEY
 from flame.log import setup_logging
-from flame.protocol import INFO_KEY
+from flame.model import metrics as fm
+from flame.model.inference import mlp_logits
 from flame.settings import FlameSettings, load_settings
 
 
@@ -45,9 +45,9 @@ def _process_start() -> float:
 
 
 if TYPE_CHECKING:
-    from flame.model import FraudMLP
-    from flame.privacy import DPConfig
-    from flame.train import Plan
+    from flame.fl.privacy import DPConfig
+    from flame.model.net import FraudMLP
+    from flame.model.train import Plan
 
 app = ClientApp()
 log = logging.getLogger("flame.client")
@@ -71,7 +71,7 @@ def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, 
     settings = FlameSettings.model_validate_json(settings_json)
     arrays = cached_region(settings, region, data_path)
     if arrays is None:  # first use: build the cache (imports pandas/pyarrow once)
-        from flame.partition import file_arrays, region_arrays
+        from flame.data.partition import file_arrays, region_arrays
 
         arrays = (
             file_arrays(Path(data_path), settings) if data_path else region_arrays(settings, region)
@@ -90,8 +90,8 @@ def _setup(context: Context, split: str) -> tuple[FlameSettings, str, Split]:
 def _model(msg: Message, settings: FlameSettings) -> FraudMLP:
     import torch
 
-    from flame.features import feature_names
-    from flame.model import FraudMLP
+    from flame.data.features import feature_names
+    from flame.model.net import FraudMLP
 
     torch.set_num_threads(settings.torch_threads)
     model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
@@ -115,7 +115,7 @@ def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
 
 def training_plan(settings: FlameSettings, rows: int) -> Plan:
     """This region's steps per round and learning-rate schedule (DP or not)."""
-    from flame.train import Plan
+    from flame.model.train import Plan
 
     if settings.dp:
         batch, lr = round(dp_config(settings).rate(rows) * rows), settings.dp_learning_rate
@@ -128,7 +128,7 @@ def training_plan(settings: FlameSettings, rows: int) -> Plan:
 
 
 def dp_config(settings: FlameSettings) -> DPConfig:
-    from flame.privacy import DPConfig
+    from flame.fl.privacy import DPConfig
 
     return DPConfig(
         noise_multiplier=settings.dp_noise_multiplier,
@@ -144,7 +144,7 @@ def dp_config(settings: FlameSettings) -> DPConfig:
 def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bool) -> None:
     """This region's own policy (node settings) against what the run asks for."""
     if settings.policy_codecs or settings.policy_attacks:
-        from flame.privacy import check_update_policy
+        from flame.fl.privacy import check_update_policy
 
         check_update_policy(
             settings.codec, settings.attack if adversary else None, settings.policy_codecs,
@@ -152,7 +152,7 @@ def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bo
         )  # fmt: skip
     if not (settings.policy_require_dp or settings.policy_max_epsilon or settings.policy_max_delta):
         return
-    from flame.privacy import check_policy, planned_epsilon
+    from flame.fl.privacy import check_policy, planned_epsilon
 
     config = dp_config(settings)
     epsilon = planned_epsilon(config, rows, plan) if settings.dp else float("inf")
@@ -167,9 +167,9 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     import torch
 
-    from flame.attacks import poison_labels, poison_update
-    from flame.compression import client_encode
-    from flame.train import default_pos_weight, train_steps
+    from flame.fl.attacks import poison_labels, poison_update
+    from flame.fl.compression import client_encode
+    from flame.model.train import default_pos_weight, train_steps
 
     settings, region, (x_np, y_np) = _setup(context, "train")
     model = _model(msg, settings)
@@ -186,7 +186,7 @@ def train(msg: Message, context: Context) -> Message:
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
     extra: dict[str, float] = {}
     if settings.dp:
-        from flame.privacy import dp_train
+        from flame.fl.privacy import dp_train
 
         loss, epsilon, exhausted = dp_train(
             model, x, y, config=dp_config(settings), plan=plan, rnd=rnd, state=context.state,

@@ -15,9 +15,12 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flame.settings import FlameSettings
+
+if TYPE_CHECKING:
+    from flame.model.net import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,20 @@ class MlflowSink:
             for path in paths:
                 self.client.log_artifact(self.run_id, str(path))
 
+    def model(self, path: Path, card: ModelCard, tags: dict[str, str]) -> None:
+        """Log the run's model as an MLflow model (and register it, FLAME_REGISTER)."""
+        if not self.flush() or self.run_id is None:
+            log.warning("MLflow unreachable: the model in %s was not logged to MLflow", path)
+            return
+        import mlflow
+
+        from flame.track.registry import log_model
+
+        mlflow.set_tracking_uri(self.uri)
+        settings = self.settings
+        registered = settings.mlflow_model_name if settings.mlflow_register else None
+        log_model(self.run_id, path, card, registered, tags)
+
     def close(self, status: str = "FINISHED") -> None:
         if not self.flush():
             log.warning(
@@ -278,6 +295,9 @@ class Tracker:
 
     def artifacts(self, paths: list[Path]) -> None:
         self._each("artifacts", paths)
+
+    def model(self, path: Path, card: ModelCard, tags: dict[str, str]) -> None:
+        self._each("model", path, card, tags)
 
     def close(self, status: str = "FINISHED") -> None:
         for name, sink in list(self.sinks.items()):

@@ -4,7 +4,7 @@ A submitted run is a FAB: Python code that each region's ClientApp process insta
 next to the region's data. Flower's SuperNode starts a ``flower-superexec`` process, which starts
 ``flwr-clientapp`` by name for every task. ``flame supernode`` puts its own ``flwr-clientapp``
 first on the PATH its children inherit: Flower's own ClientApp process (``python -m
-flame.approval``) with one check added before the FAB is installed or any of its code
+flame.ops.approval``) with one check added before the FAB is installed or any of its code
 imported: the SHA-256 of the FAB's bytes (Flower's FAB hash) must be one the region approved.
 Otherwise the task fails with one line in the region's log and an error reply to the server.
 
@@ -25,9 +25,9 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-log = logging.getLogger("flame.approval")
+log = logging.getLogger("flame.ops.approval")
 IMAGE = "image"
-SHIM_MODULE = "flame.approval"
+SHIM_MODULE = "flame.ops.approval"
 
 
 class UntrustedAppError(RuntimeError):

@@ -1,6 +1,6 @@
 """Warm start from public data: the initial global model is trained centrally on synthetic PaySim.
 
-The synthetic generator (``flame.synth``) encodes the simulator's published behaviour, not any
+The synthetic generator (``flame.data.synth``) encodes the simulator's published behaviour, not any
 region's rows, so this costs no privacy budget and moves no data: the server (or ``flame
 baseline``) trains it before round 1 and every region starts from a model that already knows
 PaySim's fraud patterns. Federated training then adapts it to the regions' real rows. It matters
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flame.model import FraudMLP, ModelCard, build_model
+from flame.model.net import FraudMLP, ModelCard, build_model
 
-log = logging.getLogger("flame.pretrain")
+log = logging.getLogger("flame.model.pretrain")
 EPOCHS = 3
 FRAUD_RATE = 0.0013  # the Kaggle file's share of fraud rows
 
@@ -76,9 +76,9 @@ def warm_start(
 def _train(
     card: ModelCard, rows: int, seed: int, batch_size: int, lr: float
 ) -> dict[str, torch.Tensor]:
-    from flame.features import build_features, labels
-    from flame.synth import generate
-    from flame.train import Plan, default_pos_weight, train_steps
+    from flame.data.features import build_features, labels
+    from flame.data.synth import generate
+    from flame.model.train import Plan, default_pos_weight, train_steps
 
     frame = generate(rows, pretrain_seed(seed), FRAUD_RATE)
     x = torch.from_numpy(build_features(frame, card.drop_balance_features))

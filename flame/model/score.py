@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flame import metrics as fm
-from flame.features import FEATURE_VERSION, build_features
-from flame.loader import csv_files, header, read_paysim_file
-from flame.model import load_model
-from flame.schema import LABELS
-from flame.train import predict_logits
+from flame.data.features import FEATURE_VERSION, build_features
+from flame.data.loader import csv_files, header, read_paysim_file
+from flame.data.schema import LABELS
+from flame.model import metrics as fm
+from flame.model.net import load_model
+from flame.model.train import predict_logits
 
-log = logging.getLogger("flame.score")
+log = logging.getLogger("flame.model.score")
 
 
 def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:

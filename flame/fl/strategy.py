@@ -13,11 +13,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from flame import metrics as fm
-from flame.compression import server_decode
-from flame.protocol import INFO_KEY
+from flame.fl.compression import server_decode
+from flame.fl.protocol import INFO_KEY
+from flame.model import metrics as fm
 from flame.settings import FlameSettings
-from flame.tracking import CLIENTS, Tracker, client_kind
+from flame.track.tracking import CLIENTS, Tracker, client_kind
 
 AGGREGATORS: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
@@ -27,7 +27,7 @@ AGGREGATORS: dict[str, type[FedAvg]] = {
     "multikrum": MultiKrum,
 }
 
-log = logging.getLogger("flame.strategy")
+log = logging.getLogger("flame.fl.strategy")
 
 
 def region_of(content: RecordDict) -> str:
@@ -52,7 +52,7 @@ def train_aggregate(records: list[RecordDict], weight_key: str) -> MetricRecord:
 
 
 def pooled_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Sum confusion counts and score histograms across regions (see flame.metrics)."""
+    """Sum confusion counts and score histograms across regions (see flame.model.metrics)."""
     return MetricRecord(fm.pool(metric_record(r) for r in records))
 
 
@@ -104,6 +104,7 @@ class FlameStrategy(FedAvg):
         self.eval_arrays: ArrayRecord | None = None
         self.selected: Selected | None = None
         self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
+        self.epsilon = 0.0  # the largest whole-run DP ε any region has reported
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -148,7 +149,9 @@ class FlameStrategy(FedAvg):
                 continue
             record = metric_record(msg.content)
             row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
-            row |= {"epsilon": record["epsilon"]} if "epsilon" in record else {}
+            if "epsilon" in record:
+                row["epsilon"] = record["epsilon"]
+                self.epsilon = max(self.epsilon, float(record["epsilon"]))
             for key in totals:
                 row[key] = record[key.replace("_", "-")]
                 totals[key] += float(record[key.replace("_", "-")])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flame.settings import FlameSettings
 
-log = logging.getLogger("flame.launch")
+log = logging.getLogger("flame.ops.launch")
 CONNECTION = "flame"
 
 
@@ -46,7 +46,7 @@ def write_connection(superlink: str, root_certificates: Path | None) -> Path:
 
 def ensure_experiment(settings: FlameSettings) -> None:
     """Create the MLflow experiment once, up front, so no two processes race to create it."""
-    from flame.tracking import mlflow_reachable
+    from flame.track.tracking import mlflow_reachable
 
     if not settings.mlflow or not mlflow_reachable(settings.mlflow_tracking_uri):
         return

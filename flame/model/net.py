@@ -42,7 +42,7 @@ class ModelCard:
 
 def new_card(drop_balances: bool, hidden_sizes: list[int], threshold: float) -> ModelCard:
     """The card of a model about to be trained (threshold 0 = to be tuned; 0.5 until then)."""
-    from flame.features import FEATURE_VERSION, feature_names
+    from flame.data.features import FEATURE_VERSION, feature_names
 
     return ModelCard(
         feature_names(drop_balances), drop_balances, hidden_sizes, threshold or 0.5, FEATURE_VERSION
