@@ -134,6 +134,15 @@ def _score(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from flame.ops.serve import serve
+    from flame.settings import load_settings
+
+    s = load_settings()
+    serve(s.mlflow_tracking_uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload,
+          s.serve_max_rows)  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flame", description="Federated fraud detection on PaySim.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -219,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--out", type=Path, required=True, help="output CSV")
     score.add_argument("--report", action="store_true", help="print metrics if labels present")
     score.set_defaults(func=_score)
+
+    serve = sub.add_parser(
+        "serve", help="serve the registry's champion model over HTTP (FLAME_SERVE_*)"
+    )
+    serve.set_defaults(func=_serve)
     return p
 
 

@@ -223,6 +223,12 @@ class FlameSettings(BaseSettings):
         True, description="Register each finished run's model in the MLflow Model Registry "
         "(the alias 'champion' moves to it only if its test PR-AUC beats the champion's).",
     )  # fmt: skip
+    serve_host: str = Field("127.0.0.1", description="flame serve: address to listen on.")
+    serve_port: int = Field(8080, ge=1, le=65535, description="flame serve: port.")
+    serve_reload: float = Field(
+        30.0, gt=0, description="flame serve: seconds between looks at the champion alias."
+    )
+    serve_max_rows: int = Field(10_000, ge=1, description="flame serve: most rows per request.")
     mlflow_model_name: str = Field(
         "flame-fraud", min_length=1, description="MLflow registered model name."
     )

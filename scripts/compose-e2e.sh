@@ -3,7 +3,8 @@
 # local base image (built only if missing) + wheelhouse -> image -> `compose up` -> wait for the
 # launcher -> check through MLflow's REST API that the run finished with every round's server
 # metrics and both regions' client metrics -> check from the host that the public gateway port
-# refuses `flwr run` (scripts/verify_gateway.py) -> `compose down -v`.
+# refuses `flwr run` (scripts/verify_gateway.py) -> the scoring service serves the registered
+# champion (scripts/verify_scorer.py) -> `compose down -v`.
 # Needs a running Docker engine (scripts/install-docker.sh). Exit 0 only if all metrics are in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,8 @@ compose build
 t2=$(date +%s)
 log "image $(docker image inspect flame:latest --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}'), build $((t2 - t1)) s"
 
-trap 'compose logs --no-color > "${FLAME_E2E_LOG:-/tmp/flame-e2e.log}" 2>&1; compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
-compose down -v --remove-orphans >/dev/null 2>&1 || true
+trap 'compose logs --no-color > "${FLAME_E2E_LOG:-/tmp/flame-e2e.log}" 2>&1; compose --profile serve down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+compose --profile serve down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d
 compose wait launcher >/dev/null || true
 t3=$(date +%s)
@@ -47,4 +48,7 @@ log "launcher exit code $code; up -> finished run $((t3 - t2)) s"
 ca=$(mktemp -d)/ca.crt
 docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
 "$python" scripts/verify_gateway.py --ca "$ca"
+# the scoring service (profile serve) serves the run's registered champion from the host
+compose --profile serve up -d --wait scorer
+"$python" scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1
 log "passed (setup $((t1 - t0)) s, build $((t2 - t1)) s, run $((t3 - t2)) s)"

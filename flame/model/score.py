@@ -13,20 +13,29 @@ from flame.data.features import FEATURE_VERSION, build_features
 from flame.data.loader import csv_files, header, read_paysim_file
 from flame.data.schema import LABELS
 from flame.model import metrics as fm
-from flame.model.net import load_model
+from flame.model.net import FraudMLP, ModelCard, load_model
 from flame.model.train import predict_logits
 
 log = logging.getLogger("flame.model.score")
 
 
-def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` plus ``fraud_probability`` and ``is_fraud_predicted`` (stored threshold)."""
+def load_scorer(model_path: Path) -> tuple[FraudMLP, ModelCard]:
+    """A saved model that this Flame can score with (its feature version)."""
     model, card = load_model(model_path)
     if card.feature_version != FEATURE_VERSION:
         raise ValueError(
             f"{model_path} was trained with feature version {card.feature_version}; "
             f"this Flame builds version {FEATURE_VERSION}"
         )
+    return model, card
+
+
+def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` plus ``fraud_probability`` and ``is_fraud_predicted`` (stored threshold)."""
+    return score_with(*load_scorer(model_path), frame)
+
+
+def score_with(model: FraudMLP, card: ModelCard, frame: pd.DataFrame) -> pd.DataFrame:
     x = torch.from_numpy(build_features(frame, card.drop_balance_features))
     probability = fm.sigmoid(predict_logits(model, x))
     return frame.assign(

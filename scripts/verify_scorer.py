@@ -1,0 +1,65 @@
+"""Check the compose scoring service from the host: it serves the registry's champion, scores
+synthetic rows like the model should, and answers a bad request with a one-line 400.
+
+    python scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def post(url: str, body: object) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/predict",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--version", default="1", help="the champion version expected")
+    p.add_argument("--timeout", type=float, default=120)
+    args = p.parse_args()
+    from flame.data.synth import generate
+
+    frame = generate(2_000, seed=11, fraud_rate=0.05)
+    rows = frame.assign(type=frame["type"].astype(str)).drop(columns=["isFraud", "isFlaggedFraud"])
+    deadline = time.monotonic() + args.timeout
+    status, reply = post(args.url, {"rows": rows.to_dict("records")})
+    while status == 503 and time.monotonic() < deadline:
+        time.sleep(2)
+        status, reply = post(args.url, {"rows": rows.to_dict("records")})
+    if status != 200 or reply.get("model_version") != args.version:
+        print(f"verify-scorer: expected version {args.version}, got {status} {reply}")
+        return 1
+    probability = [p["fraud_probability"] for p in reply["predictions"]]
+    flagged = [p["is_fraud_predicted"] for p in reply["predictions"]]
+    caught = sum(f for f, y in zip(flagged, frame["isFraud"], strict=True) if y)
+    print(f"verify-scorer: version {reply['model_version']} scored {len(probability)} rows, "
+          f"{sum(flagged)} flagged, {caught} of {int(frame['isFraud'].sum())} frauds")  # fmt: skip
+    if not all(0 <= x <= 1 for x in probability) or caught < frame["isFraud"].sum() / 2:
+        print("verify-scorer: the served model does not catch the synthetic frauds")
+        return 1
+    status, reply = post(args.url, {"rows": [rows.drop(columns=["amount"]).iloc[0].to_dict()]})
+    if status != 400 or "amount" not in reply.get("error", ""):
+        print(f"verify-scorer: a row without 'amount' got {status} {reply}, not a 400 naming it")
+        return 1
+    print(f"verify-scorer: passed (bad request -> 400: {reply['error']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
