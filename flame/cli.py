@@ -89,7 +89,7 @@ def _backfill(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.folder / 'metrics.csv'} does not exist")
     settings = load_settings()
     sent = backfill(settings, args.folder)
-    print(f"mlflow-backfill: sent {sent} metric values to {settings.mlflow_tracking_uri}")
+    print(f"mlflow-backfill: sent {sent} metric values to run folder {args.folder}'s MLflow run")
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -121,8 +121,9 @@ def _score(args: argparse.Namespace) -> None:
     if ":/" in args.model:  # an MLflow model URI: models:/flame-fraud@champion, runs:/..., ...
         from flame.settings import load_settings
         from flame.track.registry import model_file
+        from flame.track.tracking import tracking_uri
 
-        args.model = model_file(args.model, load_settings().mlflow_tracking_uri)
+        args.model = model_file(args.model, tracking_uri(load_settings().mlflow_tracking_uri))
     args.model = Path(args.model)
     scored = score_file(args.model, args.input, args.out)
     flagged = int(scored["is_fraud_predicted"].sum())
@@ -137,10 +138,11 @@ def _score(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from flame.ops.serve import serve
     from flame.settings import load_settings
+    from flame.track.tracking import tracking_uri
 
     s = load_settings()
-    serve(s.mlflow_tracking_uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload,
-          s.serve_max_rows)  # fmt: skip
+    uri = tracking_uri(s.mlflow_tracking_uri)
+    serve(uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload, s.serve_max_rows)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -217,7 +217,15 @@ class FlameSettings(BaseSettings):
         True, description="Write TensorBoard scalars to runs/<ts>/tensorboard."
     )
     mlflow: bool = Field(True, description="Log to MLflow (skipped with a warning if unreachable).")
-    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking URI.")
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking URI; unset = the local server http://127.0.0.1:5000 if "
+        "it answers (make mlflow-ui), else the embedded store in ./mlflow-data, which "
+        "make mlflow-ui shows.",
+    )  # fmt: skip
+    mlflow_public_url: str = Field(
+        "", description="MLflow UI address in the links Flame prints (e.g. http://localhost:5000 "
+        "when the tracking URI is a container name); unset = the tracking URI.",
+    )  # fmt: skip
     mlflow_experiment: str = Field("flame", description="MLflow experiment name.")
     mlflow_register: bool = Field(
         True, description="Register each finished run's model in the MLflow Model Registry "

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from flame.settings import load_settings
 from flame.track.tracking import CSV_COLUMNS, Tracker
@@ -114,3 +115,31 @@ def test_backfill_delivers_a_run_logged_while_mlflow_was_down(tmp_path: Path) ->
         assert _history(server.uri, run_id, "client_us/pr_auc")[-1] == (3, 0.15)
     finally:
         server.stop()
+
+
+def test_without_a_server_runs_go_to_the_embedded_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No FLAME_MLFLOW_TRACKING_URI and nothing on the local port: ./mlflow-data, no queueing."""
+    from mlflow.tracking import MlflowClient
+
+    from flame.track import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "LOCAL_SERVER", "http://127.0.0.1:9")  # nothing listens
+    settings = load_settings(mlflow=True)
+    tracker = Tracker(settings, tmp_path / "run1", {"seed": 3})
+    tracker.log("server", 1, "evaluate", {"pr_auc": 0.9})
+    (tmp_path / "a.txt").write_text("x")
+    tracker.artifacts([tmp_path / "a.txt"])
+    sink = tracker.sinks["mlflow"]
+    assert sink.uri == f"sqlite:///{tmp_path / 'mlflow-data' / 'mlflow.db'}" and not sink.pending
+    assert sink.url.startswith("http://127.0.0.1:9/#/experiments/")  # make mlflow-ui's address
+    tracker.close()
+    client = MlflowClient(sink.uri)
+    experiment = client.get_experiment_by_name("flame")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["server/pr_auc"] == 0.9 and run.info.status == "FINISHED"
+    assert (tmp_path / "mlflow-data" / "artifacts").is_dir()
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["a.txt"]

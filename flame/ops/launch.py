@@ -46,16 +46,15 @@ def write_connection(superlink: str, root_certificates: Path | None) -> Path:
 
 def ensure_experiment(settings: FlameSettings) -> None:
     """Create the MLflow experiment once, up front, so no two processes race to create it."""
-    from flame.track.tracking import mlflow_reachable
+    from flame.track import tracking
 
-    if not settings.mlflow or not mlflow_reachable(settings.mlflow_tracking_uri):
+    uri = tracking.tracking_uri(settings.mlflow_tracking_uri) if settings.mlflow else ""
+    if not settings.mlflow or not tracking.mlflow_reachable(uri):
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    if client.get_experiment_by_name(settings.mlflow_experiment) is None:
-        client.create_experiment(settings.mlflow_experiment)
-        log.info("Created MLflow experiment %r", settings.mlflow_experiment)
+    experiment_id = tracking.ensure_experiment(MlflowClient(uri), settings.mlflow_experiment, uri)
+    log.info("MLflow experiment %r (id %s)", settings.mlflow_experiment, experiment_id)
 
 
 def run_status(run_id: int) -> str:

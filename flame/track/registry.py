@@ -90,15 +90,25 @@ def log_model(
 ) -> None:
     """Log ``model_path`` as the run's MLflow model; with ``registered`` (a model name), make
     it a new version and move ``champion`` to it if it beats the current one."""
+    import shutil
+    import tempfile
+
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
     import flame
 
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)  # Flame prints the host's link itself
     example = example_rows()
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        code = shutil.copytree(  # Flame's code without byte-code caches
+            Path(flame.__file__).parent, Path(tmp) / "flame",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )  # fmt: skip
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=FraudModel(),
+            python_model=entry(Path(tmp)),
             artifacts={"model": str(model_path)},
-            code_paths=[str(Path(flame.__file__).parent)],
+            code_paths=[str(code)],
             signature=signature(),
             input_example=example,
             pip_requirements=[f"{p}=={version(p)}" for p in ("mlflow", *REQUIREMENTS)],
@@ -147,6 +157,16 @@ def champion_decision(pr_auc: float, test_set: str, champion: Any) -> str:
             f"{champion.version}'s {held}"
         )
     return f"champion: test PR-AUC {pr_auc:.4f} beats version {champion.version}'s {held}"
+
+
+def entry(folder: Path) -> Path:
+    """MLflow's models-from-code script for :class:`FraudModel` (no pickled Python object)."""
+    path = folder / "flame_fraud_model.py"
+    path.write_text(
+        "import mlflow\n\nfrom flame.track.registry import FraudModel\n\n"
+        "mlflow.models.set_model(FraudModel())\n"
+    )
+    return path
 
 
 def model_file(uri: str, tracking_uri: str) -> Path:

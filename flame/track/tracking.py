@@ -96,6 +96,48 @@ def mlflow_reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
+LOCAL_SERVER = "http://127.0.0.1:5000"
+EMBEDDED = Path("mlflow-data")  # the store scripts/start_mlflow_ui.py (make mlflow-ui) serves
+KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training view
+
+
+def tracking_uri(setting: str) -> str:
+    """FLAME_MLFLOW_TRACKING_URI; unset: the local server if it answers, else the embedded
+    SQLite store in ./mlflow-data (no server needed; make mlflow-ui shows it)."""
+    if setting:
+        return setting
+    if mlflow_reachable(LOCAL_SERVER, timeout=1.0):
+        return LOCAL_SERVER
+    EMBEDDED.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(EMBEDDED / 'mlflow.db').resolve()}"
+
+
+def public_url(uri: str, public: str) -> str:
+    """Where a person opens the UI: FLAME_MLFLOW_PUBLIC_URL, else an http tracking URI, else
+    the UI of make mlflow-ui (embedded store)."""
+    return (public or (uri if uri.startswith("http") else LOCAL_SERVER)).rstrip("/")
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The experiment's id; created if missing (in the embedded store with its artifacts
+    beside the database), and marked as model training so the UI opens that view."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    if (
+        experiment is None
+        or experiment.tags.get("mlflow.experimentKind") != KIND["mlflow.experimentKind"]
+    ):
+        for key, value in KIND.items():
+            client.set_experiment_tag(experiment_id, key, value)
+    return str(experiment_id)
+
+
 class MlflowSink:
     """One MLflow run per federated run; metrics at step=round.
 
@@ -105,9 +147,11 @@ class MlflowSink:
     ``flame mlflow-backfill <run folder>`` can later deliver anything still missing from the CSV.
     """
 
-    def __init__(self, settings: FlameSettings, folder: Path, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, settings: FlameSettings, folder: Path, params: Mapping[str, Any], uri: str
+    ) -> None:
         self.settings, self.folder, self.params = settings, folder, dict(params)
-        self.uri = settings.mlflow_tracking_uri
+        self.uri = uri
         self.run_id: str | None = None
         self.url = ""
         self.pending: list[Any] = []
@@ -121,11 +165,15 @@ class MlflowSink:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(self.uri)
-        self.run_id, experiment_id, created = open_run(self.client, self.settings, self.folder)
+        self.run_id, experiment_id, created = open_run(
+            self.client, self.settings.mlflow_experiment, self.uri, self.folder
+        )
         if created:  # a resumed run keeps the parameters it started with
             self.client.log_batch(self.run_id, params=_params(self.params))
-        self.url = f"{self.uri}/#/experiments/{experiment_id}/runs/{self.run_id}"
-        log.info("MLflow run: %s", self.url)
+        base = public_url(self.uri, self.settings.mlflow_public_url)
+        self.url = f"{base}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        viewer = " (open it with make mlflow-ui)" if self.uri.startswith("sqlite:") else ""
+        log.info("MLflow run%s: %s", viewer, self.url)
         return True
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
@@ -192,23 +240,18 @@ def metric_prefix(kind: str, stage: str) -> str:
     return kind.replace(":", "_") + ("" if stage == "evaluate" else f"_{stage}")
 
 
-def open_run(client: Any, settings: FlameSettings, folder: Path) -> tuple[str, str, bool]:
+def open_run(client: Any, experiment: str, uri: str, folder: Path) -> tuple[str, str, bool]:
     """The run folder's MLflow run (from ``mlflow_run.json``), created on first use.
     Returns (run id, experiment id, whether it was created now)."""
     record = folder / "mlflow_run.json"
     if record.exists():
         saved = json.loads(record.read_text())
-        if saved.get("tracking_uri") == settings.mlflow_tracking_uri:
+        if saved.get("tracking_uri") == uri:
             return saved["run_id"], saved["experiment_id"], False
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(settings.mlflow_experiment)
-    )
+    experiment_id = ensure_experiment(client, experiment, uri)
     run_id = client.create_run(experiment_id, run_name=folder.name).info.run_id
     saved = {"run_id": run_id, "experiment_id": experiment_id}
-    record.write_text(json.dumps(saved | {"tracking_uri": settings.mlflow_tracking_uri}))
+    record.write_text(json.dumps(saved | {"tracking_uri": uri}))
     return run_id, experiment_id, True
 
 
@@ -218,10 +261,11 @@ def backfill(settings: FlameSettings, folder: Path) -> int:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    if not mlflow_reachable(settings.mlflow_tracking_uri):
-        raise ConnectionError(f"MLflow at {settings.mlflow_tracking_uri} is unreachable")
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    run_id, _, _ = open_run(client, settings, folder)
+    uri = tracking_uri(settings.mlflow_tracking_uri)
+    if not mlflow_reachable(uri):
+        raise ConnectionError(f"MLflow at {uri} is unreachable")
+    client = MlflowClient(uri)
+    run_id, _, _ = open_run(client, settings.mlflow_experiment, uri, folder)
     rows = pd.read_csv(folder / "metrics.csv")
     have: dict[str, set[int]] = {}
     missing = []
@@ -261,13 +305,14 @@ class Tracker:
         csv_path = folder / "metrics.csv"
         self._open("csv", settings.csv, lambda: CsvSink(csv_path, resume_after))
         self._open("tensorboard", settings.tensorboard, lambda: TensorBoardSink(folder))
-        if settings.mlflow and not mlflow_reachable(settings.mlflow_tracking_uri):
+        uri = tracking_uri(settings.mlflow_tracking_uri) if settings.mlflow else ""
+        if settings.mlflow and not mlflow_reachable(uri):
             log.warning(
                 "MLflow at %s is unreachable; metrics are queued for it and always written to "
                 "the CSV (start one with scripts/start_mlflow_ui.py or set FLAME_MLFLOW=false)",
-                settings.mlflow_tracking_uri,
+                uri,
             )
-        self._open("mlflow", settings.mlflow, lambda: MlflowSink(settings, folder, params))
+        self._open("mlflow", settings.mlflow, lambda: MlflowSink(settings, folder, params, uri))
 
     def _open(self, name: str, enabled: bool, factory: Any) -> None:
         if not enabled:
