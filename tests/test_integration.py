@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from flame.data.synth import generate
 from flame.model.net import load_model
@@ -80,6 +81,21 @@ def test_federated_run_on_real_paysim_rows(tmp_path: Path, real_dir: Path) -> No
     final = rows[(rows["kind"] == "server") & (rows["round"] == 3)].iloc[0]
     assert final["num_examples"] > 2000
     assert final["pr_auc"] > 0.9, final.to_dict()
+
+
+def test_the_same_seed_gives_the_same_model(tmp_path: Path) -> None:
+    """Two runs of one command: bit-identical weights, losses and metrics (#13)."""
+    args = ["--rounds", "2", "--rows", "10000", "--fraud-rate", "0.02", "--local-epochs", "1"]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        run_main([*args, "--out", str(out)])
+    (model_a, card_a), (model_b, card_b) = (load_model(out / "model.pt") for out in runs)
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_b.state_dict()[key]), key
+    assert card_a.threshold == card_b.threshold and card_a.metrics == card_b.metrics
+    columns = ["kind", "round", "stage", "loss", "roc_auc", "pr_auc", "threshold"]
+    a, b = (pd.read_csv(out / "metrics.csv")[columns] for out in runs)
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_mlflow_receives_the_federated_run(tmp_path: Path, mlflow_server: str) -> None:

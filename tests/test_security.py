@@ -117,7 +117,7 @@ def test_a_region_refuses_an_app_it_did_not_approve_before_its_code_runs(
     for name in ("pyproject.toml", "README.md", "LICENSE", "main.py"):
         shutil.copy(ROOT / name, app / name)
     marker = tmp_path / "tampered-code-ran"
-    client = app / "flame" / "client_app.py"
+    client = app / "flame" / "fl" / "client_app.py"
     client.write_text(client.read_text() + f"\nPath({str(marker)!r}).write_text('ran')\n")
     assert folder_hash(app) != folder_hash(ROOT)
     env = {

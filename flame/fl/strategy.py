@@ -35,6 +35,14 @@ def region_of(content: RecordDict) -> str:
     return str(info["region"]) if info and "region" in info else "unknown"
 
 
+def by_region(replies: Iterable[Message]) -> list[Message]:
+    """Replies in region order (errors last), whatever order they arrived in: floating-point
+    sums then add up the same way every run."""
+    return sorted(
+        replies, key=lambda m: (m.has_error(), "" if m.has_error() else region_of(m.content))
+    )
+
+
 def metric_record(content: RecordDict) -> MetricRecord:
     return next(iter(content.metric_records.values()))
 
@@ -139,7 +147,7 @@ class FlameStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
-        replies = list(replies)
+        replies = by_region(replies)  # a fixed order: the same seed gives the same model
         roll = self.roll_call(server_round, "train", replies)
         kept = []
         totals = {"bytes_sent": 0.0, "bytes_received": 0.0}
@@ -179,7 +187,7 @@ class FlameStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         server_round += self.offset
-        replies = list(replies)
+        replies = by_region(replies)
         for msg in replies:
             if not msg.has_error():
                 record = dict(metric_record(msg.content))

@@ -72,6 +72,7 @@ def train_steps(
 ) -> float:
     """``plan.steps`` Adam steps on BCE-with-logits (``pos_weight`` on frauds), shuffled passes
     over the rows; returns the mean loss over the round's steps."""
+    torch.manual_seed(seed)  # dropout draws from the global generator
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr_at(rnd, 0))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
