@@ -79,3 +79,34 @@ def test_baseline_writes_a_run_folder_that_flame_score_uses(
     assert main(["score", str(csv), "--model", str(out / "model.pt"), "--out", str(csv)]) == 2
     assert "never overwrites its input" in capsys.readouterr().err
     assert csv.read_bytes() == before
+
+
+def test_a_broken_or_foreign_model_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import math
+
+    import torch
+
+    from flame.model.net import build_model, new_card, save_model
+
+    csv = tmp_path / "rows.csv"
+    write_csv(generate(200, seed=5, fraud_rate=0.05), csv)
+    card = new_card(False, [8], 0.5)
+    good = tmp_path / "good.pt"
+    save_model(good, build_model(card, seed=1), card)
+    saved = torch.load(good)
+    (tmp_path / "junk.pt").write_bytes(b"not a model at all")
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:300])
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save(saved | {"card": saved["card"] | {"hidden_sizes": [4]}}, tmp_path / "mismatch.pt")
+    torch.save(saved | {"card": saved["card"] | {"threshold": math.nan}}, tmp_path / "nan.pt")
+    torch.save({"card": {"x": 1}, "state_dict": {}}, tmp_path / "foreign-card.pt")
+    capsys.readouterr()
+    for name in ("junk", "truncated", "tensor", "mismatch", "nan", "foreign-card"):
+        model = tmp_path / f"{name}.pt"
+        code = main(["score", str(csv), "--model", str(model), "--out", str(tmp_path / "o.csv")])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.count("\n") == 1 and f"{name}.pt" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.csv").exists()

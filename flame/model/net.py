@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,12 +61,37 @@ def save_model(path: Path, model: nn.Module, card: ModelCard) -> None:
     torch.save({"state_dict": model.state_dict(), "card": asdict(card)}, path)
 
 
+class ModelFileError(ValueError):
+    """A file that is not a usable Flame model (one line, naming the file)."""
+
+
 def load_model(path: Path) -> tuple[FraudMLP, ModelCard]:
-    if not Path(path).exists():
+    """The model and card saved at ``path`` (loading never runs code: ``weights_only``)."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    card = ModelCard(**saved["card"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip, pickled code, ...
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path} is not a Flame model file ({reason})") from None
+    if not isinstance(saved, dict) or not {"card", "state_dict"} <= set(saved):
+        raise ModelFileError(f"{path} is not a Flame model file (no model card and weights)")
+    try:
+        card = ModelCard(**saved["card"])
+    except TypeError as err:
+        raise ModelFileError(
+            f"{path}: its model card is not one this Flame reads ({err})"
+        ) from None
+    if not math.isfinite(card.threshold) or not 0 <= card.threshold <= 1:
+        raise ModelFileError(f"{path}: its decision threshold {card.threshold} is not in [0, 1]")
     model = build_model(card)
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[-1].strip()[:200]
+        raise ModelFileError(
+            f"{path}: its weights do not match its card ({len(card.feature_names)} features, "
+            f"hidden {card.hidden_sizes}): {first}"
+        ) from None
     model.eval()
     return model, card
