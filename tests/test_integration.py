@@ -191,3 +191,16 @@ def _environ(pid: str) -> str:
         return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_new_run_never_overwrites_an_earlier_run_folder(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "metrics.csv").write_text("kept\n")
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--rounds", "1", "--rows", "2000", "--out", str(earlier)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "FLAME_OUT_DIR" in proc.stderr and "earlier run (metrics.csv)" in proc.stderr
+    assert (earlier / "metrics.csv").read_text() == "kept\n"

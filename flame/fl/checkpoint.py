@@ -81,6 +81,16 @@ def _npz(path: Path) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
+def check_new_folder(out: Path) -> None:
+    """A new run never writes into an earlier run's folder (its model, CSV or checkpoint)."""
+    earlier = [n for n in ("model.pt", "metrics.csv", FOLDER) if (out / n).exists()]
+    if earlier:
+        raise SettingsError(
+            f"FLAME_OUT_DIR {out} holds an earlier run ({', '.join(earlier)}); choose a new "
+            "folder, or FLAME_RESUME=true to continue that run"
+        )
+
+
 def resume_folder(settings: FlameSettings) -> Path:
     """FLAME_OUT_DIR if set, else the newest run under FLAME_RUNS_DIR that has a checkpoint."""
     if settings.out_dir is not None:

@@ -110,6 +110,8 @@ def main(grid: Grid, context: Context) -> None:
         checkpoint.check_compatible(state, settings, out)
         done = state.round
         log.info("Resuming %s after round %d of %d", out, done, settings.num_server_rounds)
+    else:
+        checkpoint.check_new_folder(out)
     x, y_test = heldout_arrays(settings)
     x_test = torch.from_numpy(x)
     log.info(

@@ -27,6 +27,10 @@ def run(overrides: Mapping[str, object]) -> Path:
     if settings.out_dir is None:
         settings = load_settings(out_dir=settings.resolved_out_dir())
         os.environ["FLAME_OUT_DIR"] = str(settings.out_dir)
+    if not settings.resume and settings.out_dir is not None:
+        from flame.fl.checkpoint import check_new_folder
+
+        check_new_folder(settings.out_dir)  # before any work, not after preparing the data
     from flame.data.partition import prepare
 
     prepare(settings)  # once, before the ClientApps start
