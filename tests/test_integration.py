@@ -204,3 +204,15 @@ def test_a_new_run_never_overwrites_an_earlier_run_folder(tmp_path: Path) -> Non
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "FLAME_OUT_DIR" in proc.stderr and "earlier run (metrics.csv)" in proc.stderr
     assert (earlier / "metrics.csv").read_text() == "kept\n"
+
+
+def test_a_test_set_without_fraud_is_refused_before_training(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--rounds", "1", "--rows", "500", "--fraud-rate", "0.001",
+         "--out", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the server's test set: its") and "hold no fraud" in last
+    assert not (tmp_path / "run" / "model.pt").exists()

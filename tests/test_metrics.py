@@ -68,3 +68,14 @@ def test_best_threshold_takes_the_middle_of_a_plateau() -> None:
     threshold = fm.best_threshold(*fm.histograms(x, y))
     assert fm.exact_metrics(x, y, threshold)["f1"] == 1.0
     assert 0.01 < threshold < 0.99  # near the middle of the gap (logit 0), not at an extreme
+
+
+def test_one_class_rows_are_refused_with_what_and_why() -> None:
+    import numpy as np
+    import pytest
+
+    fm.require_both_classes(np.array([0, 1, 0]), "rows", "x")
+    with pytest.raises(fm.DegenerateDataError, match=r"^region us: its 3 rows hold no fraud"):
+        fm.require_both_classes(np.zeros(3), "region us", "it sits out")
+    with pytest.raises(fm.DegenerateDataError, match="only fraud"):
+        fm.require_both_classes(np.ones(2), "the test set", "undefined")

@@ -172,6 +172,9 @@ def train(msg: Message, context: Context) -> Message:
     from flame.model.train import default_pos_weight, train_steps
 
     settings, region, (x_np, y_np) = _setup(context, "train")
+    fm.require_both_classes(
+        y_np, f"region {region}'s training rows", "it cannot learn fraud from them and sits out"
+    )
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     config = msg.content["config"]

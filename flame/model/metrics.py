@@ -125,6 +125,23 @@ def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
     return total
 
 
+UNDEFINED = (
+    "PR-AUC and ROC-AUC are undefined on it: use more rows (FLAME_SYNTH_ROWS or a bigger file) "
+    "or a higher fraud rate"
+)
+
+
+class DegenerateDataError(ValueError):
+    """Rows a fraud model can neither learn from nor be scored on: one class only."""
+
+
+def require_both_classes(y: np.ndarray, what: str, consequence: str) -> None:
+    frauds = int(np.asarray(y).sum())
+    if frauds == 0 or frauds == len(y):
+        kind = "no fraud (isFraud=1)" if frauds == 0 else "only fraud (no isFraud=0)"
+        raise DegenerateDataError(f"{what}: its {len(y):,} rows hold {kind}; {consequence}")
+
+
 def best_threshold(pos: Iterable[float], neg: Iterable[float]) -> float:
     """A bin-edge probability threshold that maximises F1 on the histogrammed scores."""
     p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
