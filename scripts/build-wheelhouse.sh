@@ -7,8 +7,18 @@ python=${PYTHON:-python3}
 mkdir -p wheelhouse
 echo "build-wheelhouse: torch 2.13.0 (CPU) and Flame's dependencies pinned by constraints.txt"
 # torch is pinned in the same resolve: unpinned, pip may take a newer multi-GB CUDA build
-"$python" -m pip wheel --quiet --wheel-dir wheelhouse -c constraints.txt \
-  torch==2.13.0 setuptools wheel . 2>&1 | grep -v "^WARNING: Location" || true
+log=$(mktemp)
+if ! "$python" -m pip wheel --quiet --wheel-dir wheelhouse -c constraints.txt \
+  torch==2.13.0 setuptools wheel . > "$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" >&2 || true
+  echo "build-wheelhouse: pip wheel failed (python: $python); the wheelhouse is incomplete" >&2
+  exit 1
+fi
+grep -v "^WARNING: Location" "$log" || true
+if ! compgen -G 'wheelhouse/torch-2.13.0*.whl' >/dev/null; then
+  echo "build-wheelhouse: no torch 2.13.0 wheel in wheelhouse/" >&2
+  exit 1
+fi
 if compgen -G 'wheelhouse/nvidia_*' >/dev/null; then
   echo "build-wheelhouse: CUDA wheels found in wheelhouse/; remove them and check the torch pin" >&2
   exit 1

@@ -20,6 +20,10 @@ if ! docker info >/dev/null 2>&1; then
   exit 2
 fi
 compose() { docker compose -p "$project" "$@"; }
+if ! "$python" -c "import flame" 2>/dev/null; then
+  log "$python cannot import flame: run 'make setup' first (or set PYTHON)" >&2
+  exit 2
+fi
 
 t0=$(date +%s)
 scripts/build-base-image.sh "$FLAME_BASE_IMAGE"
