@@ -111,12 +111,12 @@ def _baseline(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from scipy.special import logit
 
-    from flame.data.loader import header
+    from flame.data.loader import csv_files, header
     from flame.model import metrics as fm
     from flame.model.net import load_model
     from flame.model.score import score_file
 
-    if args.report and args.input.is_file() and "isFraud" not in header(args.input):
+    if args.report and "isFraud" not in header(csv_files(args.input)[0]):
         raise ValueError(f"--report needs labels: {args.input} has no isFraud column")
     if ":/" in args.model:  # an MLflow model URI: models:/flame-fraud@champion, runs:/..., ...
         from flame.settings import load_settings

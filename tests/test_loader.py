@@ -151,3 +151,60 @@ def test_all_three_real_samples_load(real_dir: Path) -> None:
     assert int(pooled["isFraud"].sum()) > 1000
     raw = pd.read_csv(real_dir / "head-step1-2688.csv", dtype=str)
     assert "E7" in "".join(raw["newbalanceDest"])  # Java E-notation really is in there
+
+
+def test_a_quoted_csv_reads_like_a_plain_one(tmp_path: Path) -> None:
+    quoted = [",".join(f'"{v}"' for v in line.split(",")) for line in (HEADER, JAVA, PANDAS)]
+    plain = read_paysim(write(tmp_path, HEADER, JAVA, PANDAS))
+    pd.testing.assert_frame_equal(read_paysim(write(tmp_path, *quoted, name="q.csv")), plain)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (f"{HEADER.replace(',', ', ')}\n{PANDAS.replace(',', ', ')}\n", "spaces around column"),
+        (f"{HEADER}\r{PANDAS}\r{JAVA}\r", "bare CR"),
+        (f"{HEADER}\n{PANDAS.replace('C3', '   ')}\n", "empty account name (value '   ')"),
+        (f"{HEADER}\n{PANDAS.replace('2,', '3000000000,', 1)}\n", "step beyond 2,147,483,647"),
+        (f"{HEADER}\n{PANDAS.replace('9839.64', 'nan')}\n", "(value nan)"),
+        ("x," * 50_000 + "\n" + PANDAS, "unexpected ['x', 'x', 'x', 'x', 'x'] and"),
+    ],
+)
+def test_malformed_inputs_are_one_short_line(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(PaySimFormatError) as err:
+        read_paysim(path)
+    assert fragment in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 500
+
+
+def test_a_folder_refuses_what_it_cannot_read_and_names_what_it_skips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    write(tmp_path, HEADER, JAVA, name="a.csv")
+    write(tmp_path, HEADER, PANDAS, name="B.CSV")  # upper case is read too
+    (tmp_path / "c.csv.gz").write_bytes(gzip.compress(b"x"))
+    assert len(read_paysim(tmp_path)) == 2 and "c.csv.gz" in caplog.text
+    (tmp_path / "sub.csv").mkdir()
+    with pytest.raises(PaySimFormatError, match=r"sub\.csv: is not a regular file"):
+        read_paysim(tmp_path)
+    os.rmdir(tmp_path / "sub.csv")
+    os.mkfifo(tmp_path / "pipe.csv")  # would block forever if opened
+    with pytest.raises(PaySimFormatError, match=r"pipe\.csv: is not a regular file"):
+        read_paysim(tmp_path)
+    (tmp_path / "pipe.csv").unlink()
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    with pytest.raises(
+        PaySimFormatError, match=r"loop\.csv: (cannot be read|is a broken or looping symbolic)"
+    ):
+        read_paysim(tmp_path / "loop.csv")
+
+
+def test_the_same_transaction_with_two_labels_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, HEADER, JAVA, name="a.csv")
+    write(tmp_path, HEADER, JAVA.replace(",1,0", ",0,0"), name="b.csv")
+    with pytest.raises(PaySimFormatError, match=r"different isFraud labels .*C1 -> C2"):
+        read_paysim(tmp_path)

@@ -8,6 +8,7 @@ Rows numbered in errors are 1-based data rows (the header is row 0).
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,27 +20,49 @@ import pyarrow.csv as pacsv
 from flame.data.features import type_codes
 from flame.data.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
 
+log = logging.getLogger("flame.data.loader")
 DEDUP_KEY = ["step", "type", "amount", "nameOrig", "nameDest"]
 _NUMERIC = ("step", *MONEY, *LABELS)
 
 
 def csv_files(path: Path) -> list[Path]:
-    """The CSV files at ``path`` (one file, or every ``*.csv`` in a folder)."""
-    if not path.exists():
+    """The CSV files at ``path`` (one file, or every ``*.csv``/``*.CSV`` in a folder)."""
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as err:  # a symbolic link loop, a name too long, ...
+        raise PaySimFormatError(path, f"cannot be read ({err.strerror or err})") from None
+    if not exists and path.is_symlink():
+        raise PaySimFormatError(path, "is a broken or looping symbolic link")
+    if not exists:
         raise FileNotFoundError(
             f"PaySim data not found at {path}. Put the Kaggle file at "
             "data/PS_20174392719_1491204439457_log.csv or point FLAME_DATA_PATH/--data at a "
             "PaySim CSV; with neither, Flame uses its built-in synthetic PaySim data."
         )
-    if path.is_dir():
-        files = sorted(path.glob("*.csv"))
-        if not files:
-            raise PaySimFormatError(path, "folder holds no *.csv files")
-        return files
-    return [path]
+    if not is_dir:
+        return [_regular(path)]
+    names = sorted(path.iterdir())
+    for skipped in (p for p in names if ".csv." in p.name.lower()):
+        log.warning("skipping %s: only plain .csv files are read (decompress it first)", skipped)
+    files = [_regular(p) for p in names if p.suffix.lower() == ".csv"]
+    if not files:
+        raise PaySimFormatError(path, "folder holds no *.csv files")
+    return files
+
+
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (not a folder, FIFO or device, which would hang)."""
+    try:
+        regular = path.is_file()
+    except OSError as err:
+        raise PaySimFormatError(path, f"cannot be read ({err.strerror or err})") from None
+    if not regular:
+        raise PaySimFormatError(path, "is not a regular file (a folder, FIFO or device?)")
+    return path
 
 
 MAX_NAME = 256
+MAX_STEP_INDEX = 2**31 - 1  # steps are stored as int32
 BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch (~200k PaySim rows)
 
 
@@ -51,6 +74,14 @@ def read_paysim(path: Path | str, require_labels: bool = True) -> pd.DataFrame:
     frames = list(iter_paysim(path, require_labels))
     pooled = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if len(csv_files(Path(path))) > 1:
+        conflicting = pooled.drop_duplicates([*DEDUP_KEY, "isFraud"]).duplicated(DEDUP_KEY)
+        if conflicting.any():
+            row = pooled.drop_duplicates([*DEDUP_KEY, "isFraud"])[conflicting].iloc[0]
+            raise PaySimFormatError(
+                path, "the same transaction is in two files with different isFraud labels "
+                f"(step {row['step']}, {row['type']}, amount {row['amount']}, "
+                f"{row['nameOrig']} -> {row['nameDest']})",
+            )  # fmt: skip
         pooled = pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
     return pooled
 
@@ -72,10 +103,11 @@ def iter_paysim_file(
     names = header(path)
     optional = () if require_labels else LABELS
     missing = [c for c in COLUMNS if c not in names and c not in optional]
-    extra = [c for c in names if c not in COLUMNS]
+    extra = [c if len(c) <= 40 else c[:37] + "..." for c in names if c not in COLUMNS]
     if missing or extra:
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise PaySimFormatError(
-            path, f"header does not match PaySim: missing {missing}, unexpected {extra}"
+            path, f"header does not match PaySim: missing {missing}, unexpected {extra[:5]}{more}"
         )
     if len(set(names)) != len(names):
         raise PaySimFormatError(path, "header repeats a column name")
@@ -126,12 +158,22 @@ def header(path: Path) -> list[str]:
                 path, f"file is {kind}-compressed; decompress it to a plain .csv first"
             )
     try:
-        first = first_bytes.decode("utf-8").strip().lstrip("\ufeff")
+        first = first_bytes.decode("utf-8").rstrip("\r\n").lstrip("\ufeff")
     except UnicodeDecodeError as err:
         raise PaySimFormatError(path, f"header is not UTF-8 text (byte {err.start})") from None
-    if not first:
+    if not first.strip():
         raise PaySimFormatError(path, "file is empty")
-    return [c.strip() for c in first.split(",")]
+    if "\r" in first:
+        raise PaySimFormatError(
+            path, "lines end in a bare CR (old Mac style); convert them to LF or CRLF line ends"
+        )
+    names = next(csv.reader([first]))  # R and spreadsheets quote every field: "step","type"
+    if any(n != n.strip() for n in names):
+        raise PaySimFormatError(
+            path, "the header has spaces around column names (e.g. ', type'); write the CSV "
+            "without spaces after the commas",
+        )  # fmt: skip
+    return names
 
 
 def _locate_error(path: Path, err: Exception) -> PaySimFormatError:
@@ -205,13 +247,15 @@ def validate(frame: pd.DataFrame, path: Path | str = "<frame>", offset: int = 0)
         _first_bad(column, frame[column].to_numpy() < 0, "negative amount")
     step = frame["step"].to_numpy()
     _first_bad("step", (step != np.round(step)) | (step < 0), "step is not an hour index")
+    _first_bad("step", step > MAX_STEP_INDEX, f"step beyond {MAX_STEP_INDEX:,}")
     for column in LABELS:
         label = frame[column].to_numpy()
         _first_bad(column, (label != 0) & (label != 1), "label is not 0 or 1")
     codes = type_codes(frame["type"])
     _first_bad("type", codes < 0, f"unknown type (expected {TYPES})")
     for column in NAMES:
-        _first_bad(column, (frame[column] == "").to_numpy(), "empty account name")
+        blank = (frame[column].astype("str").str.strip() == "").to_numpy()
+        _first_bad(column, blank, "empty account name")
         length = frame[column].str.len().to_numpy()
         _first_bad(column, length > MAX_NAME, f"account name longer than {MAX_NAME} characters")
     out = pd.DataFrame(

@@ -39,6 +39,8 @@ class PaySimFormatError(ValueError):
             where.append(f"column {column!r}")
         if row is not None:
             where.append(f"row {row}")
+        if hasattr(value, "item"):  # a numpy scalar: show 'nan', not np.float64(nan)
+            value = value.item()
         text = repr(value)
         text = text if len(text) <= 60 else f"{text[:50]}... ({len(str(value)):,} characters)"
         detail = f" (value {text})" if value is not None else ""

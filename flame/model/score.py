@@ -47,7 +47,10 @@ def score_with(model: FraudMLP, card: ModelCard, frame: pd.DataFrame) -> pd.Data
 def score_file(model_path: Path, input_csv: Path, out_csv: Path) -> pd.DataFrame:
     """Score every row of ``input_csv`` (input order) and write ``out_csv``; label columns are
     written only if the input has them."""
-    [path] = csv_files(input_csv) if input_csv.is_file() else [input_csv]
+    files = csv_files(input_csv)
+    if len(files) != 1 or input_csv.is_dir():
+        raise ValueError(f"{input_csv} is a folder; flame score takes one CSV file")
+    [path] = files
     if out_csv.resolve() == path.resolve():
         raise ValueError(f"--out {out_csv} is the input file; scoring never overwrites its input")
     frame = read_paysim_file(path, require_labels=False)
