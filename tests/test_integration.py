@@ -129,6 +129,10 @@ def test_mlflow_receives_the_federated_run(tmp_path: Path, mlflow_server: str) -
     import mlflow
 
     mlflow.set_tracking_uri(mlflow_server)
+    inputs = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    profiles = {i.dataset.name: json.loads(i.dataset.profile) for i in inputs}
+    assert set(profiles) == {"server-test", "region-us", "region-eu"}  # sizes, never rows
+    assert all(p["num_rows"] > p["num_frauds"] > 0 for p in profiles.values())
     version = mlflow.MlflowClient().get_model_version_by_alias("flame-fraud", "champion")
     assert version.version == "1" and version.tags["champion_decision"].startswith("champion")
     _, card = load_model(out / "model.pt")

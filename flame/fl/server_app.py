@@ -128,6 +128,13 @@ def main(grid: Grid, context: Context) -> None:
     tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
     strategy = build_strategy(settings, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test), strategy, out, settings)
+    if not settings.resume:
+        from flame.data.features import feature_names
+        from flame.track.registry import test_set_digest
+
+        shared = len(feature_names(drop_balances=True))
+        digest = test_set_digest(x, y_test, shared)
+        tracker.dataset("server-test", len(y_test), int(y_test.sum()), digest)
     if resumed is not None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in resumed.items()})
         strategy.offset, strategy.threshold = done, state.threshold

@@ -165,6 +165,12 @@ class FlameStrategy(FedAvg):
                 totals[key] += float(record[key.replace("_", "-")])
             region = region_of(msg.content)
             self.tracker.log(client_kind(region), server_round, "train", row)
+            if "data-digest" in record:  # round 1: what the region trains on (no rows)
+                digest = f"{int(record['data-digest']):013x}"
+                self.tracker.dataset(
+                    f"region-{region}", int(record["num-examples"]), int(record["num-frauds"]),
+                    digest,
+                )  # fmt: skip
             if record.get("dp-exhausted", 0):
                 log.warning("round %d: region %s sat out, its privacy budget is spent",
                             server_round, region)  # fmt: skip

@@ -183,6 +183,19 @@ class MlflowSink:
         prefix = metric_prefix(kind, stage)
         self.pending += [Metric(f"{prefix}/{k}", v, now, rnd) for k, v in _scalars(metrics).items()]
 
+    def dataset(self, name: str, rows: int, frauds: int, digest: str) -> None:
+        """Record a data set the run used, as an MLflow dataset input: its size, fraud count
+        and content digest, never its rows."""
+        if not self._connect() or self.run_id is None:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = json.dumps({"num_rows": rows, "num_frauds": frauds})
+        source = json.dumps({"holder": name, "rows_shared": False})
+        dataset = Dataset(name, digest, "flame", source, profile=profile)
+        tag = InputTag("mlflow.data.context", "evaluation" if name == "server-test" else "training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [tag])])
+
     def commit(self) -> None:
         """End of a round: deliver it (a round cut short by a crash never reaches MLflow)."""
         self.flush()
@@ -343,6 +356,9 @@ class Tracker:
 
     def model(self, path: Path, card: ModelCard, tags: dict[str, str]) -> None:
         self._each("model", path, card, tags)
+
+    def dataset(self, name: str, rows: int, frauds: int, digest: str) -> None:
+        self._each("dataset", name, rows, frauds, digest)
 
     def close(self, status: str = "FINISHED") -> None:
         for name, sink in list(self.sinks.items()):
