@@ -197,7 +197,7 @@ def round_seconds(metrics_csv: Path) -> list[float]:
     return np.diff(server["time"].to_numpy()).tolist()
 
 
-def deployment_round(work: Path, rounds: int) -> dict:
+def deployment_round(work: Path, rounds: int, warm: bool = True) -> dict:
     from flame.ops.local_deployment import LocalDeployment
     from flame.settings import load_settings
 
@@ -205,7 +205,8 @@ def deployment_round(work: Path, rounds: int) -> dict:
     subprocess.run(["rm", "-rf", str(folder)], check=True)
     env = {"FLAME_CACHE_DIR": str(work / "cache-default"), "FLAME_OUT_DIR": str(folder / "run"),
            "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1",
-           "FLAME_NUM_SERVER_ROUNDS": str(rounds)}  # fmt: skip
+           "FLAME_NUM_SERVER_ROUNDS": str(rounds),
+           "FLAME_WARM_CLIENTAPP": str(warm).lower()}  # fmt: skip
     subprocess.run([sys.executable, "-c", "from flame.data.partition import prepare; "
                     "from flame.settings import load_settings; prepare(load_settings())"],
                    env=os.environ | env, check=True)  # fmt: skip
@@ -232,11 +233,13 @@ def deployment_round(work: Path, rounds: int) -> dict:
     }
 
 
-def simulation_round(work: Path, regions: int, rows: int) -> float:
+def simulation_round(
+    work: Path, regions: int, rows: int, epochs: int = 1, rounds: int = 3
+) -> float:
     out = work / f"sim-{regions}"
     names = ",".join(f"r{i}" for i in range(regions))
     command = [sys.executable, "main.py", "--regions", names, "--rows", str(rows),
-               "--rounds", "3", "--local-epochs", "1", "--out", str(out)]  # fmt: skip
+               "--rounds", str(rounds), "--local-epochs", str(epochs), "--out", str(out)]  # fmt: skip
     env = os.environ | {"FLAME_MLFLOW": "false", "TQDM_DISABLE": "1",
                         "FLAME_CACHE_DIR": str(work / "cache-sim")}  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -266,14 +269,44 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--work", type=Path, default=Path("/tmp/flame-scale"))
     p.add_argument("--quick", action="store_true", help="600k rows, fewer regions (smoke test)")
+    p.add_argument("--only", choices=["deployment"], help="deployment vs simulation rounds only")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.only == "deployment":
+        deployment_only(args)
+        return
     if args.child:
         name, *rest = args.child
         typed = [int(a) if a.isdigit() else a for a in rest]
         print(json.dumps(CHILDREN[name](*typed)))
         return
     run(args)
+
+
+def deployment_only(args: argparse.Namespace) -> None:
+    """The same run (default data: 200k rows, 2 regions, 2 local epochs, 4 rounds) in the
+    simulation runtime and as local deployment processes, warm and cold ClientApp start."""
+    args.work.mkdir(parents=True, exist_ok=True)
+    sim = simulation_round(args.work, 2, 200_000, epochs=2, rounds=4)
+    warm = deployment_round(args.work, 4, warm=True)
+    cold = deployment_round(args.work, 4, warm=False)
+    lines = [
+        f"simulation round: {sim:.2f} s",
+        f"deployment round (local processes, warm ClientApp): {warm['seconds_per_round']:.2f} s"
+        f"; ClientApp start-up {warm['clientapp_startup_s']:.2f} s per message",
+        f"deployment round (local processes, cold, FLAME_WARM_CLIENTAPP=false): "
+        f"{cold['seconds_per_round']:.2f} s; ClientApp start-up "
+        f"{cold['clientapp_startup_s']:.2f} s per message",
+        f"deployment round / simulation round (local processes): "
+        f"{warm['seconds_per_round'] / sim:.2f} (cold: {cold['seconds_per_round'] / sim:.2f})",
+        "(compose): not measured by this script",
+    ]
+    text = f"{time.strftime('%Y-%m-%d')}, {machine()}\n\n" + "\n".join(lines)
+    (args.out / "deployment.md").write_text(text + "\n")
+    (args.out / "deployment.json").write_text(
+        json.dumps({"simulation_round": sim, "warm": warm, "cold": cold}, indent=1)
+    )
+    print(text)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -65,7 +65,8 @@ def _fab_hash(args: argparse.Namespace) -> None:
 def _supernode(args: argparse.Namespace) -> None:
     from flame.ops.polling import supernode
 
-    supernode([a for a in args.args if a != "--"], load_settings().poll_interval)
+    settings = load_settings()
+    supernode([a for a in args.args if a != "--"], settings.poll_interval, settings.warm_clientapp)
 
 
 def _certs(args: argparse.Namespace) -> None:

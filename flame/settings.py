@@ -130,6 +130,11 @@ class FlameSettings(BaseSettings):
         description="Decision threshold; 0 = F1-optimal on the pooled client validation scores.",
     )
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
+    warm_clientapp: bool = Field(
+        True, description="flame supernode: fork each ClientApp task from a warm launcher that "
+        "imported Flower, torch and Flame once (a fresh process per task still); false = "
+        "Flower's cold start per message.",
+    )  # fmt: skip
     poll_interval: float = Field(
         0.25, ge=0.01, le=3.0,
         description="Deployment: cap (s) on Flower's idle polling sleeps (Flower's own: 3 s).",
@@ -346,6 +351,7 @@ NODE_ONLY = frozenset(
 # FLAME_* names read by docker compose and the scripts, not by Flame
 NOT_SETTINGS = frozenset(
     {"FLAME_BASE_IMAGE", "FLAME_PIP_SOURCE", "FLAME_GATEWAY_BIND", "FLAME_E2E_PROJECT",
+     "FLAME_WARM_SOCKET",
      "FLAME_E2E_LOG", "FLAME_MH_PROJECT", "FLAME_MH_LOG"}
 )  # fmt: skip
 _warned: set[str] = set()

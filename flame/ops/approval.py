@@ -103,5 +103,18 @@ def clientapp_main() -> None:
     flwr_clientapp()
 
 
-if __name__ == "__main__":
+def shim_main() -> None:
+    """``flwr-clientapp`` as the SuperNode calls it: handed to the warm launcher when one runs
+    (``flame.ops.warm``), else run here."""
+    from flame.ops.warm import SOCKET_ENV, delegate
+
+    path = os.environ.get(SOCKET_ENV)
+    if path and delegate(path, sys.argv[1:]) is not None:
+        return
+    if path:
+        log.warning("warm ClientApp launcher at %s is down: this task starts cold", path)
     clientapp_main()
+
+
+if __name__ == "__main__":
+    shim_main()

@@ -53,8 +53,9 @@ def apply(interval: float) -> list[str]:
     return patched
 
 
-def supernode(argv: list[str], interval: float) -> None:
-    """Run ``flower-supernode`` with ``argv`` and the shorter polling."""
+def supernode(argv: list[str], interval: float, warm: bool) -> None:
+    """Run ``flower-supernode`` with ``argv``, the shorter polling and (``warm``) the warm
+    ClientApp launcher (``flame.ops.warm``)."""
     import sys
 
     from flwr.supernode.cli.flower_supernode import flower_supernode
@@ -63,5 +64,9 @@ def supernode(argv: list[str], interval: float) -> None:
 
     apply(interval)
     use_flame_clientapp()  # every ClientApp task passes the region's approval check
+    if warm:
+        from flame.ops.warm import start_launcher
+
+        start_launcher()
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
