@@ -238,8 +238,8 @@ def simulation_round(
 ) -> float:
     out = work / f"sim-{regions}"
     names = ",".join(f"r{i}" for i in range(regions))
-    command = [sys.executable, "main.py", "--regions", names, "--rows", str(rows),
-               "--rounds", str(rounds), "--local-epochs", str(epochs), "--out", str(out)]  # fmt: skip
+    command = [sys.executable, "main.py", "--regions", names, "--rows", str(rows), "--rounds",
+               str(rounds), "--local-epochs", str(epochs), "--out", str(out)]  # fmt: skip
     env = os.environ | {"FLAME_MLFLOW": "false", "TQDM_DISABLE": "1",
                         "FLAME_CACHE_DIR": str(work / "cache-sim")}  # fmt: skip
     subprocess.run(["rm", "-rf", str(out)], check=True)
