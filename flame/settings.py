@@ -56,9 +56,6 @@ class FlameSettings(BaseSettings):
     test_path: Path | None = Field(
         None, description="Server test set as Parquet (deployment); unset = from the cache."
     )
-    real_data_dir: Path = Field(
-        Path("../shared/data/paysim-real"), description="Real PaySim samples used by tests."
-    )
 
     # --- deployment ---------------------------------------------------------------------
     superlink: str = Field(
@@ -351,7 +348,7 @@ NODE_ONLY = frozenset(
 # FLAME_* names read by docker compose and the scripts, not by Flame
 NOT_SETTINGS = frozenset(
     {"FLAME_BASE_IMAGE", "FLAME_PIP_SOURCE", "FLAME_GATEWAY_BIND", "FLAME_E2E_PROJECT",
-     "FLAME_WARM_SOCKET",
+     "FLAME_WARM_SOCKET", "FLAME_REAL_DATA_DIR",
      "FLAME_E2E_LOG", "FLAME_MH_PROJECT", "FLAME_MH_LOG"}
 )  # fmt: skip
 _warned: set[str] = set()

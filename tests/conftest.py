@@ -34,7 +34,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def real_dir() -> Path:
     """The real PaySim samples (FLAME_REAL_DATA_DIR, default ../shared/data/paysim-real)."""
-    path = FlameSettings(_env_file=None).real_data_dir
+    path = Path(os.environ.get("FLAME_REAL_DATA_DIR", "../shared/data/paysim-real"))
     path = path if path.is_absolute() else ROOT / path
     if not (path / "random-sample-3000.csv").exists():
         pytest.skip(f"real PaySim samples not found at {path}: set FLAME_REAL_DATA_DIR")
