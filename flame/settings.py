@@ -40,7 +40,9 @@ class FlameSettings(BaseSettings):
     )
     synth_rows: int = Field(200_000, ge=100, description="Rows of synthetic PaySim.")
     synth_fraud_rate: float = Field(0.00129, gt=0, lt=0.5, description="Synthetic fraud share.")
-    seed: int = Field(42, description="Seed for data generation, partitioning and training.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for data generation, partitioning and training."
+    )
     regions: Annotated[list[str], NoDecode] = Field(
         default=["us", "eu"], description="Comma-separated region names, one per SuperNode."
     )

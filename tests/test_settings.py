@@ -29,7 +29,12 @@ def test_run_config_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("FLAME_TEST_FRACTION", "1.5"), ("FLAME_REGIONS", "us,us"), ("FLAME_LOCAL_EPOCHS", "x")],
+    [
+        ("FLAME_TEST_FRACTION", "1.5"),
+        ("FLAME_REGIONS", "us,us"),
+        ("FLAME_LOCAL_EPOCHS", "x"),
+        ("FLAME_SEED", "-1"),
+    ],
 )
 def test_invalid_settings_name_the_setting(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
