@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint mlflow-ui
+.PHONY: setup run test lint mlflow-ui flwr-run
 setup: $(STAMP)
 
 # torch first and explicitly: letting pip choose may pull a multi-GB CUDA build.
@@ -27,3 +27,9 @@ test: lint
 
 mlflow-ui: $(STAMP)
 	$(BIN)/python scripts/start_mlflow_ui.py
+
+# `flwr run .` on Flower's managed local SuperLink: Flower starts flower-superlink by name, so the
+# venv's bin goes first on PATH; no per-run dependency install
+flwr-run: $(STAMP)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+	  $(BIN)/flwr run . --stream --federation-config num-supernodes=2 $(ARGS)
