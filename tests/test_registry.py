@@ -13,7 +13,7 @@ from flame.cli import main
 from flame.data.synth import generate, write_csv
 from flame.model.net import build_model, new_card, save_model
 from flame.model.score import score_frame
-from flame.track import registry
+from flame.track import registry, tracking
 
 TEST_SET = "abc"
 
@@ -36,8 +36,8 @@ def test_champion_moves_only_to_a_better_model_on_the_same_test_set() -> None:
 
 def test_test_set_digest_ignores_the_balance_columns_but_not_the_rows() -> None:
     x, y = np.random.default_rng(0).random((50, 6), dtype=np.float32), np.zeros(50, np.float32)
-    assert registry.test_set_digest(x, y, 4) == registry.test_set_digest(x[:, :4], y, 4)
-    assert registry.test_set_digest(x, y, 4) != registry.test_set_digest(x[1:], y[1:], 4)
+    assert tracking.test_set_digest(x, y, 4) == tracking.test_set_digest(x[:, :4], y, 4)
+    assert tracking.test_set_digest(x, y, 4) != tracking.test_set_digest(x[1:], y[1:], 4)
 
 
 def test_model_input_needs_every_paysim_column() -> None:

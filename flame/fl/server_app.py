@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
+from flame.data.features import feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
 from flame.fl.strategy import FlameStrategy, Selected, build_strategy
@@ -23,7 +24,7 @@ from flame.model.train import predict_logits
 from flame.ops import polling
 from flame.settings import FlameSettings, load_settings
 from flame.track import plots
-from flame.track.tracking import SELECTED, SERVER, Tracker
+from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
 
 log = logging.getLogger("flame.server")
 app = ServerApp()
@@ -43,6 +44,8 @@ class ServerEvaluator:
         self.model, (self.x, self.y), self.strategy = model, test, strategy
         self.folder, self.settings = folder, settings
         self.last: dict[str, float] = {}
+        shared = len(feature_names(drop_balances=True))  # columns every model variant has
+        self.test_digest = test_set_digest(self.x.numpy(), self.y, shared)
 
     def score(self, arrays: ArrayRecord, threshold: float) -> dict[str, float]:
         """Test-set metrics of ``arrays`` (its logits kept in ``self.logits``)."""
@@ -129,12 +132,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(settings, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test), strategy, out, settings)
     if not settings.resume:
-        from flame.data.features import feature_names
-        from flame.track.registry import test_set_digest
-
-        shared = len(feature_names(drop_balances=True))
-        digest = test_set_digest(x, y_test, shared)
-        tracker.dataset("server-test", len(y_test), int(y_test.sum()), digest)
+        tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
     if resumed is not None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in resumed.items()})
         strategy.offset, strategy.threshold = done, state.threshold
@@ -192,12 +190,8 @@ def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
 def model_tags(evaluator: ServerEvaluator) -> dict[str, str]:
     """What a registered model version records besides its card: the test set it was scored
     on, and its privacy (DP runs)."""
-    from flame.data.features import feature_names
-    from flame.track.registry import test_set_digest
-
     settings = evaluator.settings
-    shared = len(feature_names(drop_balances=True))
-    tags = {"test_set": test_set_digest(evaluator.x.numpy(), evaluator.y, shared)}
+    tags = {"test_set": evaluator.test_digest}
     if settings.dp:
         tags |= {
             "dp_epsilon": f"{evaluator.strategy.epsilon:.4f}",

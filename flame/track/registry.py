@@ -10,7 +10,6 @@ the feature transforms and ``model.pt`` travel inside the logged model (with Fla
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict
 from importlib.metadata import version
@@ -75,14 +74,6 @@ def signature() -> Any:
     inputs += [ColSpec("long", c, required=False) for c in LABELS]
     outputs = [ColSpec("double", "fraud_probability"), ColSpec("integer", "is_fraud_predicted")]
     return ModelSignature(Schema(inputs), Schema(outputs))
-
-
-def test_set_digest(x: np.ndarray, y: np.ndarray, shared_features: int) -> str:
-    """Content digest of the server test set (labels and the features every model variant has),
-    so two runs' test PR-AUCs are compared only when they scored the same rows."""
-    digest = hashlib.sha256(np.ascontiguousarray(y).tobytes())
-    digest.update(np.ascontiguousarray(x[:, :shared_features]).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def log_model(

@@ -8,6 +8,7 @@ being unreachable is not a failure: its metrics are queued until it answers (see
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -16,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from flame.settings import FlameSettings
 
@@ -98,7 +101,15 @@ def mlflow_reachable(uri: str, timeout: float = 3.0) -> bool:
 
 LOCAL_SERVER = "http://127.0.0.1:5000"
 EMBEDDED = Path("mlflow-data")  # the store scripts/start_mlflow_ui.py (make mlflow-ui) serves
-KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training view
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's training view
+
+
+def test_set_digest(x: np.ndarray, y: np.ndarray, shared_features: int) -> str:
+    """Content digest of the server test set (labels and the features every model variant has),
+    so two runs' test PR-AUCs are compared only when they scored the same rows."""
+    digest = hashlib.sha256(np.ascontiguousarray(y).tobytes())
+    digest.update(np.ascontiguousarray(x[:, :shared_features]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def tracking_uri(setting: str) -> str:
@@ -129,12 +140,8 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
         experiment_id = client.create_experiment(name, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
-    if (
-        experiment is None
-        or experiment.tags.get("mlflow.experimentKind") != KIND["mlflow.experimentKind"]
-    ):
-        for key, value in KIND.items():
-            client.set_experiment_tag(experiment_id, key, value)
+    if experiment is None or experiment.tags.get(KIND_TAG) != KIND:
+        client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
     return str(experiment_id)
 
 
