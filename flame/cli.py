@@ -94,6 +94,7 @@ def _backfill(args: argparse.Namespace) -> None:
 
 
 def _baseline(args: argparse.Namespace) -> None:
+    from flame.files import writable_folder
     from flame.model.baseline import run_baseline
 
     overrides = {
@@ -102,8 +103,7 @@ def _baseline(args: argparse.Namespace) -> None:
         "num_server_rounds": args.rounds, "out_dir": args.out,
     }  # fmt: skip
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    out = settings.resolved_out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(settings.resolved_out_dir(), "--out")
     result = run_baseline(settings, out)
     print(json.dumps(result, indent=2))
     print(f"baseline: wrote {out / 'model.pt'} and {out / 'metrics.csv'}")

@@ -216,7 +216,11 @@ class FlameSettings(BaseSettings):
         "last completed round.",
     )
     out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
-    csv: bool = Field(True, description="Write runs/<ts>/metrics.csv.")
+    csv: bool = Field(
+        True,
+        description="Write runs/<ts>/metrics.csv (always written when FLAME_MLFLOW is on: "
+        "MLflow is synced from it).",
+    )
     tensorboard: bool = Field(
         True, description="Write TensorBoard scalars to runs/<ts>/tensorboard."
     )

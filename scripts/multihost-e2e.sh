@@ -4,29 +4,43 @@
 # (docker-compose.region.yml) that holds only its own ca.crt and node key and dials the
 # coordinator's public port host.docker.internal:9443 (TLS, node authentication, Fleet API only).
 # The launcher then trains over both; exit 0 only if the run finished with both regions' metrics.
+# Then, on the same stack:
+# - a second remote site holding the CA and a valid key that was never registered is refused;
+# - a longer run is killed mid-run (the ServerApp and SuperLink containers), the stack is brought
+#   back up and the run resumed with the README's command (FLAME_RESUME=true docker compose run
+#   --rm launcher); MLflow must then hold every round exactly once.
 # Needs the flame:latest image (scripts/compose-e2e.sh builds it) and a running Docker engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 hub=${FLAME_MH_PROJECT:-flame-mh}
 site=$hub-eu
+intruder=$hub-intruder
 site_dir=$(mktemp -d)
+intruder_dir=$site_dir/intruder
 log() { echo "multihost-e2e: $*"; }
 hub_compose() { docker compose -p "$hub" "$@"; }
 site_compose() {
   docker compose -p "$site" --project-directory "$site_dir" -f docker-compose.region.yml "$@"
 }
+intruder_compose() {
+  docker compose -p "$intruder" --project-directory "$intruder_dir" -f docker-compose.region.yml "$@"
+}
+fail() { log "FAILED: $*" >&2; exit 1; }
 
 docker image inspect flame:latest >/dev/null 2>&1 \
   || { log "no flame:latest image: run scripts/compose-e2e.sh (or docker compose build)" >&2; exit 2; }
 cleanup() {
-  { hub_compose logs --no-color; site_compose logs --no-color; } \
+  { hub_compose logs --no-color; site_compose logs --no-color; intruder_compose logs --no-color; } \
     > "${FLAME_MH_LOG:-/tmp/flame-multihost.log}" 2>&1 || true
+  intruder_compose down -v --remove-orphans >/dev/null 2>&1 || true
   site_compose down -v --remove-orphans >/dev/null 2>&1 || true
   hub_compose down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$site_dir"
 }
 trap cleanup EXIT
+mkdir -p "$intruder_dir"
+intruder_compose down -v >/dev/null 2>&1 || true
 site_compose down -v >/dev/null 2>&1 || true
 hub_compose down -v >/dev/null 2>&1 || true
 
@@ -54,3 +68,49 @@ site_compose logs --no-color region > "$site_dir/site.log" 2>&1
 grep -q "eu round 1 train" "$site_dir/site.log" \
   || { log "the site's log shows no training round" >&2; exit 1; }
 log "passed: the eu site trained through the gateway with TLS and its own key"
+
+# a site with the federation's CA and a well-formed key that was never registered: refused
+mkdir -p "$intruder_dir/certs/eu"
+cp "$site_dir/certs/eu/ca.crt" "$intruder_dir/certs/eu/ca.crt"
+"$python" -c 'import sys; from pathlib import Path; from flame.ops.certs import make_node_key
+make_node_key(Path(sys.argv[1]), "eu")' "$intruder_dir/new"
+cp "$intruder_dir/new/keys/eu" "$intruder_dir/certs/eu/node.key"
+chown -R 10001 "$intruder_dir/certs"
+cp "$site_dir/.env" "$intruder_dir/.env"
+intruder_compose up -d --no-build >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; exit 1; }
+for _ in $(seq 120); do
+  intruder_compose logs --no-color region 2>&1 | grep -q "Failed to activate SuperNode" && break
+  sleep 1
+done
+intruder_compose logs --no-color region > "$site_dir/intruder.log" 2>&1
+grep -q "Failed to activate SuperNode" "$site_dir/intruder.log" \
+  || { tail -20 "$site_dir/intruder.log"; fail "the unregistered key was not refused in 120 s"; }
+! grep -q "round [0-9]* train" "$site_dir/intruder.log" || fail "the unregistered site trained"
+intruder_compose down -v >/dev/null 2>&1
+log "passed: a site with an unregistered key is refused (Failed to activate SuperNode)"
+
+# kill the ServerApp and SuperLink containers mid-run, bring them back, resume (README command)
+rounds=5
+launch() { hub_compose run --rm --no-deps -e FLAME_NUM_SERVER_ROUNDS=$rounds launcher; }
+launch > "$site_dir/killed.log" 2>&1 &
+first=$!
+for _ in $(seq 600); do
+  grep -q "round 2 | server test" "$site_dir/killed.log" && break
+  kill -0 $first 2>/dev/null || break
+  sleep 0.5
+done
+grep -q "round 2 | server test" "$site_dir/killed.log" || { tail -30 "$site_dir/killed.log"; fail "no round 2"; }
+docker kill "$(hub_compose ps -q serverapp)" "$(hub_compose ps -q superlink)" >/dev/null
+log "killed the ServerApp and SuperLink containers after round 2 of $rounds"
+if wait $first; then fail "the launcher exited 0 although its run was killed"; fi
+# the same `up` as at the start (same settings, so no service is recreated): starts the two
+FLAME_GATEWAY_BIND=0.0.0.0 hub_compose up -d --no-build --wait \
+  mlflow superlink gateway serverapp us-client >> "$site_dir/up.log" 2>&1 \
+  || { tail -20 "$site_dir/up.log"; exit 1; }
+code=0
+FLAME_RESUME=true launch > "$site_dir/resumed.log" 2>&1 || code=$?
+grep -E "Resuming|flame: (round|Run|Saved)" "$site_dir/resumed.log" || true
+[ "$code" = 0 ] || { tail -40 "$site_dir/resumed.log"; fail "the resumed run failed"; }
+grep -q "Resuming" "$site_dir/resumed.log" || fail "the run was not resumed"
+"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds $rounds
+log "passed: killed after round 2, resumed, every round in MLflow once"

@@ -1,5 +1,5 @@
 """Check through MLflow's REST API that the newest Flame run finished with every round's server
-metrics and every region's client metrics. Exit 0 only if all are there.
+metrics and every region's client metrics, each round exactly once. Exit 0 only if so.
 
     python scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds 3 --regions us,eu
 """
@@ -11,6 +11,7 @@ import json
 import sys
 import urllib.parse
 import urllib.request
+from collections import Counter
 
 
 def call(uri: str, path: str, body: dict | None = None) -> dict:
@@ -49,9 +50,11 @@ def problems(uri: str, experiment: str, rounds: int, regions: list[str]) -> list
     for key, steps in wanted:
         query = urllib.parse.urlencode({"run_id": run_id, "metric_key": key})
         history = call(uri, f"metrics/get-history?{query}").get("metrics", [])
-        missing = sorted(set(steps) - {m["step"] for m in history})
-        if missing:
+        logged = Counter(m["step"] for m in history)
+        if missing := sorted(set(steps) - set(logged)):
             found.append(f"{key}: rounds {missing} missing")
+        if twice := sorted(step for step, count in logged.items() if count > 1):
+            found.append(f"{key}: rounds {twice} logged more than once")
     artifacts = {a["path"] for a in call(uri, f"artifacts/list?run_id={run_id}").get("files", [])}
     for needed in ("model.pt", "roc_curve.png", "pr_curve.png"):
         if needed not in artifacts:

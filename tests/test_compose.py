@@ -48,7 +48,14 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
 @pytest.mark.compose
 def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
     """The README's multi-host path: a site in its own compose project, holding only its key
-    and ca.crt, trains through the coordinator's public (Fleet-only) port with TLS. Uses the
-    image the test above built."""
+    and ca.crt, trains through the coordinator's public (Fleet-only) port with TLS; then an
+    unregistered site is refused, and a run killed mid-way is resumed. Uses the image the test
+    above built."""
     out = run_script("multihost-e2e.sh", "FLAME_MH_LOG", tmp_path / "mh.log", 1800)
     assert "the eu site trained through the gateway" in out
+    # a remote site with the CA and a valid but unregistered key never joins
+    assert "a site with an unregistered key is refused" in out
+    # the ServerApp and SuperLink containers killed mid-run; the README's resume command
+    # finishes the run and MLflow holds each of the 5 rounds exactly once
+    assert "Resuming /runs/" in out
+    assert "killed after round 2, resumed, every round in MLflow once" in out

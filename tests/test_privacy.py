@@ -160,7 +160,44 @@ def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path)
     # every region refused, so nothing was trained: the run fails and saves no model
     assert proc.returncode == 1
     assert "error: the run failed: no region returned a model update" in proc.stderr
+    failed = next(line for line in proc.stderr.splitlines() if "the run failed" in line)
+    assert "refused: region policy" in failed and len(failed) < 600  # the reason, one line
     assert not (out / "model.pt").exists()
+
+
+def test_a_budget_too_small_for_the_planned_steps_names_the_setting() -> None:
+    from flame.fl.privacy import BudgetError, DPConfig, noise_multiplier
+
+    config = DPConfig(None, 0.001, 1e-5, 1.0, "adam", 1024)
+    with pytest.raises(BudgetError, match=r"FLAME_DP_TARGET_EPSILON=0\.001 is too small for 200"):
+        noise_multiplier(config, 0.6, 200)
+    assert noise_multiplier(DPConfig(None, 3.0, 1e-5, 1.0, "adam", 1024), 0.01, 200) > 0
+
+
+def test_a_refusal_is_an_error_reply_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from flame.fl.mods import refusals_as_errors
+    from flame.fl.privacy import PolicyError
+
+    def refuse(msg: Message, context: Context) -> Message:
+        raise PolicyError("region policy: this region trains only with DP-SGD (FLAME_DP=true)")
+
+    def crash(msg: Message, context: Context) -> Message:
+        raise KeyError("a bug")
+
+    for name in ("_run_id", "_task_id", "_node_id"):  # as Flower's runtime sets them
+        monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
+    task = Message(RecordDict(), dst_node_id=1, message_type="train")
+    context = Context(1, 1, {"region": "eu"}, RecordDict(), {})
+    reply = refusals_as_errors(task, context, refuse)
+    assert reply.has_error()
+    assert reply.error.reason == (
+        "eu refused: region policy: this region trains only with DP-SGD (FLAME_DP=true)"
+    )
+    with pytest.raises(KeyError):  # anything else is a crash, as before
+        refusals_as_errors(task, context, crash)
 
 
 def test_region_policy_on_codecs_and_simulated_attacks(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -82,8 +82,8 @@ def test_mlflow_outage_queues_metrics_and_delivers_them_on_return(tmp_path: Path
         for rnd, value in ((2, 0.6), (3, 0.7)):
             tracker.log("server", rnd, "evaluate", {"pr_auc": value})
             tracker.commit()
-        sink = tracker.sinks["mlflow"]  # still on: queued, not switched off
-        assert len(sink.pending) == 2
+        sink = tracker.sinks["mlflow"]  # still on, not switched off: rounds wait in the CSV
+        assert sink.delivered == {("server/pr_auc", 1)}
         server.start()  # same port and store
         tracker.log("server", 4, "evaluate", {"pr_auc": 0.8})
         tracker.close()
@@ -92,6 +92,27 @@ def test_mlflow_outage_queues_metrics_and_delivers_them_on_return(tmp_path: Path
         assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["round"]) == [1, 2, 3, 4]
     finally:
         server.stop()
+
+
+def test_a_resumed_run_delivers_each_checkpointed_round_once(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    """Killed after round 2 was checkpointed but before it reached MLflow, with half of round 3
+    in the CSV: the resumed run delivers round 2 once and never the half-finished round 3."""
+    settings = load_settings(mlflow=True, mlflow_tracking_uri=mlflow_server)
+    first = Tracker(settings, tmp_path / "run", {})
+    for rnd in (1, 2, 3):
+        first.log("server", rnd, "evaluate", {"pr_auc": rnd / 10})
+        if rnd == 1:
+            first.commit()
+    run_id = first.sinks["mlflow"].run_id
+    assert _history(mlflow_server, run_id, "server/pr_auc") == [(1, 0.1)]
+    resumed = Tracker(settings, tmp_path / "run", {}, resume_after=2)  # the killed run's folder
+    assert resumed.sinks["mlflow"].run_id == run_id
+    resumed.log("server", 3, "evaluate", {"pr_auc": 0.35})
+    resumed.commit()
+    resumed.close()
+    assert _history(mlflow_server, run_id, "server/pr_auc") == [(1, 0.1), (2, 0.2), (3, 0.35)]
 
 
 def test_backfill_delivers_a_run_logged_while_mlflow_was_down(tmp_path: Path) -> None:
@@ -133,7 +154,8 @@ def test_without_a_server_runs_go_to_the_embedded_store(
     (tmp_path / "a.txt").write_text("x")
     tracker.artifacts([tmp_path / "a.txt"])
     sink = tracker.sinks["mlflow"]
-    assert sink.uri == f"sqlite:///{tmp_path / 'mlflow-data' / 'mlflow.db'}" and not sink.pending
+    assert sink.uri == f"sqlite:///{tmp_path / 'mlflow-data' / 'mlflow.db'}"
+    assert sink.delivered == {("server/pr_auc", 1)}  # delivered at once
     assert sink.url.startswith("http://127.0.0.1:9/#/experiments/")  # make mlflow-ui's address
     tracker.close()
     client = MlflowClient(sink.uri)

@@ -9,7 +9,6 @@ without pandas. This module needs only numpy.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,8 +22,7 @@ class NpyAppender:
 
     def __init__(self, path: Path, width: int | None, dtype: str) -> None:
         self.path, self.width, self.dtype, self.rows = path, width, np.dtype(dtype), 0
-        self._tmp = path.with_name(f".{path.name}.tmp")
-        self._file: BinaryIO = self._tmp.open("wb")
+        self._file: BinaryIO = path.open("wb")  # inside an atomic_dir staging folder
         self._header_size = self._write_header()
 
     def _shape(self) -> tuple[int, ...]:
@@ -49,7 +47,6 @@ class NpyAppender:
             raise RuntimeError(f"{self.path}: npy header grew; cannot finalise")
         self._file.seek(end)
         self._file.close()
-        os.replace(self._tmp, self.path)
 
 
 class SplitWriter:

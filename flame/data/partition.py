@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +38,9 @@ from flame.data.features import (
 )
 from flame.data.loader import iter_paysim, read_paysim
 from flame.data.schema import MAX_STEP, TYPES
-from flame.settings import FlameSettings
 from flame.data.synth import generate
+from flame.files import atomic_dir, atomic_file, writable_folder
+from flame.settings import FlameSettings
 
 log = logging.getLogger(__name__)
 TEST = -1
@@ -182,18 +181,11 @@ def prepare(settings: FlameSettings) -> Path:
     folder = partition_folder(settings)
     if (folder / "done").exists():
         return folder
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=settings.cache_dir))
-    try:
+    writable_folder(settings.cache_dir, "FLAME_CACHE_DIR")
+    with atomic_dir(folder) as staging:
         summary = _write_arrays(staging, settings)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
         (staging / "done").touch()
-        os.rename(staging, folder)
-    except OSError:
-        if not (folder / "done").exists():  # else another process finished first: identical
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("Prepared partitions in %s: %s", folder, summary)
     return folder
 
@@ -255,9 +247,8 @@ def file_arrays(
     folder = file_folder(path, settings, validation)
     splits = SPLITS if validation else ("all",)
     if not (folder / "done").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-        try:
+        writable_folder(settings.cache_dir, "FLAME_CACHE_DIR")
+        with atomic_dir(folder) as staging:
             writer, history = SplitWriter(staging, "data", len(feature_names()), splits), History()
             for batch in tqdm(_file_batches(path), desc=f"features of {path}", unit="batch"):
                 val = None
@@ -270,12 +261,6 @@ def file_arrays(
                 writer.append(_features(batch, history, path), labels(batch), val)
             writer.close()
             (staging / "done").touch()
-            os.rename(staging, folder)
-        except OSError:
-            if not (folder / "done").exists():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return load_all(folder, "data", splits, width(settings))
 
 
@@ -305,6 +290,7 @@ def write_parts(
             raise ValueError(
                 f"part {part!r} is neither 'test' nor in FLAME_REGIONS {settings.regions}"
             )
+        writable_folder(out.parent, f"--part {part}={out}: folder")
         stamp = out.with_name(out.name + ".source")
         if out.exists() and (keep_existing or (stamp.exists() and stamp.read_text() == key)):
             done.append(f"{part}: kept {out}")
@@ -312,20 +298,20 @@ def write_parts(
             todo[TEST if part == "test" else settings.regions.index(part)] = (part, out)
     if not todo:
         return done
-    writers: dict[int, pq.ParquetWriter] = {}
-    staging = {i: out.with_name(f".{out.name}.tmp") for i, (_, out) in todo.items()}
-    for batch, region, val in split_batches(settings):
-        for i in todo:
-            mask = region == i
-            rows = batch[mask] if i == TEST else batch[mask].assign(is_val=val[mask])
-            table = pa.Table.from_pandas(rows, preserve_index=False)
-            if i not in writers:
-                staging[i].parent.mkdir(parents=True, exist_ok=True)
-                writers[i] = pq.ParquetWriter(staging[i], table.schema)
-            writers[i].write_table(table)
-    for i, (part, out) in todo.items():
-        writers[i].close()
-        os.replace(staging[i], out)
+    with ExitStack() as stack:
+        staging = {i: stack.enter_context(atomic_file(out)) for i, (_, out) in todo.items()}
+        writers: dict[int, pq.ParquetWriter] = {}
+        for batch, region, val in split_batches(settings):
+            for i in todo:
+                mask = region == i
+                rows = batch[mask] if i == TEST else batch[mask].assign(is_val=val[mask])
+                table = pa.Table.from_pandas(rows, preserve_index=False)
+                if i not in writers:
+                    writers[i] = pq.ParquetWriter(staging[i], table.schema)
+                writers[i].write_table(table)
+        for writer in writers.values():
+            writer.close()
+    for part, out in todo.values():
         out.with_name(out.name + ".source").write_text(key)
         done.append(f"{part}: wrote {out} ({pq_rows(out):,} rows)")
     return done

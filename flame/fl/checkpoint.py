@@ -10,13 +10,12 @@ last completed round. A run started with FLAME_RESUME=true continues from it, in
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from flame.files import atomic_dir, old_copy, writable_folder
 from flame.settings import FlameSettings, SettingsError
 
 FOLDER = "checkpoint"
@@ -47,20 +46,11 @@ def save(
     arrays: dict[str, np.ndarray],
     selected: dict[str, np.ndarray] | None = None,
 ) -> None:
-    target = folder / FOLDER
-    staging = folder / f".{FOLDER}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    np.savez(staging / "arrays.npz", **arrays)
-    if selected is not None:
-        np.savez(staging / "selected.npz", **selected)
-    (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
-    old = folder / f".{FOLDER}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.rename(target, old)
-    os.rename(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(folder / FOLDER, replace=True) as staging:
+        np.savez(staging / "arrays.npz", **arrays)
+        if selected is not None:
+            np.savez(staging / "selected.npz", **selected)
+        (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
 
 
 def load(
@@ -68,8 +58,8 @@ def load(
 ) -> tuple[Checkpoint, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """The checkpoint's state, last global model and selected model (if any)."""
     target = folder / FOLDER
-    if not (target / "state.json").exists() and (folder / f".{FOLDER}.old").exists():
-        target = folder / f".{FOLDER}.old"  # crashed between the two renames
+    if not (target / "state.json").exists() and old_copy(target).exists():
+        target = old_copy(target)  # crashed between the two renames
     state = Checkpoint(**json.loads((target / "state.json").read_text()))
     return state, _npz(target / "arrays.npz"), _npz(target / "selected.npz")
 
@@ -82,7 +72,8 @@ def _npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def check_new_folder(out: Path) -> None:
-    """A new run never writes into an earlier run's folder (its model, CSV or checkpoint)."""
+    """A new run's folder is writable, and never an earlier run's (its model, CSV or checkpoint)."""
+    writable_folder(out, "FLAME_OUT_DIR (--out)")
     earlier = [n for n in ("model.pt", "metrics.csv", FOLDER) if (out / n).exists()]
     if earlier:
         raise SettingsError(

@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
+from flame.fl.mods import refusals_as_errors
 from flame.fl.protocol import INFO_KEY
 from flame.log import setup_logging
 from flame.model import metrics as fm
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
 
-app = ClientApp()
+app = ClientApp(mods=[refusals_as_errors])
 log = logging.getLogger("flame.client")
 
 

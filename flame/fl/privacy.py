@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from flame.fl.protocol import Refusal
 from flame.model.train import Plan, set_lr
 
 log = logging.getLogger("flame.fl.privacy")
@@ -92,18 +93,28 @@ def noise_multiplier(config: DPConfig, sample_rate: float, steps: int) -> float:
     """The configured σ, else the σ that spends exactly the target ε over ``steps``."""
     if config.noise_multiplier is not None:
         return config.noise_multiplier
-    return float(
-        get_noise_multiplier(
+    try:
+        sigma = get_noise_multiplier(
             target_epsilon=config.target_epsilon,
             target_delta=config.delta,
             sample_rate=sample_rate,
             steps=steps,
             accountant="rdp",
         )
-    )
+    except ValueError:  # Opacus: "The privacy budget is too low."
+        raise BudgetError(
+            f"FLAME_DP_TARGET_EPSILON={config.target_epsilon:g} is too small for {steps} DP-SGD "
+            f"steps at sampling rate {sample_rate:.3g} (δ={config.delta:g}) on this region's "
+            "rows: raise it, or train fewer steps (FLAME_LOCAL_EPOCHS, FLAME_NUM_SERVER_ROUNDS)"
+        ) from None
+    return float(sigma)
 
 
-class PolicyError(RuntimeError):
+class BudgetError(Refusal, ValueError):
+    """No noise level keeps the planned DP-SGD steps within the target ε."""
+
+
+class PolicyError(Refusal, RuntimeError):
     """A run asks for less privacy than a region's own policy allows."""
 
 

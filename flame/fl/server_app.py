@@ -168,9 +168,12 @@ def main(grid: Grid, context: Context) -> None:
     )
     if strategy.trained_rounds == 0:
         tracker.close("FAILED")
+        errors = sorted(strategy.errors)
+        reason = errors[0][:300] if errors else "see the regions' logs"
+        more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
         raise NothingTrainedError(
             f"no region returned a model update in any of the {settings.num_server_rounds - done} "
-            "rounds (see the regions' errors above); no model was saved"
+            f"rounds ({reason}{more}); no model was saved"
         )
     finish(out, model, card, result.arrays or initial, evaluator, tracker)
 

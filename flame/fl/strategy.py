@@ -113,12 +113,14 @@ class FlameStrategy(FedAvg):
         self.selected: Selected | None = None
         self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
         self.epsilon = 0.0  # the largest whole-run DP ε any region has reported
+        self.errors: set[str] = set()  # the first line of every region error so far
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
         answered = {region_of(m.content) for m in replies if not m.has_error()}
         missing = sorted(set(self.regions) - answered)
         errors = [m.error.reason for m in replies if m.has_error()]
+        self.errors.update(e.splitlines()[0] for e in errors if e)
         if missing:
             log.warning(
                 "round %d %s: no reply from %s%s; continuing with %s",

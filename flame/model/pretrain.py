@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from flame.files import atomic_file
 from flame.model.net import FraudMLP, ModelCard, build_model
 
 log = logging.getLogger("flame.model.pretrain")
@@ -66,10 +66,8 @@ def warm_start(
         log.info("Warm start: synthetic pre-trained weights from %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     state = _train(card, rows, seed, batch_size, lr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, staging)
-    os.replace(staging, path)
+    with atomic_file(path) as staging:
+        torch.save(state, staging)
     return state
 
 

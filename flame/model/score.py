@@ -12,6 +12,7 @@ import torch
 from flame.data.features import FEATURE_VERSION, build_features
 from flame.data.loader import csv_files, header, read_paysim_file
 from flame.data.schema import LABELS
+from flame.files import atomic_file, writable_folder
 from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, load_model
 from flame.model.train import predict_logits
@@ -53,10 +54,13 @@ def score_file(model_path: Path, input_csv: Path, out_csv: Path) -> pd.DataFrame
     [path] = files
     if out_csv.resolve() == path.resolve():
         raise ValueError(f"--out {out_csv} is the input file; scoring never overwrites its input")
+    if out_csv.is_dir():
+        raise ValueError(f"--out {out_csv} is a folder; give the CSV file to write")
+    writable_folder(out_csv.parent, f"--out {out_csv}: folder")
     frame = read_paysim_file(path, require_labels=False)
     absent = [c for c in LABELS if c not in header(path)]
     scored = score_frame(model_path, frame).drop(columns=absent)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    scored.to_csv(out_csv, index=False)
+    with atomic_file(out_csv) as staging:
+        scored.to_csv(staging, index=False)
     log.info("Scored %d rows of %s -> %s", len(scored), input_csv, out_csv)
     return scored

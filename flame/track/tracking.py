@@ -2,7 +2,7 @@
 
 A failing sink never stops training: it logs one warning and switches itself off. The CSV is
 written row by row (flushed), so it holds every finished round even if the run dies. MLflow
-being unreachable is not a failure: its metrics are queued until it answers (see MlflowSink).
+being unreachable is not a failure: it is synced from the CSV when it answers (see MlflowSink).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ CSV_COLUMNS = [
     "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
     "bytes_sent", "bytes_received", "regions", "missing",
 ]  # fmt: skip
+NUMERIC = CSV_COLUMNS[4:-1]  # "missing" is text
 SERVER, CLIENTS = "server", "client_aggregate"
 SELECTED = "selected"  # the saved model (best round by validation) on the server test set
 
@@ -44,7 +45,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in metrics.items()
-        if k in CSV_COLUMNS[4:] and isinstance(v, int | float) and not math.isnan(v)
+        if k in NUMERIC and isinstance(v, int | float) and not math.isnan(v)
     }
 
 
@@ -146,12 +147,14 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
 
 
 class MlflowSink:
-    """One MLflow run per federated run; metrics at step=round.
+    """One MLflow run per federated run; metrics at step=round, synced from ``metrics.csv``.
 
-    MLflow being down never blocks or stops training: every record is queued, and the queue is
-    delivered (oldest first) whenever the server answers its health check. The run itself is
-    created on first contact, and its id kept in ``mlflow_run.json`` in the run folder, so
-    ``flame mlflow-backfill <run folder>`` can later deliver anything still missing from the CSV.
+    The CSV is the run's journal: at the end of every round (``commit``) the sink delivers every
+    CSV value its MLflow run lacks. So MLflow being down never blocks or stops training (the
+    values wait in the CSV), a round cut short by a crash never reaches MLflow, and a resumed
+    run delivers what the killed one had checkpointed but not yet sent. The run is created on
+    first contact and its id kept in ``mlflow_run.json`` in the run folder, which ``flame
+    mlflow-backfill <run folder>`` uses to deliver the same way after the run.
     """
 
     def __init__(
@@ -161,7 +164,7 @@ class MlflowSink:
         self.uri = uri
         self.run_id: str | None = None
         self.url = ""
-        self.pending: list[Any] = []
+        self.delivered: set[tuple[str, int]] = set()
         self._connect()
 
     def _connect(self) -> bool:
@@ -177,18 +180,13 @@ class MlflowSink:
         )
         if created:  # a resumed run keeps the parameters it started with
             self.client.log_batch(self.run_id, params=_params(self.params))
+        else:
+            self.delivered = delivered(self.client, self.run_id)
         base = public_url(self.uri, self.settings.mlflow_public_url)
         self.url = f"{base}/#/experiments/{experiment_id}/runs/{self.run_id}"
         viewer = " (open it with make mlflow-ui)" if self.uri.startswith("sqlite:") else ""
         log.info("MLflow run%s: %s", viewer, self.url)
         return True
-
-    def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        prefix = metric_prefix(kind, stage)
-        self.pending += [Metric(f"{prefix}/{k}", v, now, rnd) for k, v in _scalars(metrics).items()]
 
     def dataset(self, name: str, rows: int, frauds: int, digest: str) -> None:
         """Record a data set the run used, as an MLflow dataset input: its size, fraud count
@@ -204,35 +202,30 @@ class MlflowSink:
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [tag])])
 
     def commit(self) -> None:
-        """End of a round: deliver it (a round cut short by a crash never reaches MLflow)."""
-        self.flush()
+        """End of a round (checkpointed): deliver it."""
+        self.sync()
 
-    def flush(self) -> bool:
-        """Deliver queued metrics if MLflow answers; True when nothing is left."""
-        if not self.pending:
-            return True
+    def sync(self) -> bool:
+        """Deliver the CSV values MLflow lacks, if it answers; True when nothing is left."""
         if not self._connect() or not mlflow_reachable(self.uri, timeout=1.0):
-            log.warning("MLflow unreachable: %d metric values queued", len(self.pending))
+            log.warning("MLflow unreachable: rounds wait in metrics.csv until it answers")
             return False
         assert self.run_id is not None
-        while self.pending:
-            batch = self.pending[:1000]  # MLflow's log_batch limit
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as err:  # noqa: BLE001 - went down mid-delivery: keep the queue
-                log.warning("MLflow delivery failed (%s); %d values queued", err, len(self.pending))
-                return False
-            del self.pending[: len(batch)]
+        try:
+            deliver(self.client, self.run_id, self.folder / "metrics.csv", self.delivered)
+        except Exception as err:  # noqa: BLE001 - went down mid-delivery: the CSV keeps them
+            log.warning("MLflow delivery failed (%s); the rest waits in metrics.csv", err)
+            return False
         return True
 
     def artifacts(self, paths: list[Path]) -> None:
-        if self.flush() and self.run_id is not None:
+        if self.sync() and self.run_id is not None:
             for path in paths:
                 self.client.log_artifact(self.run_id, str(path))
 
     def model(self, path: Path, card: ModelCard, tags: dict[str, str]) -> None:
         """Log the run's model as an MLflow model (and register it, FLAME_REGISTER)."""
-        if not self.flush() or self.run_id is None:
+        if not self.sync() or self.run_id is None:
             log.warning("MLflow unreachable: the model in %s was not logged to MLflow", path)
             return
         import mlflow
@@ -245,11 +238,11 @@ class MlflowSink:
         log_model(self.run_id, path, card, registered, tags)
 
     def close(self, status: str = "FINISHED") -> None:
-        if not self.flush():
+        if not self.sync():
             log.warning(
-                "MLflow was unreachable to the end: %d metric values not delivered; they are in "
-                "%s; deliver them with `flame mlflow-backfill %s`",
-                len(self.pending), self.folder / "metrics.csv", self.folder,
+                "MLflow was unreachable to the end: the run's metrics are in %s; deliver them "
+                "with `flame mlflow-backfill %s`",
+                self.folder / "metrics.csv", self.folder,
             )  # fmt: skip
             return
         if self.run_id is not None:
@@ -275,32 +268,43 @@ def open_run(client: Any, experiment: str, uri: str, folder: Path) -> tuple[str,
     return run_id, experiment_id, True
 
 
+def delivered(client: Any, run_id: str) -> set[tuple[str, int]]:
+    """(metric key, step) pairs the MLflow run already holds."""
+    keys = client.get_run(run_id).data.metrics
+    return {(k, m.step) for k in keys for m in client.get_metric_history(run_id, k)}
+
+
+def deliver(client: Any, run_id: str, csv_path: Path, sent: set[tuple[str, int]]) -> int:
+    """Log every value of ``csv_path`` not in ``sent`` (updated in place); returns how many."""
+    from mlflow.entities import Metric
+
+    if not csv_path.exists():
+        return 0
+    missing = []
+    with csv_path.open(newline="") as rows:
+        for row in csv.DictReader(rows):
+            prefix, rnd = metric_prefix(row["kind"], row["stage"]), int(row["round"])
+            values = {k: float(v) for k, v in row.items() if k in NUMERIC and v}
+            for key, value in _scalars(values).items():
+                if (name := f"{prefix}/{key}", rnd) not in sent:
+                    missing.append(Metric(name, value, int(float(row["time"]) * 1000), rnd))
+                    sent.add((name, rnd))
+    for start in range(0, len(missing), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=missing[start : start + 1000])
+    return len(missing)
+
+
 def backfill(settings: FlameSettings, folder: Path) -> int:
     """Log every metrics.csv value MLflow lacks into the folder's run; returns values sent."""
-    import pandas as pd
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(settings.mlflow_tracking_uri)
     if not mlflow_reachable(uri):
         raise ConnectionError(f"MLflow at {uri} is unreachable")
     client = MlflowClient(uri)
-    run_id, _, _ = open_run(client, settings.mlflow_experiment, uri, folder)
-    rows = pd.read_csv(folder / "metrics.csv")
-    have: dict[str, set[int]] = {}
-    missing = []
-    for row in rows.to_dict("records"):
-        prefix = metric_prefix(str(row["kind"]), str(row["stage"]))
-        for key, value in _scalars(row).items():
-            name = f"{prefix}/{key}"
-            if name not in have:
-                have[name] = {m.step for m in client.get_metric_history(run_id, name)}
-            if int(row["round"]) not in have[name]:
-                stamp = int(float(row["time"]) * 1000)
-                missing.append(Metric(name, value, stamp, int(row["round"])))
-    for start in range(0, len(missing), 1000):
-        client.log_batch(run_id, metrics=missing[start : start + 1000])
-    return len(missing)
+    run_id, _, created = open_run(client, settings.mlflow_experiment, uri, folder)
+    sent = set() if created else delivered(client, run_id)
+    return deliver(client, run_id, folder / "metrics.csv", sent)
 
 
 def _params(params: Mapping[str, Any]) -> list[Any]:
@@ -323,13 +327,14 @@ class Tracker:
         folder.mkdir(parents=True, exist_ok=True)
         self.sinks: dict[str, Any] = {}
         csv_path = folder / "metrics.csv"
-        self._open("csv", settings.csv, lambda: CsvSink(csv_path, resume_after))
+        # MLflow is synced from the CSV, so it is written whenever either is on
+        self._open("csv", settings.csv or settings.mlflow, lambda: CsvSink(csv_path, resume_after))
         self._open("tensorboard", settings.tensorboard, lambda: TensorBoardSink(folder))
         uri = tracking_uri(settings.mlflow_tracking_uri) if settings.mlflow else ""
         if settings.mlflow and not mlflow_reachable(uri):
             log.warning(
-                "MLflow at %s is unreachable; metrics are queued for it and always written to "
-                "the CSV (start one with scripts/start_mlflow_ui.py or set FLAME_MLFLOW=false)",
+                "MLflow at %s is unreachable; metrics wait in the CSV and are delivered when it "
+                "answers (start one with scripts/start_mlflow_ui.py or set FLAME_MLFLOW=false)",
                 uri,
             )
         self._open("mlflow", settings.mlflow, lambda: MlflowSink(settings, folder, params, uri))
