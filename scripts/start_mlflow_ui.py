@@ -1,6 +1,6 @@
 """Start a local MLflow tracking server and UI on http://127.0.0.1:5000 (Ctrl-C stops it).
 
-Lean settings (one worker, no job runner); runs and artifacts are kept in ./mlflow-data.
+Lean settings (flame/ops/mlflow_server.py); runs and artifacts are kept in ./mlflow-data.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ def main() -> None:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--store", type=Path, default=Path("mlflow-data"))
     args = p.parse_args()
-    args.store.mkdir(parents=True, exist_ok=True)
-    store = args.store.resolve()
-    os.environ |= {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "GIT_PYTHON_REFRESH": "quiet"}
-    print(f"MLflow UI on http://{args.host}:{args.port} (data in {store})", flush=True)
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
-        "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-        "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
-    ]  # fmt: skip
-    os.execv(sys.executable, command)
+    from flame.ops import mlflow_server
+
+    argv = mlflow_server.command(args.host, args.port, args.store)
+    where = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {where} (data in {args.store.resolve()})", flush=True)
+    os.execve(sys.executable, argv, mlflow_server.environment())
 
 
 if __name__ == "__main__":

@@ -2,16 +2,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flame.ops.local_deployment import free_port, wait_healthy
+from flame.ops.mlflow_server import command as mlflow_command
+from flame.ops.mlflow_server import environment as mlflow_environment
 from flame.settings import FlameSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +40,6 @@ def real_dir() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MlflowServer:
     """A real MLflow tracking server on a loopback port; can be stopped and started again."""
 
@@ -57,28 +50,17 @@ class MlflowServer:
         store.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> MlflowServer:
-        env = os.environ | {
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            "GIT_PYTHON_REFRESH": "quiet",
-        }
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.store}/mlflow.db",
-                "--artifacts-destination", str(self.store / "artifacts"), "--serve-artifacts",
-            ],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            mlflow_command("127.0.0.1", self.port, self.store),
+            env=mlflow_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("MLflow server did not become healthy in 90 s")
+        try:
+            wait_healthy(f"{self.uri}/health", self.proc, self.store, timeout=90)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

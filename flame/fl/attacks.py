@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 StateDict = dict[str, torch.Tensor]
 
 
-def poison_labels(y: torch.Tensor, attack: str) -> torch.Tensor:
+def poison_labels(y: np.ndarray, attack: str) -> np.ndarray:
     return 1.0 - y if attack == "label_flip" else y
 
 

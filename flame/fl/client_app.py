@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
-from flame.fl.mods import refusals_as_errors
+from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.protocol import INFO_KEY
 from flame.log import setup_logging
 from flame.model import metrics as fm
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
 
-app = ClientApp(mods=[refusals_as_errors])
+app = ClientApp(mods=[refusals_as_errors, update_codec, simulated_attack])
 log = logging.getLogger("flame.client")
 
 
@@ -173,31 +173,36 @@ def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bo
     )  # fmt: skip
 
 
+def training_rows(context: Context) -> tuple[FlameSettings, str, Split]:
+    """The region's training rows; a simulated label-flipping adversary loads them flipped."""
+    settings, region, (x, y) = _setup(context, "train")
+    fm.require_both_classes(
+        y, f"region {region}'s training rows", "it cannot learn fraud from them and sits out"
+    )
+    if region in settings.adversarial_regions and settings.attack == "label_flip":
+        from flame.fl.attacks import poison_labels
+
+        y = poison_labels(y, settings.attack)
+    return settings, region, (x, y)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train the received model on this region's rows; the reply's weights are then turned
+    into what travels by the mods (simulated attacks, codecs: flame/fl/mods.py)."""
     started = time.perf_counter()
     import torch
 
-    from flame.fl.attacks import poison_labels, poison_update
-    from flame.fl.compression import client_encode
     from flame.model.train import default_pos_weight, train_steps
 
-    settings, region, (x_np, y_np) = _setup(context, "train")
-    fm.require_both_classes(
-        y_np, f"region {region}'s training rows", "it cannot learn fraud from them and sits out"
-    )
+    settings, region, (x_np, y_np) = training_rows(context)
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    config = msg.content["config"]
-    rnd = int(config["server-round"])
+    rnd = int(msg.content["config"]["server-round"])
     seed = region_seed(settings, region, rnd)
-    adversary = region in settings.adversarial_regions
     plan = training_plan(settings, len(x))
-    enforce_policy(settings, len(x), plan, adversary)
-    if adversary:
-        global_state = {k: v.clone() for k, v in model.state_dict().items()}
-        y = poison_labels(y, settings.attack)
-    pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
+    enforce_policy(settings, len(x), plan, region in settings.adversarial_regions)
+    pos_weight = settings.pos_weight or default_pos_weight(y_np)
     extra: dict[str, float] = {}
     if settings.dp:
         from flame.fl.privacy import dp_train
@@ -212,19 +217,6 @@ def train(msg: Message, context: Context) -> Message:
             model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
             pos_weight=pos_weight, seed=seed, desc=f"{region} round {rnd}",
         )  # fmt: skip
-    state = model.state_dict()
-    if adversary:
-        state = poison_update(global_state, state, settings.attack, settings.attack_scale, seed)
-    received: ArrayRecord = msg.content["arrays"]
-    if settings.codec == "none":
-        arrays = ArrayRecord(state)
-    else:
-        global_arrays = {k: received[k].numpy() for k in received}
-        local = {k: v.detach().numpy() for k, v in state.items()}
-        arrays = client_encode(
-            global_arrays, local, settings.codec, settings.topk_ratio, context.state, seed
-        )
-    extra |= {"bytes-sent": arrays.count_bytes(), "bytes-received": received.count_bytes()}
     record = MetricRecord(
         {"train-loss": loss, "num-examples": len(x), "steps": plan.steps, **extra}
         | (data_summary(x_np, y_np) if rnd == 1 else {})
@@ -233,7 +225,7 @@ def train(msg: Message, context: Context) -> Message:
         "%s round %d train: %d rows, %d steps in %.2f s (process up %.2f s), loss %.5f",
         region, rnd, len(x), plan.steps, time.perf_counter() - started, _uptime(), loss,
     )  # fmt: skip
-    return _reply(msg, region, {"arrays": arrays, "metrics": record})
+    return _reply(msg, region, {"arrays": ArrayRecord(model.state_dict()), "metrics": record})
 
 
 @app.evaluate()
