@@ -233,6 +233,42 @@ def deployment_round(work: Path, rounds: int, warm: bool = True) -> dict:
     }
 
 
+def compose_round(work: Path, rounds: int) -> dict:
+    """The same run in the compose stack (image flame:latest, its default .env-free settings,
+    MLflow on as in the product): rounds from the ServerApp's metrics.csv."""
+    project = "flame-bench"
+    compose = ["docker", "compose", "-p", project]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    subprocess.run([*compose, "down", "-v"], cwd=ROOT, env=env, capture_output=True)
+    try:
+        subprocess.run([*compose, "up", "-d", "--no-build", "--wait", "mlflow", "superlink",
+                        "gateway", "serverapp", "us-client", "eu-client"],
+                       cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
+        launch = subprocess.run(
+            [*compose, "run", "--rm", "--no-deps", "-e", f"FLAME_NUM_SERVER_ROUNDS={rounds}",
+             "launcher"], cwd=ROOT, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if launch.returncode != 0:
+            raise RuntimeError(f"compose run failed:\n{launch.stdout[-3000:]}")
+        folder = work / "compose-runs"
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        subprocess.run([*compose, "cp", "serverapp:/runs", str(folder)], cwd=ROOT, env=env,
+                       check=True, capture_output=True)  # fmt: skip
+        [csv] = sorted(folder.glob("*/metrics.csv"))
+        logs = subprocess.run([*compose, "logs", "--no-color", "us-client", "eu-client"],
+                              cwd=ROOT, env=env, capture_output=True, text=True).stdout  # fmt: skip
+    finally:
+        subprocess.run([*compose, "down", "-v"], cwd=ROOT, env=env, capture_output=True)
+    startup = [
+        float(up) - float(handler)
+        for handler, up in re.findall(r"in ([\d.]+) s \(process up ([\d.]+) s\)", logs)
+    ]
+    per_round = round_seconds(csv)[1:]
+    mean_startup = float(np.mean(startup)) if startup else float("nan")
+    return {"seconds_per_round": float(np.mean(per_round)), "rounds": per_round,
+            "clientapp_startup_s": mean_startup}  # fmt: skip
+
+
 def simulation_round(
     work: Path, regions: int, rows: int, epochs: int = 1, rounds: int = 3
 ) -> float:
@@ -285,11 +321,14 @@ def main() -> None:
 
 def deployment_only(args: argparse.Namespace) -> None:
     """The same run (default data: 200k rows, 2 regions, 2 local epochs, 4 rounds) in the
-    simulation runtime and as local deployment processes, warm and cold ClientApp start."""
+    simulation runtime, as local deployment processes (warm and cold ClientApp start) and in
+    the compose stack (when Docker and the flame:latest image are there)."""
     args.work.mkdir(parents=True, exist_ok=True)
     sim = simulation_round(args.work, 2, 200_000, epochs=2, rounds=4)
     warm = deployment_round(args.work, 4, warm=True)
     cold = deployment_round(args.work, 4, warm=False)
+    engine = subprocess.run(["docker", "image", "inspect", "flame:latest"], capture_output=True)
+    dock = compose_round(args.work, 4) if engine.returncode == 0 else None
     lines = [
         f"simulation round: {sim:.2f} s",
         f"deployment round (local processes, warm ClientApp): {warm['seconds_per_round']:.2f} s"
@@ -299,12 +338,15 @@ def deployment_only(args: argparse.Namespace) -> None:
         f"{cold['clientapp_startup_s']:.2f} s per message",
         f"deployment round / simulation round (local processes): "
         f"{warm['seconds_per_round'] / sim:.2f} (cold: {cold['seconds_per_round'] / sim:.2f})",
-        "(compose): not measured by this script",
-    ]
+        "deployment round / simulation round (compose): "
+        + (f"{dock['seconds_per_round'] / sim:.2f} ({dock['seconds_per_round']:.2f} s per round; "
+           f"ClientApp start-up {dock['clientapp_startup_s']:.2f} s per message)"
+           if dock else "not measured (no Docker engine or no flame:latest image)"),
+    ]  # fmt: skip
     text = f"{time.strftime('%Y-%m-%d')}, {machine()}\n\n" + "\n".join(lines)
     (args.out / "deployment.md").write_text(text + "\n")
     (args.out / "deployment.json").write_text(
-        json.dumps({"simulation_round": sim, "warm": warm, "cold": cold}, indent=1)
+        json.dumps({"simulation_round": sim, "warm": warm, "cold": cold, "compose": dock}, indent=1)
     )
     print(text)
 

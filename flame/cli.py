@@ -24,13 +24,20 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _split(args: argparse.Namespace) -> None:
     from flame.data.partition import file_arrays, write_parts
+    from flame.files import writable_folder
 
     settings = load_settings()
+    outputs = {}
+    if args.regions_into:  # a folder per region, made even without data (compose mounts them)
+        for region in settings.regions:
+            writable_folder(args.regions_into / region, f"--regions-into {args.regions_into}")
+            outputs[region] = args.regions_into / region / "region.parquet"
+    if not (args.regions_into or args.part):
+        raise ValueError("flame data split: give --part NAME=FILE.parquet or --regions-into DIR")
     if args.only_if_data and settings.data_source() is None:
         print("data split: no PaySim CSV configured or at data/; regions generate synthetic data")
         return
-    outputs = {}
-    for spec in args.part:
+    for spec in args.part or []:
         part, sep, out = spec.partition("=")
         if not sep or not out:
             raise ValueError(f"--part expects NAME=FILE.parquet, got {spec!r}")
@@ -39,6 +46,14 @@ def _split(args: argparse.Namespace) -> None:
         print(f"data split: {line}")
     for part, out in outputs.items():  # warm the feature cache the apps load from
         file_arrays(out, settings, validation=part != "test")
+
+
+def _compose_regions(args: argparse.Namespace) -> None:
+    from flame.ops.compose_regions import FILE, write
+
+    regions = load_settings().regions
+    changed = write(regions)
+    print(f"{FILE}: {'written' if changed else 'already up to date'} for {','.join(regions)}")
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -161,14 +176,20 @@ def parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
 
     split = data.add_parser("split", help="write region / test partitions as Parquet files")
+    split.add_argument("--part", action="append", help="NAME=FILE.parquet; NAME a region or test")
     split.add_argument(
-        "--part", action="append", required=True, help="NAME=FILE.parquet; NAME a region or test"
+        "--regions-into", type=Path, help="DIR: every region's part as DIR/<region>/region.parquet"
     )
     split.add_argument("--keep-existing", action="store_true", help="never replace a file")
     split.add_argument(
         "--only-if-data", action="store_true", help="do nothing when no PaySim CSV is configured"
     )
     split.set_defaults(func=_split)
+
+    regions = sub.add_parser(
+        "compose-regions", help="write docker-compose.regions.yml for FLAME_REGIONS"
+    )
+    regions.set_defaults(func=_compose_regions)
 
     launch = sub.add_parser("launch", help="submit the Flame app to a SuperLink and wait")
     launch.add_argument("--superlink", help="host:port of the SuperLink (FLAME_SUPERLINK)")

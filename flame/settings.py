@@ -1,12 +1,17 @@
-"""Every Flame setting, defined once. Read from the environment (prefix ``FLAME_``) and ``.env``.
+"""Every Flame setting, defined once, by concern. Read from the environment (prefix ``FLAME_``)
+and ``.env``; one ``FlameSettings`` composes the concerns under the same ``FLAME_*`` names.
 
 Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr run
 --run-config``) overrides the training knobs that share its names, e.g. ``num-server-rounds``.
+Each setting reaches the code by one route: run settings (data, training, privacy, updates,
+robustness) are resolved on the server and sent to every region with each task; node settings
+come from each machine's own environment.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -15,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger("flame.settings")
@@ -27,17 +32,9 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the setting."""
 
 
-class FlameSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FLAME_", env_file=".env", extra="ignore", validate_default=True
-    )
+class DataSettings(BaseModel):
+    """The data a run trains on and how it is split into regions and the test set (run)."""
 
-    # --- data -------------------------------------------------------------------------------
-    data_path: Path | None = Field(
-        None,
-        description="PaySim CSV file or folder of CSVs. Unset: the Kaggle file at "
-        f"{KAGGLE_FILE} when present, else synthetic data.",
-    )
     synth_rows: int = Field(200_000, ge=100, description="Rows of synthetic PaySim.")
     synth_fraud_rate: float = Field(0.00129, gt=0, lt=0.5, description="Synthetic fraud share.")
     seed: int = Field(
@@ -51,28 +48,18 @@ class FlameSettings(BaseSettings):
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Server-held test share.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Each region's validation share.")
+    split: Literal["hash", "time"] = Field(
+        "hash", description="Server test set: a hash of nameOrig, or time = the last "
+        "FLAME_TEST_FRACTION of steps (regions train on earlier steps).",
+    )  # fmt: skip
     drop_balance_features: bool = Field(
         False, description="Drop the four balance columns (the data owner's leakage note)."
     )
-    cache_dir: Path = Field(Path("data/cache"), description="Prepared partitions (Parquet).")
-    test_path: Path | None = Field(
-        None, description="Server test set as Parquet (deployment); unset = from the cache."
-    )
 
-    # --- deployment ---------------------------------------------------------------------
-    superlink: str = Field(
-        "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."
-    )
-    region: str = Field("", description="This site's region name (stand-alone region compose).")
-    trusted_apps: Annotated[list[str], NoDecode] = Field(
-        default=[], description="Region: FAB hashes (flame fab-hash) whose code may run on this "
-        "region's data; 'image' = the app folder this node runs in; empty = any app.",
-    )  # fmt: skip
-    tls_sans: Annotated[list[str], NoDecode] = Field(
-        default=[], description="Extra DNS names/IPs for the SuperLink certificate (flame certs)."
-    )
 
-    # --- training (names match Flower run config keys, with - for _) -----------------------
+class TrainingSettings(BaseModel):
+    """The model and how it is trained and selected (run)."""
+
     num_server_rounds: int = Field(3, ge=1, description="Federated rounds.")
     fraction_train: float = Field(
         1.0, gt=0, le=1, description="Share of regions trained per round."
@@ -87,33 +74,10 @@ class FlameSettings(BaseSettings):
     min_local_steps: int = Field(
         100, ge=1, description="Fewest optimiser steps a region takes per round (small data).",
     )  # fmt: skip
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate (peak).")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="Learning rate over the whole run's steps.",
     )  # fmt: skip
-    model_selection: Literal["best-val", "last"] = Field(
-        "best-val", description="Saved model: the round with the best pooled client validation "
-        "PR-AUC (never the server's test set), or the last round.",
-    )  # fmt: skip
-    split: Literal["hash", "time"] = Field(
-        "hash", description="Server test set: a hash of nameOrig, or time = the last "
-        "FLAME_TEST_FRACTION of steps (regions train on earlier steps).",
-    )  # fmt: skip
-    min_regions: int = Field(
-        1, ge=1,
-        description="Fewest regions a round proceeds with; lost regions are skipped, not awaited.",
-    )  # fmt: skip
-    join_timeout: float = Field(
-        120.0, ge=0, description="Seconds the first round waits for every region to connect."
-    )
-    round_timeout: float = Field(
-        900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
-    )
-    pretrain_rows: int = Field(
-        300_000, ge=0, description="Warm start: the initial model is trained on this many "
-        "synthetic PaySim rows (public data: no region's rows, no privacy cost); 0 = random "
-        "initial weights.",
-    )  # fmt: skip
-    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate (peak).")
     batch_size: int = Field(256, ge=1, description="Mini-batch size.")
     hidden_sizes: Annotated[list[int], NoDecode] = Field(
         default=[], description="Comma-separated MLP hidden layer widths; empty = 64,32, or 32,16 "
@@ -128,18 +92,30 @@ class FlameSettings(BaseSettings):
         lt=1,
         description="Decision threshold; 0 = F1-optimal on the pooled client validation scores.",
     )
-    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
-    warm_clientapp: bool = Field(
-        True, description="flame supernode: fork each ClientApp task from a warm launcher that "
-        "imported Flower, torch and Flame once (a fresh process per task still); false = "
-        "Flower's cold start per message.",
+    pretrain_rows: int = Field(
+        300_000, ge=0, description="Warm start: the initial model is trained on this many "
+        "synthetic PaySim rows (public data: no region's rows, no privacy cost); 0 = random "
+        "initial weights.",
     )  # fmt: skip
-    poll_interval: float = Field(
-        0.25, ge=0.01, le=3.0,
-        description="Deployment: cap (s) on Flower's idle polling sleeps (Flower's own: 3 s).",
+    model_selection: Literal["best-val", "last"] = Field(
+        "best-val", description="Saved model: the round with the best pooled client validation "
+        "PR-AUC (never the server's test set), or the last round.",
     )  # fmt: skip
+    min_regions: int = Field(
+        1, ge=1,
+        description="Fewest regions a round proceeds with; lost regions are skipped, not awaited.",
+    )  # fmt: skip
+    join_timeout: float = Field(
+        120.0, ge=0, description="Seconds the first round waits for every region to connect."
+    )
+    round_timeout: float = Field(
+        900.0, gt=0, description="Seconds a train/evaluate phase waits for replies."
+    )
 
-    # --- privacy ---------------------------------------------------------------------------
+
+class PrivacySettings(BaseModel):
+    """DP-SGD on every region's local training (run)."""
+
     dp: bool = Field(False, description="DP-SGD (Opacus) on every region's local training.")
     dp_noise_multiplier: float | None = Field(
         None, ge=0, description="DP-SGD noise multiplier; unset = derive from "
@@ -162,7 +138,76 @@ class FlameSettings(BaseSettings):
         description="Poisson sampling rate of DP steps; 0 = from FLAME_DP_BATCH_SIZE.",
     )
 
-    # --- a region's own privacy policy (node settings; a run config cannot change them) -------
+
+class UpdateSettings(BaseModel):
+    """What travels from a region to the server: compression and update noise (run)."""
+
+    codec: Literal["none", "fp16", "int8", "topk"] = Field(
+        "none", description="Client->server update compression."
+    )
+    topk_ratio: float = Field(0.1, gt=0, le=1, description="topk: share of entries sent.")
+    update_noise: float = Field(
+        0.0, ge=0, description="Gaussian noise multiplier on the clipped, aggregated updates "
+        "(server side, Flower's fixed-clipping DP wrapper); 0 = off. Not DP-SGD.",
+    )  # fmt: skip
+    update_clip: float = Field(1.0, gt=0, description="Update clipping norm for update noise.")
+
+
+class RobustnessSettings(BaseModel):
+    """Robust aggregation and simulated adversarial regions (run)."""
+
+    aggregation: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
+        "fedavg", description="Aggregation rule (Flower built-ins)."
+    )
+    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg: share cut per side.")
+    num_malicious: int = Field(1, ge=0, description="Krum/MultiKrum: attackers to tolerate.")
+    adversarial_regions: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Comma-separated regions that attack (simulation)."
+    )
+    attack: Literal["label_flip", "sign_flip", "scale", "random"] = Field(
+        "sign_flip", description="What adversarial regions do to their update."
+    )
+    attack_scale: float = Field(10.0, gt=0, description="Attack strength (update multiplier).")
+
+
+class NodeSettings(BaseModel):
+    """This machine: where its data, cache and peers are, and its processes (node)."""
+
+    data_path: Path | None = Field(
+        None,
+        description="PaySim CSV file or folder of CSVs. Unset: the Kaggle file at "
+        f"{KAGGLE_FILE} when present, else synthetic data.",
+    )
+    cache_dir: Path = Field(Path("data/cache"), description="Prepared partitions (Parquet).")
+    test_path: Path | None = Field(
+        None, description="Server test set as Parquet (deployment); unset = from the cache."
+    )
+    superlink: str = Field(
+        "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."
+    )
+    region: str = Field("", description="This site's region name (stand-alone region compose).")
+    tls_sans: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Extra DNS names/IPs for the SuperLink certificate (flame certs)."
+    )
+    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads per process.")
+    warm_clientapp: bool = Field(
+        True, description="flame supernode: fork each ClientApp task from a warm launcher that "
+        "imported Flower, torch and Flame once (a fresh process per task still); false = "
+        "Flower's cold start per message.",
+    )  # fmt: skip
+    poll_interval: float = Field(
+        0.25, ge=0.01, le=3.0,
+        description="Deployment: cap (s) on Flower's idle polling sleeps (Flower's own: 3 s).",
+    )  # fmt: skip
+
+
+class PolicySettings(BaseModel):
+    """A region's own limits on what a run may do with its data (node; a run cannot change them)."""
+
+    trusted_apps: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Region: FAB hashes (flame fab-hash) whose code may run on this "
+        "region's data; 'image' = the app folder this node runs in; empty = any app.",
+    )  # fmt: skip
     policy_require_dp: bool = Field(
         False, description="Region policy: refuse to train a run without DP-SGD."
     )
@@ -183,39 +228,17 @@ class FlameSettings(BaseSettings):
         "simulate; none = never act as an adversary; empty = any (simulation).",
     )  # fmt: skip
 
-    # --- efficiency and update noise ---------------------------------------------------------
-    codec: Literal["none", "fp16", "int8", "topk"] = Field(
-        "none", description="Client->server update compression."
-    )
-    topk_ratio: float = Field(0.1, gt=0, le=1, description="topk: share of entries sent.")
-    update_noise: float = Field(
-        0.0, ge=0, description="Gaussian noise multiplier on the clipped, aggregated updates "
-        "(server side, Flower's fixed-clipping DP wrapper); 0 = off. Not DP-SGD.",
-    )  # fmt: skip
-    update_clip: float = Field(1.0, gt=0, description="Update clipping norm for update noise.")
 
-    # --- robustness (simulated attacks and robust aggregation) --------------------------------
-    aggregation: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"] = Field(
-        "fedavg", description="Aggregation rule (Flower built-ins)."
-    )
-    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg: share cut per side.")
-    num_malicious: int = Field(1, ge=0, description="Krum/MultiKrum: attackers to tolerate.")
-    adversarial_regions: Annotated[list[str], NoDecode] = Field(
-        default=[], description="Comma-separated regions that attack (simulation)."
-    )
-    attack: Literal["label_flip", "sign_flip", "scale", "random"] = Field(
-        "sign_flip", description="What adversarial regions do to their update."
-    )
-    attack_scale: float = Field(10.0, gt=0, description="Attack strength (update multiplier).")
+class TrackingSettings(BaseModel):
+    """Where a run's results go: run folder, CSV, TensorBoard, MLflow (server)."""
 
-    # --- tracking ---------------------------------------------------------------------------
     runs_dir: Path = Field(Path("runs"), description="Parent of runs/<timestamp>.")
+    out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
     resume: bool = Field(
         False,
         description="Continue FLAME_OUT_DIR (else the newest run with a checkpoint) after its "
         "last completed round.",
     )
-    out_dir: Path | None = Field(None, description="Run folder; unset = runs/<timestamp>.")
     csv: bool = Field(
         True,
         description="Write runs/<ts>/metrics.csv (always written when FLAME_MLFLOW is on: "
@@ -239,14 +262,30 @@ class FlameSettings(BaseSettings):
         True, description="Register each finished run's model in the MLflow Model Registry "
         "(the alias 'champion' moves to it only if its test PR-AUC beats the champion's).",
     )  # fmt: skip
+    mlflow_model_name: str = Field(
+        "flame-fraud", min_length=1, description="MLflow registered model name."
+    )
+
+
+class ServingSettings(BaseModel):
+    """flame serve, the scoring service (node)."""
+
     serve_host: str = Field("127.0.0.1", description="flame serve: address to listen on.")
     serve_port: int = Field(8080, ge=1, le=65535, description="flame serve: port.")
     serve_reload: float = Field(
         30.0, gt=0, description="flame serve: seconds between looks at the champion alias."
     )
     serve_max_rows: int = Field(10_000, ge=1, description="flame serve: most rows per request.")
-    mlflow_model_name: str = Field(
-        "flame-fraud", min_length=1, description="MLflow registered model name."
+
+
+class FlameSettings(
+    ServingSettings, TrackingSettings, PolicySettings, NodeSettings, RobustnessSettings,
+    UpdateSettings, PrivacySettings, TrainingSettings, DataSettings, BaseSettings,
+):  # fmt: skip
+    """Every setting, composed from the concerns above (fields in the order listed there)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLAME_", env_file=".env", extra="ignore", validate_default=True
     )
 
     @field_validator("data_path", "test_path", "out_dir", "dp_noise_multiplier", mode="before")
@@ -338,17 +377,14 @@ class FlameSettings(BaseSettings):
         return KAGGLE_FILE if KAGGLE_FILE.exists() else None
 
 
-# a region's own limits: from its node's environment only, never from what a run asks for
-NODE_ONLY = frozenset(
-    {
-        "trusted_apps",
-        "policy_require_dp",
-        "policy_max_epsilon",
-        "policy_max_delta",
-        "policy_codecs",
-        "policy_attacks",
-    }
-)
+# The two routes. Run settings are the server's: it sends them to every region with each task
+# (so a region's .env holds only its node settings). Node settings come from each machine's own
+# environment, never from a run config or the server.
+RUN_CONCERNS = (DataSettings, TrainingSettings, PrivacySettings, UpdateSettings, RobustnessSettings)
+RUN_FIELDS = frozenset(f for concern in RUN_CONCERNS for f in concern.model_fields)
+NODE_ONLY = frozenset(NodeSettings.model_fields) | frozenset(PolicySettings.model_fields)
+RUN_SETTINGS_KEY = "run-settings"  # the message config entry that carries them
+CONCERNS = (*RUN_CONCERNS, NodeSettings, PolicySettings, TrackingSettings, ServingSettings)
 
 
 # FLAME_* names read by docker compose and the scripts, not by Flame
@@ -406,6 +442,18 @@ def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) ->
         raise SettingsError(f"invalid setting: {problems}") from None
 
 
+def run_settings(settings: FlameSettings) -> str:
+    """The run settings as the server sends them to the regions (JSON)."""
+    return settings.model_dump_json(include=set(RUN_FIELDS))
+
+
+def region_settings(sent: str) -> FlameSettings:
+    """A region's settings for one task: the run settings ``sent`` by the server, this node's
+    own environment for the rest."""
+    run = json.loads(sent)
+    return load_settings(**{k: v for k, v in run.items() if k in RUN_FIELDS})
+
+
 def env_example() -> str:
     """The text of ``.env.example``: every setting, its description and default (commented)."""
     lines = [
@@ -413,19 +461,12 @@ def env_example() -> str:
         "# Generated from flame/settings.py by: python -m flame.settings > .env.example",
         "# Flower run config (pyproject [tool.flwr.app.config], flwr run --run-config) overrides",
         "# the training keys of the same name, e.g. num-server-rounds.",
-        "",
+        "# (run) settings are the server's: it sends them to every region with each task, so a",
+        "# region's .env needs only the (node) settings; (server) ones matter on the server only.",
     ]
-    for name, field in FlameSettings.model_fields.items():
-        default = field.default
-        if isinstance(default, list):
-            default = ",".join(map(str, default))
-        elif default is None:
-            default = ""
-        elif isinstance(default, bool):
-            default = str(default).lower()
-        if field.description:
-            lines.append(f"# {field.description}")
-        lines.append(f"# FLAME_{name.upper()}={default}")
+    for concern in CONCERNS:
+        lines += ["", f"# --- {concern.__doc__}"]
+        lines += _example_lines(concern)
     lines += [
         "",
         "# --- Docker Compose only (read by docker compose, not by Flame) ---",
@@ -438,6 +479,22 @@ def env_example() -> str:
         "# FLAME_GATEWAY_BIND=127.0.0.1",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _example_lines(concern: type[BaseModel]) -> list[str]:
+    lines = []
+    for name, field in concern.model_fields.items():
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        elif default is None:
+            default = ""
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        if field.description:
+            lines.append(f"# {field.description}")
+        lines.append(f"# FLAME_{name.upper()}={default}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ FLAME_GATEWAY_BIND=0.0.0.0 hub_compose up -d --no-build --wait \
   || { tail -20 "$site_dir/up.log"; exit 1; }
 # the site receives only its own files (README: Multi-host)
 mkdir -p "$site_dir/certs" "$site_dir/data"
-docker cp "$(hub_compose ps -a -q certs)":/certs/eu "$site_dir/certs/eu"
+docker cp "$(hub_compose ps -a -q certs)":/certs/regions/eu "$site_dir/certs/eu"
 chown -R 10001 "$site_dir/certs/eu"
 printf 'FLAME_REGION=eu\nFLAME_SUPERLINK=host.docker.internal:9443\n' > "$site_dir/.env"
 site_compose up -d --no-build --wait >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; exit 1; }

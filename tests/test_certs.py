@@ -15,11 +15,11 @@ def test_each_service_gets_only_its_own_files(tmp_path: Path) -> None:
     assert given == {
         "superlink/ca.crt", "superlink/server.pem", "superlink/server.key",
         "client/ca.crt", "client/keys/us.pub", "client/keys/eu.pub",
-        "us/ca.crt", "us/node.key", "eu/ca.crt", "eu/node.key",
+        "regions/us/ca.crt", "regions/us/node.key", "regions/eu/ca.crt", "regions/eu/node.key",
     }  # fmt: skip
     us_key = (tmp_path / "authority/keys/us").read_bytes()
-    assert (tmp_path / "us/node.key").read_bytes() == us_key
-    assert (tmp_path / "us/node.key").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "regions/us/node.key").read_bytes() == us_key
+    assert (tmp_path / "regions/us/node.key").stat().st_mode & 0o077 == 0
     assert us_key.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert distribute(tmp_path / "authority", tmp_path, ["us", "eu"]) == []  # idempotent
 

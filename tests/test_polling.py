@@ -14,7 +14,7 @@ def test_apply_patches_flowers_polling_modules_and_caps_their_sleep(monkeypatch)
     monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", raising=False)
     originals = {n: importlib.import_module(n).time for n in polling.PATCHED_MODULES}
     try:
-        # both modules exist in the pinned Flower: a rename fails here, not silently in prod
+        # the module exists in the pinned Flower: a rename fails here, not silently in prod
         assert polling.apply(0.05) == list(polling.PATCHED_MODULES)
         for name in polling.PATCHED_MODULES:
             fake_time = importlib.import_module(name).time
@@ -36,3 +36,36 @@ def test_flame_supernode_passes_every_flag_to_flower_supernode() -> None:
     argv, interval, warm = run.call_args.args
     assert argv == ["--insecure", "--superlink", "x:8000", "--port", "1"]
     assert interval == 0.25 and warm is True  # the warm ClientApp launcher is on by default
+
+
+class _FakeGrid:
+    """push_messages / pull_messages of a Grid whose replies arrive on the third pull."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        return [f"id-{m}" for m in messages]
+
+    def pull_messages(self, ids):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.pulls += 1
+        if self.pulls < 3:
+            return []
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids]
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def test_prompt_grid_polls_for_replies_at_the_interval_through_the_public_api() -> None:
+    fake = _FakeGrid()
+    grid = polling.PromptGrid(fake, 0.05)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    replies = grid.send_and_receive(["a", "b"], timeout=30)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["id-a", "id-b"]
+    assert fake.pulls == 3 and time.perf_counter() - started < 1.0  # Flower's own: 6 s
+    assert grid.get_node_ids() == [1, 2]  # everything else is the Grid's
+    late = polling.PromptGrid(_FakeGrid(), 0.05)  # type: ignore[arg-type]
+    assert late.send_and_receive(["a"], timeout=0.01) == []  # gives up at the timeout

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from flame.files import atomic_dir, old_copy, writable_folder
-from flame.settings import FlameSettings, SettingsError
+from flame.settings import FlameSettings, SettingsError, TrackingSettings
 
 FOLDER = "checkpoint"
 # settings a resumed run must share with the run it continues
@@ -82,7 +82,7 @@ def check_new_folder(out: Path) -> None:
         )
 
 
-def resume_folder(settings: FlameSettings) -> Path:
+def resume_folder(settings: TrackingSettings) -> Path:
     """FLAME_OUT_DIR if set, else the newest run under FLAME_RUNS_DIR that has a checkpoint."""
     if settings.out_dir is not None:
         if not (settings.out_dir / FOLDER / "state.json").exists():

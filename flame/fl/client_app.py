@@ -29,11 +29,11 @@ from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
-from flame.fl.protocol import INFO_KEY
+from flame.fl.protocol import INFO_KEY, Refusal
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.inference import mlp_logits
-from flame.settings import FlameSettings, load_settings
+from flame.settings import RUN_SETTINGS_KEY, FlameSettings, region_settings
 
 
 @functools.cache
@@ -82,9 +82,18 @@ def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, 
     return arrays
 
 
-def _setup(context: Context, split: str) -> tuple[FlameSettings, str, Split]:
+def task_settings(msg: Message) -> FlameSettings:
+    """This task's settings: the run's, as the server sent them, and this node's own."""
+    config = msg.content.config_records.get("config")
+    sent = config.get(RUN_SETTINGS_KEY) if config is not None else None
+    if not isinstance(sent, str):
+        raise Refusal("the task carries no run settings (a server running another Flame?)")
+    return region_settings(sent)
+
+
+def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, str, Split]:
     setup_logging()
-    settings = load_settings(context.run_config)
+    settings = task_settings(msg)
     region = region_name(context, settings)
     data_path = str(context.node_config.get("data-path", ""))
     return settings, region, region_arrays(settings.model_dump_json(), region, data_path)[split]
@@ -173,9 +182,9 @@ def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bo
     )  # fmt: skip
 
 
-def training_rows(context: Context) -> tuple[FlameSettings, str, Split]:
+def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, Split]:
     """The region's training rows; a simulated label-flipping adversary loads them flipped."""
-    settings, region, (x, y) = _setup(context, "train")
+    settings, region, (x, y) = _setup(msg, context, "train")
     fm.require_both_classes(
         y, f"region {region}'s training rows", "it cannot learn fraud from them and sits out"
     )
@@ -195,7 +204,7 @@ def train(msg: Message, context: Context) -> Message:
 
     from flame.model.train import default_pos_weight, train_steps
 
-    settings, region, (x_np, y_np) = training_rows(context)
+    settings, region, (x_np, y_np) = training_rows(msg, context)
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     rnd = int(msg.content["config"]["server-round"])
@@ -232,7 +241,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Scores the global model on the region's validation rows with numpy (no torch import)."""
     started = time.perf_counter()
-    _, region, (x_val, y_val) = _setup(context, "val")
+    _, region, (x_val, y_val) = _setup(msg, context, "val")
     received: ArrayRecord = msg.content["arrays"]
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])

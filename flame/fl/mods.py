@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
 from flame.fl.protocol import Refusal
-from flame.settings import FlameSettings, load_settings
+from flame.settings import FlameSettings
 
 log = logging.getLogger("flame.client")
 Handler = Callable[[Message, Context], Message]
@@ -30,9 +30,7 @@ def refusals_as_errors(msg: Message, context: Context, call_next: Handler) -> Me
     try:
         return call_next(msg, context)
     except (Refusal, DegenerateDataError) as err:
-        from flame.fl.client_app import region_name
-
-        reason = f"{region_name(context, load_settings(context.run_config))} refused: {err}"
+        reason = f"{_region(msg, context)} refused: {err}"
         log.warning(reason)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
@@ -41,10 +39,19 @@ def _train_reply(msg: Message, reply: Message) -> bool:
     return msg.metadata.message_type == MessageType.TRAIN and not reply.has_error()
 
 
-def _region_and_seed(msg: Message, context: Context) -> tuple[FlameSettings, str, int]:
-    from flame.fl.client_app import region_name, region_seed
+def _region(msg: Message, context: Context) -> str:
+    from flame.fl.client_app import region_name, task_settings
 
-    settings = load_settings(context.run_config)
+    try:
+        return region_name(context, task_settings(msg))
+    except (Refusal, ValueError):  # settings it cannot read: the node's own name for itself
+        return str(context.node_config.get("region", "a region"))
+
+
+def _region_and_seed(msg: Message, context: Context) -> tuple[FlameSettings, str, int]:
+    from flame.fl.client_app import region_name, region_seed, task_settings
+
+    settings = task_settings(msg)
     region = region_name(context, settings)
     return (
         settings,

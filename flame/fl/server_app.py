@@ -22,7 +22,7 @@ from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
 from flame.ops import polling
-from flame.settings import FlameSettings, load_settings
+from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
 from flame.track import plots
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
 
@@ -31,19 +31,10 @@ app = ServerApp()
 
 
 class ServerEvaluator:
-    """``evaluate_fn``: scores the global model on the server's test set every round."""
+    """Scores a global model on the server's held-out test set."""
 
-    def __init__(
-        self,
-        model: FraudMLP,
-        test: tuple[torch.Tensor, np.ndarray],
-        strategy: FlameStrategy,
-        folder: Path,
-        settings: FlameSettings,
-    ) -> None:
-        self.model, (self.x, self.y), self.strategy = model, test, strategy
-        self.folder, self.settings = folder, settings
-        self.last: dict[str, float] = {}
+    def __init__(self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray]) -> None:
+        self.model, (self.x, self.y) = model, test
         shared = len(feature_names(drop_balances=True))  # columns every model variant has
         self.test_digest = test_set_digest(self.x.numpy(), self.y, shared)
 
@@ -53,26 +44,37 @@ class ServerEvaluator:
         self.logits = predict_logits(self.model, self.x)
         return fm.exact_metrics(self.logits, self.y, threshold)
 
+
+class RoundEnd:
+    """Flower's ``evaluate_fn``, the end of every round: score the global model, log the round,
+    checkpoint it, then let tracking deliver it."""
+
+    def __init__(
+        self, evaluator: ServerEvaluator, strategy: FlameStrategy, folder: Path,
+        fixed: dict[str, object],
+    ) -> None:  # fmt: skip
+        self.evaluator, self.strategy, self.folder, self.fixed = evaluator, strategy, folder, fixed
+
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
-        """Score round ``rnd``'s global model, log it, checkpoint the round, commit tracking."""
         rnd += self.strategy.offset
-        self.last = self.score(arrays, self.strategy.threshold)
-        record = MetricRecord({k: v for k, v in self.last.items() if isinstance(v, int | float)})
+        scored = self.evaluator.score(arrays, self.strategy.threshold)
+        record = MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
         if self.strategy.offset and rnd == self.strategy.offset:
             return record  # the resumed model: this round was logged by the run that made it
-        self.strategy.tracker.log(SERVER, rnd, "evaluate", self.last)
-        log.info(_summary(rnd, self.last, self.strategy.last_clients if rnd else None))
-        state = checkpoint.Checkpoint(
-            rnd, self.strategy.threshold, checkpoint.fixed_settings(self.settings)
-        )
+        self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
+        log.info(_summary(rnd, scored, self.strategy.last_clients if rnd else None))
+        self.checkpoint(rnd, arrays)
+        self.strategy.tracker.commit()
+        return record
+
+    def checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
+        state = checkpoint.Checkpoint(rnd, self.strategy.threshold, self.fixed)
         chosen, selected = self.strategy.selected, None
         if chosen is not None:
             state.selected_round, state.selected_threshold = chosen.round, chosen.threshold
             state.selected_val_pr_auc = chosen.val_pr_auc
             selected = {k: chosen.arrays[k].numpy() for k in chosen.arrays}
         checkpoint.save(self.folder, state, {k: arrays[k].numpy() for k in arrays}, selected)
-        self.strategy.tracker.commit()
-        return record
 
 
 def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -> str:
@@ -102,7 +104,6 @@ class NothingTrainedError(RuntimeError):
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)
     setup_logging()
-    polling.apply(settings.poll_interval)
     torch.set_num_threads(settings.torch_threads)
     out = settings.resolved_out_dir().resolve()
     done = 0  # rounds completed before this run (resume)
@@ -130,7 +131,8 @@ def main(grid: Grid, context: Context) -> None:
     params = run_params(settings, len(y_test))
     tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
     strategy = build_strategy(settings, tracker)
-    evaluator = ServerEvaluator(model, (x_test, y_test), strategy, out, settings)
+    evaluator = ServerEvaluator(model, (x_test, y_test))
+    round_end = RoundEnd(evaluator, strategy, out, checkpoint.fixed_settings(settings))
     if not settings.resume:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
     if resumed is not None:
@@ -141,7 +143,7 @@ def main(grid: Grid, context: Context) -> None:
             strategy.selected = Selected(
                 state.selected_round, weights, state.selected_threshold, state.selected_val_pr_auc
             )
-    train_config = ConfigRecord()  # regions read the training settings from the run config
+    sent = ConfigRecord({RUN_SETTINGS_KEY: run_settings(settings)})  # every task carries them
     initial = ArrayRecord(model.state_dict())
     runner: Strategy = strategy
     if settings.update_noise > 0:
@@ -154,17 +156,18 @@ def main(grid: Grid, context: Context) -> None:
         )
     if done >= settings.num_server_rounds:
         log.info("All %d rounds were already complete; saving the final model", done)
-        evaluator(0, initial)
-        finish(out, model, card, initial, evaluator, tracker)
+        round_end(0, initial)
+        finish(out, model, card, initial, round_end, tracker, settings)
         return
     wait_for_regions(grid, settings)
     result = runner.start(
-        grid=grid,
+        grid=polling.PromptGrid(grid, settings.poll_interval),  # type: ignore[arg-type]
         initial_arrays=initial,
         num_rounds=settings.num_server_rounds - done,
         timeout=settings.round_timeout,
-        train_config=train_config,
-        evaluate_fn=evaluator,
+        train_config=sent,
+        evaluate_config=ConfigRecord(dict(sent)),
+        evaluate_fn=round_end,
     )
     if strategy.trained_rounds == 0:
         tracker.close("FAILED")
@@ -175,7 +178,7 @@ def main(grid: Grid, context: Context) -> None:
             f"no region returned a model update in any of the {settings.num_server_rounds - done} "
             f"rounds ({reason}{more}); no model was saved"
         )
-    finish(out, model, card, result.arrays or initial, evaluator, tracker)
+    finish(out, model, card, result.arrays or initial, round_end, tracker, settings)
 
 
 def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
@@ -190,16 +193,12 @@ def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
                     have, want, settings.join_timeout)  # fmt: skip
 
 
-def model_tags(evaluator: ServerEvaluator) -> dict[str, str]:
+def model_tags(digest: str, settings: FlameSettings, epsilon: float) -> dict[str, str]:
     """What a registered model version records besides its card: the test set it was scored
     on, and its privacy (DP runs)."""
-    settings = evaluator.settings
-    tags = {"test_set": evaluator.test_digest}
+    tags = {"test_set": digest}
     if settings.dp:
-        tags |= {
-            "dp_epsilon": f"{evaluator.strategy.epsilon:.4f}",
-            "dp_delta": f"{settings.dp_delta:g}",
-        }
+        tags |= {"dp_epsilon": f"{epsilon:.4f}", "dp_delta": f"{settings.dp_delta:g}"}
     return tags
 
 
@@ -208,12 +207,13 @@ def finish(
     model: FraudMLP,
     card: ModelCard,
     arrays: ArrayRecord,
-    evaluator: ServerEvaluator,
+    round_end: RoundEnd,
     tracker: Tracker,
+    settings: FlameSettings,
 ) -> None:
     """Save the selected global model (``strategy.selected``, else ``arrays``) with its card,
     plots and artifacts."""
-    strategy = evaluator.strategy
+    strategy, evaluator = round_end.strategy, round_end.evaluator
     chosen = strategy.selected
     if chosen is not None:
         arrays, card.threshold, card.selected_round = chosen.arrays, chosen.threshold, chosen.round
@@ -229,11 +229,11 @@ def finish(
     tracker.log(SELECTED, card.selected_round, "evaluate", card.metrics)
     artifacts = [out / "model.pt"]
     artifacts += plots.curves(evaluator.logits, evaluator.y, out, "server test set")
-    if "csv" in tracker.sinks:
-        tracker.sinks["csv"].close()
-        artifacts += [out / "metrics.csv", plots.rounds(out / "metrics.csv", out)]
-        tracker.sinks.pop("csv")
+    if (table := tracker.close_csv()) is not None:
+        artifacts += [table, plots.rounds(table, out)]
     tracker.artifacts(artifacts)
-    tracker.model(out / "model.pt", card, model_tags(evaluator))
+    tracker.model(
+        out / "model.pt", card, model_tags(evaluator.test_digest, settings, strategy.epsilon)
+    )
     tracker.close()
     log.info("Saved the model to %s (threshold %.6f)", out / "model.pt", card.threshold)

@@ -139,9 +139,10 @@ def make_all(
 def distribute(authority: Path, targets: Path, regions: list[str]) -> list[str]:
     """Copy to each consumer only what it needs (compose: one volume per consumer).
 
-    ``targets/superlink``: ca.crt, server.pem, server.key; ``targets/<region>``: ca.crt and that
-    region's private key as ``node.key``; ``targets/client``: ca.crt and the public keys (the
-    launcher registers them and submits runs; the ServerApp's SuperExec dials the SuperLink).
+    ``targets/superlink``: ca.crt, server.pem, server.key; ``targets/regions/<region>``: ca.crt
+    and that region's private key as ``node.key`` (each region mounts only its sub-folder);
+    ``targets/client``: ca.crt and the public keys (the launcher registers them and submits
+    runs; the ServerApp's SuperExec dials the SuperLink).
     ``ca.key`` stays in ``authority``, which no running service mounts.
     """
     plan: dict[str, list[tuple[str, str, bool]]] = {
@@ -151,7 +152,10 @@ def distribute(authority: Path, targets: Path, regions: list[str]) -> list[str]:
         + [(f"keys/{r}.pub", f"keys/{r}.pub", False) for r in regions],
     }  # fmt: skip
     for region in regions:
-        plan[region] = [("ca.crt", "ca.crt", False), (f"keys/{region}", "node.key", True)]
+        plan[f"regions/{region}"] = [
+            ("ca.crt", "ca.crt", False),
+            (f"keys/{region}", "node.key", True),
+        ]
     done = []
     for consumer, files in plan.items():
         for source, name, private in files:

@@ -2,11 +2,14 @@
 
 Flower 1.42 sleeps a fixed 3 s whenever a SuperNode finds no message and between a ServerApp's
 polls for replies, so each train or evaluate phase waits on average several seconds doing
-nothing. ``apply()`` caps those sleeps at FLAME_POLL_INTERVAL (and sets the SuperExec's own
-FLWR_SUPEREXEC_TASK_POLL_INTERVAL) in the process it runs in: ``flame supernode`` (a
-``flower-supernode`` wrapper) and the Flame ServerApp call it. The cost is more idle HTTP
-requests to the SuperLink (one per node per interval). Flower versions whose modules moved are
-detected: the patch is skipped with a warning, and a unit test fails, rather than breaking.
+nothing. Both waits are capped at FLAME_POLL_INTERVAL:
+- the ServerApp's, through the public Grid API: ``PromptGrid`` is Flower's ``send_and_receive``
+  loop (``push_messages``, then ``pull_messages`` until every reply is in) with that interval;
+- the SuperNode's, which has no public hook: ``apply()``, called by ``flame supernode`` (a
+  ``flower-supernode`` wrapper), caps the sleeps of Flower's polling module and sets the
+  SuperExec's own FLWR_SUPEREXEC_TASK_POLL_INTERVAL. A Flower version whose module moved is
+  detected: the patch is skipped with a warning, and a unit test fails, rather than breaking.
+The cost is more idle HTTP requests to the SuperLink (one per node per interval).
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ import logging
 import os
 import time
 import types
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flwr.app import Message
+    from flwr.serverapp import Grid
 
 log = logging.getLogger("flame.ops.polling")
-PATCHED_MODULES = ("flwr.supernode.start_client_internal", "flwr.superlink.grid.http_grid")
+PATCHED_MODULES = ("flwr.supernode.start_client_internal",)
 
 
 class _CappedSleep(types.ModuleType):
@@ -51,6 +60,32 @@ def apply(interval: float) -> list[str]:
         module.time = _CappedSleep(interval)  # type: ignore[attr-defined]
         patched.append(name)
     return patched
+
+
+class PromptGrid:
+    """A ServerApp's Grid whose ``send_and_receive`` polls for replies every ``interval`` s
+    (Flower 1.42: 3 s); everything else is the wrapped Grid's."""
+
+    def __init__(self, grid: Grid, interval: float) -> None:
+        self._grid = grid
+        self.interval = min(interval, getattr(grid, "pull_interval", interval))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        pending = set(self._grid.push_messages(messages))
+        end, replies = time.time() + (timeout or 0.0), []
+        while timeout is None or time.time() < end:
+            got = list(self._grid.pull_messages(pending))
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending:
+                break
+            time.sleep(self.interval)
+        return replies
 
 
 def supernode(argv: list[str], interval: float, warm: bool) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flame.settings import FlameSettings
+from flame.settings import TrackingSettings
 
 if TYPE_CHECKING:
     from flame.model.net import ModelCard
@@ -158,7 +158,7 @@ class MlflowSink:
     """
 
     def __init__(
-        self, settings: FlameSettings, folder: Path, params: Mapping[str, Any], uri: str
+        self, settings: TrackingSettings, folder: Path, params: Mapping[str, Any], uri: str
     ) -> None:
         self.settings, self.folder, self.params = settings, folder, dict(params)
         self.uri = uri
@@ -294,7 +294,7 @@ def deliver(client: Any, run_id: str, csv_path: Path, sent: set[tuple[str, int]]
     return len(missing)
 
 
-def backfill(settings: FlameSettings, folder: Path) -> int:
+def backfill(settings: TrackingSettings, folder: Path) -> int:
     """Log every metrics.csv value MLflow lacks into the folder's run; returns values sent."""
     from mlflow.tracking import MlflowClient
 
@@ -318,7 +318,7 @@ class Tracker:
 
     def __init__(
         self,
-        settings: FlameSettings,
+        settings: TrackingSettings,
         folder: Path,
         params: Mapping[str, Any],
         resume_after: int | None = None,
@@ -362,6 +362,14 @@ class Tracker:
     def commit(self) -> None:
         """A round is complete (and checkpointed): sinks that batch may deliver it."""
         self._each("commit")
+
+    def close_csv(self) -> Path | None:
+        """Close metrics.csv (no more rows) and return it, if it is written."""
+        sink = self.sinks.get("csv")
+        if sink is None:
+            return None
+        self.sinks.pop("csv").close()
+        return sink.path  # type: ignore[no-any-return]
 
     def artifacts(self, paths: list[Path]) -> None:
         self._each("artifacts", paths)

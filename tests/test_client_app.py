@@ -1,0 +1,64 @@
+"""The ClientApp takes the run settings the server sent with the task, and its node settings
+from its own environment: a region's .env need not mirror the server's."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from flame.data.features import feature_names
+from flame.fl import client_app
+from flame.fl.client_app import training_plan
+from flame.model.net import FraudMLP
+from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_run_id", "_task_id", "_node_id"):  # as Flower's runtime sets them
+        monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
+
+
+def _task(settings: FlameSettings | None, kind: str = "train") -> Message:
+    model = FraudMLP(len(feature_names(False)), (settings or load_settings()).hidden_sizes)
+    config = {"server-round": 1, "threshold": 0.5}
+    if settings is not None:
+        config[RUN_SETTINGS_KEY] = run_settings(settings)
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)}
+    )
+    return Message(content, dst_node_id=1, message_type=kind)
+
+
+def _context() -> Context:
+    return Context(1, 1, {"partition-id": 0}, RecordDict(), {})
+
+
+def test_run_settings_come_from_the_server_not_the_regions_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = load_settings(
+        synth_rows=4000, synth_fraud_rate=0.05, local_epochs=1, min_local_steps=1,
+        dp=True, dp_noise_multiplier=1.0,
+    )  # fmt: skip
+    # the region's own environment disagrees on run settings (no DP, other epochs and data)
+    monkeypatch.setenv("FLAME_LOCAL_EPOCHS", "5")
+    monkeypatch.setenv("FLAME_SYNTH_ROWS", "9000")
+    monkeypatch.setenv("FLAME_DP", "false")
+    monkeypatch.setenv("FLAME_TORCH_THREADS", "2")  # a node setting: the region's own
+    reply = client_app.train(_task(server), _context())
+    metrics = reply.content["metrics"]
+    assert metrics["epsilon"] > 0  # trained with DP-SGD, as the server asked
+    rows = int(metrics["num-examples"])
+    assert metrics["steps"] == training_plan(server, rows).steps
+    assert rows < 4000  # a partition of the server's 4,000 rows, not of the env's 9,000
+    assert client_app.task_settings(_task(server)).torch_threads == 2
+
+
+def test_a_task_without_run_settings_is_refused_in_one_line() -> None:
+    from flame.fl.mods import refusals_as_errors
+
+    reply = refusals_as_errors(_task(None, "evaluate"), _context(), client_app.evaluate)
+    assert reply.has_error()
+    assert "refused: the task carries no run settings" in reply.error.reason
