@@ -211,20 +211,30 @@ def _scan_rows(path: Path) -> PaySimFormatError | None:
 
 def _scan_numbers(path: Path) -> PaySimFormatError | None:
     offset = 0
-    chunks = pd.read_csv(
-        path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=200_000
-    )
-    for raw in chunks:
-        for column in _NUMERIC:
-            if column not in raw:
-                continue
-            parsed = pd.to_numeric(raw[column], errors="coerce")
-            bad = (parsed.isna() & (raw[column].str.strip() != "")).to_numpy()
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                value = raw[column].iloc[i]
-                return PaySimFormatError(path, "not a number", column, offset + i + 1, value)
-        offset += len(raw)
+    try:
+        for raw in pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=200_000
+        ):
+            if found := _first_non_number(path, raw, offset):
+                return found
+            offset += len(raw)
+    except pd.errors.ParserError as err:  # e.g. a quote opened and never closed
+        problem = str(err).splitlines()[0].removeprefix("Error tokenizing data. C error: ")
+        return PaySimFormatError(path, f"unreadable CSV ({problem})")
+    return None
+
+
+def _first_non_number(path: Path, raw: pd.DataFrame, offset: int) -> PaySimFormatError | None:
+    for column in _NUMERIC:
+        if column not in raw:
+            continue
+        parsed = pd.to_numeric(raw[column], errors="coerce")
+        bad = (parsed.isna() & (raw[column].str.strip() != "")).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            return PaySimFormatError(
+                path, "not a number", column, offset + i + 1, raw[column].iloc[i]
+            )
     return None
 
 
