@@ -169,7 +169,7 @@ def test_a_quoted_csv_reads_like_a_plain_one(tmp_path: Path) -> None:
         (f"{HEADER}\n{PANDAS.replace('9839.64', 'nan')}\n", "(value nan)"),
         ("x," * 50_000 + "\n" + PANDAS, "unexpected ['x', 'x', 'x', 'x', 'x'] and"),
         # found by the fuzz test: a quote opened in the last field and never closed
-        (f"{HEADER}\n{PANDAS.rsplit(',', 1)[0]},\"\n", "unreadable CSV (EOF inside string"),
+        (f'{HEADER}\n{PANDAS.rsplit(",", 1)[0]},"\n', "unreadable CSV (EOF inside string"),
     ],
 )
 def test_malformed_inputs_are_one_short_line(tmp_path: Path, content: str, fragment: str) -> None:

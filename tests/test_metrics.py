@@ -70,12 +70,15 @@ def test_best_threshold_takes_the_middle_of_a_plateau() -> None:
     assert 0.01 < threshold < 0.99  # near the middle of the gap (logit 0), not at an extreme
 
 
-def test_one_class_rows_are_refused_with_what_and_why() -> None:
+def test_too_few_or_one_class_rows_are_refused_with_what_and_why() -> None:
     import numpy as np
     import pytest
 
-    fm.require_both_classes(np.array([0, 1, 0]), "rows", "x")
-    with pytest.raises(fm.DegenerateDataError, match=r"^region us: its 3 rows hold no fraud"):
-        fm.require_both_classes(np.zeros(3), "region us", "it sits out")
+    rows = np.zeros(fm.MIN_ROWS)
+    fm.require_usable_rows(np.r_[rows, 1], "rows", "x")
+    with pytest.raises(fm.DegenerateDataError, match=r"^region us: its 50 rows hold no fraud"):
+        fm.require_usable_rows(rows, "region us", "it sits out")
     with pytest.raises(fm.DegenerateDataError, match="only fraud"):
-        fm.require_both_classes(np.ones(2), "the test set", "undefined")
+        fm.require_usable_rows(rows + 1, "the test set", "undefined")
+    with pytest.raises(fm.DegenerateDataError, match=r"^region eu: 5 rows, fewer than the 50"):
+        fm.require_usable_rows(np.array([0, 1, 0, 1, 0]), "region eu", "it sits out")

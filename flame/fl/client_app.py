@@ -185,7 +185,7 @@ def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bo
 def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, Split]:
     """The region's training rows; a simulated label-flipping adversary loads them flipped."""
     settings, region, (x, y) = _setup(msg, context, "train")
-    fm.require_both_classes(
+    fm.require_usable_rows(
         y, f"region {region}'s training rows", "it cannot learn fraud from them and sits out"
     )
     if region in settings.adversarial_regions and settings.attack == "label_flip":

@@ -117,7 +117,7 @@ def main(grid: Grid, context: Context) -> None:
     else:
         checkpoint.check_new_folder(out)
     x, y_test = heldout_arrays(settings)
-    fm.require_both_classes(y_test, "the server's test set", fm.UNDEFINED)
+    fm.require_usable_rows(y_test, "the server's test set", fm.UNDEFINED)
     x_test = torch.from_numpy(x)
     log.info(
         "Run folder %s; server test set %d rows, %d frauds", out, len(y_test), int(y_test.sum())

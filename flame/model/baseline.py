@@ -39,8 +39,8 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
     torch.set_num_threads(settings.torch_threads)
     (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
-    fm.require_both_classes(y.numpy(), "the regions' training rows", "nothing to learn fraud from")
-    fm.require_both_classes(y_test.numpy(), "the server's test set", fm.UNDEFINED)
+    fm.require_usable_rows(y.numpy(), "the regions' training rows", "nothing to learn fraud from")
+    fm.require_usable_rows(y_test.numpy(), "the server's test set", fm.UNDEFINED)
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     model = initial_model(
         card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,

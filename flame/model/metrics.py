@@ -132,11 +132,19 @@ UNDEFINED = (
 
 
 class DegenerateDataError(ValueError):
-    """Rows a fraud model can neither learn from nor be scored on: one class only."""
+    """Rows a fraud model can neither learn from nor be scored on: one class only, or too few."""
 
 
-def require_both_classes(y: np.ndarray, what: str, consequence: str) -> None:
+MIN_ROWS = 50  # fewer rows than this: no region trains on them, no test set scores on them
+
+
+def require_usable_rows(y: np.ndarray, what: str, consequence: str) -> None:
+    """``y`` has at least MIN_ROWS rows and both classes, else one line saying what and why."""
     frauds = int(np.asarray(y).sum())
+    if len(y) < MIN_ROWS:
+        raise DegenerateDataError(
+            f"{what}: {len(y):,} rows, fewer than the {MIN_ROWS} Flame needs; {consequence}"
+        )
     if frauds == 0 or frauds == len(y):
         kind = "no fraud (isFraud=1)" if frauds == 0 else "only fraud (no isFraud=0)"
         raise DegenerateDataError(f"{what}: its {len(y):,} rows hold {kind}; {consequence}")

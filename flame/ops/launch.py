@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from flame.settings import FlameSettings
@@ -27,9 +28,12 @@ def run_config(settings: FlameSettings, app: Path) -> str:
     return " ".join(f"{k}={json.dumps(values[k.replace('-', '_')])}" for k in keys)
 
 
-def write_connection(superlink: str, root_certificates: Path | None) -> Path:
-    """Add a ``[superlink.flame]`` connection to ``$FLWR_HOME/config.toml``."""
-    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+def write_connection(
+    superlink: str, root_certificates: Path | None, home: Path | None = None
+) -> Path:
+    """The flwr CLI's ``[superlink.flame]`` connection in ``home/config.toml`` (default
+    ``$FLWR_HOME``, else ``~/.flwr``)."""
+    home = home or Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     home.mkdir(parents=True, exist_ok=True)
     security = (
         f'root-certificates = "{root_certificates.resolve()}"'
@@ -66,15 +70,22 @@ def run_status(run_id: int) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
+def register_key(
+    public_key: Path, env: Mapping[str, str] | None = None, flwr: str = "flwr"
+) -> subprocess.CompletedProcess[str]:
+    """``flwr supernode register`` one region's public key over the ``flame`` connection."""
+    return subprocess.run(
+        [flwr, "supernode", "register", str(public_key), CONNECTION],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def register_nodes(superlink: str, keys: Path, root_certificates: Path) -> list[str]:
     """Register every ``*.pub`` in ``keys`` with the SuperLink (a key already there is fine)."""
     write_connection(superlink, root_certificates)
     done = []
     for key in sorted(keys.glob("*.pub")):
-        proc = subprocess.run(
-            ["flwr", "supernode", "register", str(key), CONNECTION],
-            capture_output=True, text=True,
-        )  # fmt: skip
+        proc = register_key(key)
         if proc.returncode == 0:
             done.append(f"{key.stem}: registered")
         elif "already in use" in proc.stdout + proc.stderr:

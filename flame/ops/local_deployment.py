@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from flame.ops.launch import register_key, write_connection
 from flame.settings import FlameSettings
 
 
@@ -97,24 +98,12 @@ class LocalDeployment:
 
     def _write_connection(self) -> None:
         """The flwr CLI's connection ``[superlink.flame]`` in this deployment's FLWR_HOME."""
-        home = Path(self.env["FLWR_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        security = (
-            "insecure = true"
-            if self.certs is None
-            else f'root-certificates = "{(self.certs / "ca.crt").resolve()}"'
-        )
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "flame"\n\n[superlink.flame]\n'
-            f'address = "{self.address}"\n{security}\n'
-        )
+        ca = self.certs / "ca.crt" if self.certs is not None else None
+        write_connection(self.address, ca, Path(self.env["FLWR_HOME"]))
 
     def register(self, public_key: Path) -> subprocess.CompletedProcess[str]:
         """``flwr supernode register`` a region's public key with the SuperLink."""
-        return subprocess.run(
-            [_bin("flwr"), "supernode", "register", str(public_key), "flame"],
-            env=self.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return register_key(public_key, self.env, _bin("flwr"))
 
     def start_node(
         self, index: int, extra: list[str] | None = None, wait: bool = True
