@@ -99,7 +99,7 @@ def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
         started = time.perf_counter()
         reply = client_app.train(msg, context)
         times.append(time.perf_counter() - started)
-    rows = int(reply.content["metrics"]["num-examples"])
+    rows = int(reply.content["metrics"]["num_examples"])
     return {"seconds": min(times), "times": times, "rows": rows, "rss_mb": peak_rss_mb()}
 
 

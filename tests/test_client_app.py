@@ -50,7 +50,7 @@ def test_run_settings_come_from_the_server_not_the_regions_env(
     reply = client_app.train(_task(server), _context())
     metrics = reply.content["metrics"]
     assert metrics["epsilon"] > 0  # trained with DP-SGD, as the server asked
-    rows = int(metrics["num-examples"])
+    rows = int(metrics["num_examples"])
     assert metrics["steps"] == training_plan(server, rows).steps
     assert rows < 4000  # a partition of the server's 4,000 rows, not of the env's 9,000
     assert client_app.task_settings(_task(server)).torch_threads == 2

@@ -10,7 +10,7 @@ from flame.model import metrics as fm
 def region_record(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, object]:
     exact = fm.exact_metrics(logits, y, threshold)
     pos, neg = fm.histograms(logits, y)
-    return {**exact, "num-examples": len(y), "hist-pos": pos, "hist-neg": neg}
+    return {**exact, "num_examples": len(y), "hist_pos": pos, "hist_neg": neg}
 
 
 @pytest.fixture

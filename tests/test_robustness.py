@@ -62,7 +62,7 @@ def test_robust_rule_beats_fedavg_under_attack(tmp_path: Path) -> None:
 def _evaluate_reply(logits: np.ndarray, y: np.ndarray, region: str) -> Message:
     from flame.model import metrics as fm
 
-    record = fm.region_metrics(logits, y, 0.5) | {"num-examples": len(y), "threshold": 0.5}
+    record = fm.region_metrics(logits, y, 0.5) | {"num_examples": len(y), "threshold": 0.5}
     content = {"metrics": MetricRecord(record), INFO_KEY: ConfigRecord({"region": region})}  # type: ignore[arg-type]
     return Message(RecordDict(content), dst_node_id=1, message_type="evaluate")  # type: ignore[arg-type]
 

@@ -126,7 +126,7 @@ def data_summary(x: np.ndarray, y: np.ndarray) -> dict[str, int]:
     count, fraud count and a 52-bit content digest. Never the rows."""
     digest = hashlib.sha256(np.ascontiguousarray(y).tobytes())
     digest.update(np.ascontiguousarray(x).tobytes())
-    return {"num-frauds": int(y.sum()), "data-digest": int(digest.hexdigest()[:13], 16)}
+    return {"num_frauds": int(y.sum()), "data_digest": int(digest.hexdigest()[:13], 16)}
 
 
 def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
@@ -220,14 +220,14 @@ def train(msg: Message, context: Context) -> Message:
             model, x, y, config=dp_config(settings), plan=plan, rnd=rnd, state=context.state,
             pos_weight=pos_weight, seed=seed,
         )  # fmt: skip
-        extra = {"epsilon": epsilon, "dp-exhausted": int(exhausted)}
+        extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:
         loss = train_steps(
             model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
             pos_weight=pos_weight, seed=seed, desc=f"{region} round {rnd}",
         )  # fmt: skip
     record = MetricRecord(
-        {"train-loss": loss, "num-examples": len(x), "steps": plan.steps, **extra}
+        {"train_loss": loss, "num_examples": len(x), "steps": plan.steps, **extra}
         | (data_summary(x_np, y_np) if rnd == 1 else {})
     )
     log.info(
@@ -246,7 +246,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
     record = fm.region_metrics(logits, y_val, threshold)
-    record |= {"num-examples": len(y_val), "threshold": threshold}
+    record |= {"num_examples": len(y_val), "threshold": threshold}
     log.info(
         "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f",
         region, len(y_val), time.perf_counter() - started, _uptime(), record["pr_auc"],

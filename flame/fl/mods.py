@@ -96,5 +96,5 @@ def update_codec(msg: Message, context: Context, call_next: Handler) -> Message:
         )  # fmt: skip
         reply.content["arrays"] = arrays
     metrics = reply.content["metrics"]
-    metrics["bytes-sent"], metrics["bytes-received"] = arrays.count_bytes(), received.count_bytes()
+    metrics["bytes_sent"], metrics["bytes_received"] = arrays.count_bytes(), received.count_bytes()
     return reply

@@ -51,7 +51,7 @@ def train_aggregate(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Weighted mean of losses; ε is the largest any region has spent (not an average);
     bytes are summed."""
     out = aggregate_metricrecords(records, weight_key)
-    for key in ("bytes-sent", "bytes-received"):
+    for key in ("bytes_sent", "bytes_received"):
         if key in out:
             out[key] = sum(float(metric_record(r)[key]) for r in records)
     if "epsilon" in out:
@@ -158,22 +158,22 @@ class FlameStrategy(FedAvg):
                 kept.append(msg)
                 continue
             record = metric_record(msg.content)
-            row = {"loss": record["train-loss"], "num_examples": record["num-examples"]}
+            row = {"loss": record["train_loss"], "num_examples": record["num_examples"]}
             if "epsilon" in record:
                 row["epsilon"] = record["epsilon"]
                 self.epsilon = max(self.epsilon, float(record["epsilon"]))
             for key in totals:
-                row[key] = record[key.replace("_", "-")]
-                totals[key] += float(record[key.replace("_", "-")])
+                row[key] = record[key]
+                totals[key] += float(record[key])
             region = region_of(msg.content)
             self.tracker.log(client_kind(region), server_round, "train", row)
-            if "data-digest" in record:  # round 1: what the region trains on (no rows)
-                digest = f"{int(record['data-digest']):013x}"
+            if "data_digest" in record:  # round 1: what the region trains on (no rows)
+                digest = f"{int(record['data_digest']):013x}"
                 self.tracker.dataset(
-                    f"region-{region}", int(record["num-examples"]), int(record["num-frauds"]),
+                    f"region-{region}", int(record["num_examples"]), int(record["num_frauds"]),
                     digest,
                 )  # fmt: skip
-            if record.get("dp-exhausted", 0):
+            if record.get("dp_exhausted", 0):
                 log.warning("round %d: region %s sat out, its privacy budget is spent",
                             server_round, region)  # fmt: skip
             else:
@@ -186,7 +186,7 @@ class FlameStrategy(FedAvg):
         self.trained_rounds += arrays is not None
         row: dict[str, Any] = roll | totals
         if metrics is not None:
-            row |= {"loss": metrics["train-loss"]}
+            row |= {"loss": metrics["train_loss"]}
             row |= {"epsilon": metrics["epsilon"]} if "epsilon" in metrics else {}
         self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
@@ -200,7 +200,6 @@ class FlameStrategy(FedAvg):
             if not msg.has_error():
                 record = dict(metric_record(msg.content))
                 record |= fm.from_confusion(*(record[k] for k in fm.COUNTS))
-                record |= {"num_examples": record["num-examples"]}
                 kind = client_kind(region_of(msg.content))
                 self.tracker.log(kind, server_round, "evaluate", record)
         roll = self.roll_call(server_round, "evaluate", replies)
@@ -212,7 +211,7 @@ class FlameStrategy(FedAvg):
             row = dict(pooled) | {"threshold": self.threshold} | roll
             self.tracker.log(CLIENTS, server_round, "evaluate", row)
             if self.auto_threshold:
-                self.threshold = fm.best_threshold(pooled["hist-pos"], pooled["hist-neg"])
+                self.threshold = fm.best_threshold(pooled["hist_pos"], pooled["hist_neg"])
             self.consider(server_round, float(pooled["pr_auc"]))
         return pooled
 
@@ -242,6 +241,7 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         "min_train_nodes": least,
         "min_evaluate_nodes": least,
         "min_available_nodes": least,
+        "weighted_by_key": "num_examples",  # one spelling per metric key: the CSV's
     }
     if base in (Krum, MultiKrum):
         kwargs["num_malicious_nodes"] = settings.num_malicious

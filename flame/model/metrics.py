@@ -82,8 +82,8 @@ def region_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[
         "loss": log_loss(logits, y),
         **from_histograms(pos, neg),
         **confusion(sigmoid(logits), y, threshold),
-        "hist-pos": pos,
-        "hist-neg": neg,
+        "hist_pos": pos,
+        "hist_neg": neg,
     }
 
 
@@ -168,16 +168,16 @@ def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
     """Pooled metrics of several regions' evaluation records (see module docstring)."""
     records = list(records)
     counts = {k: sum(float(r[k]) for r in records) for k in COUNTS}  # type: ignore[arg-type]
-    examples = sum(float(r["num-examples"]) for r in records)  # type: ignore[arg-type]
-    pos = np.sum([np.asarray(r["hist-pos"], dtype=float) for r in records], axis=0)
-    neg = np.sum([np.asarray(r["hist-neg"], dtype=float) for r in records], axis=0)
-    loss = sum(float(r["loss"]) * float(r["num-examples"]) for r in records) / max(examples, 1)  # type: ignore[arg-type]
+    examples = sum(float(r["num_examples"]) for r in records)  # type: ignore[arg-type]
+    pos = np.sum([np.asarray(r["hist_pos"], dtype=float) for r in records], axis=0)
+    neg = np.sum([np.asarray(r["hist_neg"], dtype=float) for r in records], axis=0)
+    loss = sum(float(r["loss"]) * float(r["num_examples"]) for r in records) / max(examples, 1)  # type: ignore[arg-type]
     return {
         "loss": loss,
         **from_histograms(pos, neg),
         **counts,
         **from_confusion(**counts),
         "num_examples": examples,
-        "hist-pos": pos.tolist(),
-        "hist-neg": neg.tolist(),
+        "hist_pos": pos.tolist(),
+        "hist_neg": neg.tolist(),
     }
