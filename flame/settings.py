@@ -11,6 +11,7 @@ come from each machine's own environment.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -447,9 +448,10 @@ def run_settings(settings: FlameSettings) -> str:
     return settings.model_dump_json(include=set(RUN_FIELDS))
 
 
+@functools.lru_cache(maxsize=4)
 def region_settings(sent: str) -> FlameSettings:
     """A region's settings for one task: the run settings ``sent`` by the server, this node's
-    own environment for the rest."""
+    own environment for the rest (read once per process: the handler and its mods share it)."""
     run = json.loads(sent)
     return load_settings(**{k: v for k, v in run.items() if k in RUN_FIELDS})
 

@@ -22,7 +22,7 @@ Handler = Callable[[Message, Context], Message]
 
 
 def refusals_as_errors(msg: Message, context: Context, call_next: Handler) -> Message:
-    """A region that refuses a task (``Refusal``, or rows with one class only) answers with an
+    """A region that refuses a task (``Refusal``, or rows it cannot learn from) answers with an
     error reply carrying the one-line reason, which the server logs and reports, instead of a
     crash with a traceback."""
     from flame.model.metrics import DegenerateDataError
