@@ -183,7 +183,9 @@ class MlflowSink:
         else:
             self.delivered = delivered(self.client, self.run_id)
         base = public_url(self.uri, self.settings.mlflow_public_url)
-        self.url = f"{base}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        # the UI opens in its GenAI view unless told otherwise (MLflow 3.x; checked in Chromium)
+        view = "workflowType=machine_learning"
+        self.url = f"{base}/#/experiments/{experiment_id}/runs/{self.run_id}?{view}"
         viewer = " (open it with make mlflow-ui)" if self.uri.startswith("sqlite:") else ""
         log.info("MLflow run%s: %s", viewer, self.url)
         return True
