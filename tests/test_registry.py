@@ -29,6 +29,9 @@ def test_champion_moves_only_to_a_better_model_on_the_same_test_set() -> None:
     assert registry.champion_decision(0.91, TEST_SET, Version("1", 0.9)).startswith("champion")
     worse = registry.champion_decision(0.9, TEST_SET, Version("1", 0.9))
     assert worse.startswith("not champion") and "does not beat version 1" in worse
+    # seen in a real run: PR-AUC 1.0000000000000002 against a stored 1.000000 is a tie
+    tie = registry.champion_decision(1.0 + 2e-16, TEST_SET, Version("1", 1.0))
+    assert tie.startswith("not champion")
     other = registry.champion_decision(0.99, "def", Version("1", 0.9))
     assert other.startswith("not champion") and "different test set" in other
     assert registry.champion_decision(float("nan"), TEST_SET, None).startswith("not champion")

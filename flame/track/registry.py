@@ -142,7 +142,7 @@ def champion_decision(pr_auc: float, test_set: str, champion: Any) -> str:
             f"not champion: version {champion.version} was scored on a different test set, "
             "so the two PR-AUCs are not comparable"
         )
-    if held is None or pr_auc <= float(held):
+    if held is None or round(pr_auc, 6) <= float(held):  # compared as stored: 1e-16 is no gain
         return (
             f"not champion: test PR-AUC {pr_auc:.4f} does not beat version "
             f"{champion.version}'s {held}"
