@@ -42,3 +42,16 @@ def test_the_generator_runs_with_plain_python(tmp_path: Path) -> None:
     assert (tmp_path / FILE).read_text() == render(["us", "eu", "apac"])
     bad = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_flame_compose_regions_writes_the_file_for_flame_regions(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from flame.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLAME_REGIONS", "us,eu,apac")
+    assert main(["compose-regions"]) == 0
+    assert (tmp_path / FILE).read_text() == render(["us", "eu", "apac"])
+    assert main(["compose-regions"]) == 0
+    assert "already up to date for us,eu,apac" in capsys.readouterr().out
