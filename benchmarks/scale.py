@@ -197,7 +197,9 @@ def round_seconds(metrics_csv: Path) -> list[float]:
     return np.diff(server["time"].to_numpy()).tolist()
 
 
-def deployment_round(work: Path, rounds: int, warm: bool = True) -> dict:
+def deployment_round(
+    work: Path, rounds: int, warm: bool = True, extra: dict[str, str] | None = None
+) -> dict:
     from flame.ops.local_deployment import LocalDeployment
     from flame.settings import load_settings
 
@@ -206,7 +208,7 @@ def deployment_round(work: Path, rounds: int, warm: bool = True) -> dict:
     env = {"FLAME_CACHE_DIR": str(work / "cache-default"), "FLAME_OUT_DIR": str(folder / "run"),
            "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1",
            "FLAME_NUM_SERVER_ROUNDS": str(rounds),
-           "FLAME_WARM_CLIENTAPP": str(warm).lower()}  # fmt: skip
+           "FLAME_WARM_CLIENTAPP": str(warm).lower()} | (extra or {})  # fmt: skip
     subprocess.run([sys.executable, "-c", "from flame.data.partition import prepare; "
                     "from flame.settings import load_settings; prepare(load_settings())"],
                    env=os.environ | env, check=True)  # fmt: skip
@@ -327,6 +329,8 @@ def deployment_only(args: argparse.Namespace) -> None:
     sim = simulation_round(args.work, 2, 200_000, epochs=2, rounds=4)
     warm = deployment_round(args.work, 4, warm=True)
     cold = deployment_round(args.work, 4, warm=False)
+    # what one message per round could save at most: the same run with no evaluate messages
+    train_only = deployment_round(args.work, 4, extra={"FLAME_FRACTION_EVALUATE": "0"})
     engine = subprocess.run(["docker", "image", "inspect", "flame:latest"], capture_output=True)
     dock = compose_round(args.work, 4) if engine.returncode == 0 else None
     lines = [
@@ -336,6 +340,8 @@ def deployment_only(args: argparse.Namespace) -> None:
         f"deployment round (local processes, cold, FLAME_WARM_CLIENTAPP=false): "
         f"{cold['seconds_per_round']:.2f} s; ClientApp start-up "
         f"{cold['clientapp_startup_s']:.2f} s per message",
+        f"deployment round without evaluate messages (local processes, warm; the most one "
+        f"message per round could save): {train_only['seconds_per_round']:.2f} s",
         f"deployment round / simulation round (local processes): "
         f"{warm['seconds_per_round'] / sim:.2f} (cold: {cold['seconds_per_round'] / sim:.2f})",
         "deployment round / simulation round (compose): "
@@ -346,7 +352,16 @@ def deployment_only(args: argparse.Namespace) -> None:
     text = f"{time.strftime('%Y-%m-%d')}, {machine()}\n\n" + "\n".join(lines)
     (args.out / "deployment.md").write_text(text + "\n")
     (args.out / "deployment.json").write_text(
-        json.dumps({"simulation_round": sim, "warm": warm, "cold": cold, "compose": dock}, indent=1)
+        json.dumps(
+            {
+                "simulation_round": sim,
+                "warm": warm,
+                "cold": cold,
+                "train_only": train_only,
+                "compose": dock,
+            },
+            indent=1,
+        )
     )
     print(text)
 
