@@ -14,7 +14,7 @@ import numpy as np
 
 from flame.data.arrays import SPLITS, load_split
 from flame.data.features import FEATURE_VERSION, feature_names
-from flame.settings import FlameSettings
+from flame.settings import DataSettings, FlameSettings
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -45,7 +45,7 @@ def file_folder(path: Path, settings: FlameSettings, validation: bool) -> Path:
     return settings.cache_dir / "files" / _digest(params)
 
 
-def width(settings: FlameSettings) -> int:
+def width(settings: DataSettings) -> int:
     return len(feature_names(settings.drop_balance_features))
 
 

@@ -40,7 +40,7 @@ from flame.data.loader import iter_paysim, read_paysim
 from flame.data.schema import MAX_STEP, TYPES
 from flame.data.synth import generate
 from flame.files import atomic_dir, atomic_file, writable_folder
-from flame.settings import FlameSettings
+from flame.settings import DataSettings, FlameSettings
 
 log = logging.getLogger(__name__)
 TEST = -1
@@ -98,7 +98,7 @@ def assign_regions(
     return _regions(frame, name_hash(frame["nameOrig"], settings.seed), settings, cutoff)
 
 
-def time_cutoff(first: int, last: int, settings: FlameSettings) -> int:
+def time_cutoff(first: int, last: int, settings: DataSettings) -> int:
     """The last training step of a time split: the final FLAME_TEST_FRACTION of the steps
     ``first..last`` are the test set."""
     return first + int((last - first + 1) * (1 - settings.test_fraction)) - 1
@@ -131,7 +131,7 @@ def _regions(
     return np.where(u_test < settings.test_fraction, TEST, region).astype(np.int64)
 
 
-def validation_mask(frame: pd.DataFrame, settings: FlameSettings) -> np.ndarray:
+def validation_mask(frame: pd.DataFrame, settings: DataSettings) -> np.ndarray:
     return _unit(name_hash(frame["nameOrig"], settings.seed), 3) < settings.val_fraction
 
 
