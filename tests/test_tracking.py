@@ -165,3 +165,29 @@ def test_without_a_server_runs_go_to_the_embedded_store(
     assert run.data.metrics["server/pr_auc"] == 0.9 and run.info.status == "FINISHED"
     assert (tmp_path / "mlflow-data" / "artifacts").is_dir()
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["a.txt"]
+
+
+def test_values_count_as_delivered_only_once_mlflow_took_them(tmp_path: Path) -> None:
+    from flame.track.tracking import CsvSink, deliver
+
+    table = CsvSink(tmp_path / "metrics.csv")
+    table.log("server", 1, "evaluate", {"pr_auc": 0.5, "loss": 0.1})
+    table.close()
+
+    class Flaky:  # MLflow that goes down during the first delivery
+        def __init__(self) -> None:
+            self.calls, self.logged = 0, []
+
+        def log_batch(self, run_id, metrics):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("MLflow went down")
+            self.logged += [(m.key, m.step, m.value) for m in metrics]
+
+    client, sent = Flaky(), set()
+    with pytest.raises(ConnectionError):
+        deliver(client, "run", tmp_path / "metrics.csv", sent)
+    assert sent == set()  # nothing counts as sent: the next sync sends it all
+    assert deliver(client, "run", tmp_path / "metrics.csv", sent) == 2
+    assert sorted(client.logged) == [("server/loss", 1, 0.1), ("server/pr_auc", 1, 0.5)]
+    assert deliver(client, "run", tmp_path / "metrics.csv", sent) == 0

@@ -277,23 +277,26 @@ def delivered(client: Any, run_id: str) -> set[tuple[str, int]]:
 
 
 def deliver(client: Any, run_id: str, csv_path: Path, sent: set[tuple[str, int]]) -> int:
-    """Log every value of ``csv_path`` not in ``sent`` (updated in place); returns how many."""
+    """Log every value of ``csv_path`` not in ``sent`` (updated in place, batch by batch, once
+    MLflow took it); returns how many."""
     from mlflow.entities import Metric
 
     if not csv_path.exists():
         return 0
-    missing = []
+    missing: dict[tuple[str, int], Metric] = {}
     with csv_path.open(newline="") as rows:
         for row in csv.DictReader(rows):
             prefix, rnd = metric_prefix(row["kind"], row["stage"]), int(row["round"])
             values = {k: float(v) for k, v in row.items() if k in NUMERIC and v}
             for key, value in _scalars(values).items():
                 if (name := f"{prefix}/{key}", rnd) not in sent:
-                    missing.append(Metric(name, value, int(float(row["time"]) * 1000), rnd))
-                    sent.add((name, rnd))
-    for start in range(0, len(missing), 1000):  # MLflow's log_batch limit
-        client.log_batch(run_id, metrics=missing[start : start + 1000])
-    return len(missing)
+                    stamp = int(float(row["time"]) * 1000)
+                    missing.setdefault((name, rnd), Metric(name, value, stamp, rnd))
+    batch = list(missing.values())
+    for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
+        sent.update((m.key, m.step) for m in batch[start : start + 1000])
+    return len(batch)
 
 
 def backfill(settings: TrackingSettings, folder: Path) -> int:
