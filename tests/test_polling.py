@@ -69,3 +69,26 @@ def test_prompt_grid_polls_for_replies_at_the_interval_through_the_public_api() 
     assert grid.get_node_ids() == [1, 2]  # everything else is the Grid's
     late = polling.PromptGrid(_FakeGrid(), 0.05)  # type: ignore[arg-type]
     assert late.send_and_receive(["a"], timeout=0.01) == []  # gives up at the timeout
+
+
+def test_object_pulls_retry_every_interval_not_after_flowers_1s_backoff() -> None:
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    saved = {n: dict(getattr(iu, n).__kwdefaults__) for n in polling.PULL_FUNCTIONS}
+    tries: list[float] = []
+
+    def pull(object_id: str) -> bytes:  # the content arrives a moment after the message
+        tries.append(time.perf_counter())
+        if len(tries) < 3:
+            raise iu.ObjectUnavailableError(object_id)
+        return b"content"
+
+    try:
+        # both functions exist with these arguments in the pinned Flower
+        assert polling.cap_pull_backoff(0.02) == list(polling.PULL_FUNCTIONS)
+        assert iu.pull_objects(["a"], pull) == {"a": b"content"}
+        assert tries[-1] - tries[0] < 0.5  # Flower's own backoff: 1 s, then 2 s
+        assert iu.pull_objects.__kwdefaults__["max_time"] == saved["pull_objects"]["max_time"]
+    finally:
+        for name, defaults in saved.items():
+            getattr(iu, name).__kwdefaults__.update(defaults)

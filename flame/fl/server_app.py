@@ -160,6 +160,7 @@ def main(grid: Grid, context: Context) -> None:
         finish(out, model, card, initial, round_end, tracker, settings)
         return
     wait_for_regions(grid, settings)
+    polling.cap_pull_backoff(settings.poll_interval)
     result = runner.start(
         grid=polling.PromptGrid(grid, settings.poll_interval),  # type: ignore[arg-type]
         initial_arrays=initial,

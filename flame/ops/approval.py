@@ -93,10 +93,13 @@ def clientapp_main() -> None:
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     from flame.log import setup_logging
+    from flame.ops.polling import cap_pull_backoff
     from flame.settings import load_settings
 
     setup_logging()
-    trusted = load_settings().trusted_apps
+    settings = load_settings()
+    cap_pull_backoff(settings.poll_interval)
+    trusted = settings.trusted_apps
     if trusted:
         guard(approved(trusted, Path.cwd()))
     sys.argv[0] = "flwr-clientapp"

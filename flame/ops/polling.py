@@ -7,9 +7,15 @@ nothing. Both waits are capped at FLAME_POLL_INTERVAL:
   loop (``push_messages``, then ``pull_messages`` until every reply is in) with that interval;
 - the SuperNode's, which has no public hook: ``apply()``, called by ``flame supernode`` (a
   ``flower-supernode`` wrapper), caps the sleeps of Flower's polling module and sets the
-  SuperExec's own FLWR_SUPEREXEC_TASK_POLL_INTERVAL. A Flower version whose module moved is
-  detected: the patch is skipped with a warning, and a unit test fails, rather than breaking.
-The cost is more idle HTTP requests to the SuperLink (one per node per interval).
+  SuperExec's own FLWR_SUPEREXEC_TASK_POLL_INTERVAL;
+- the retries of Flower's object pulls (``cap_pull_backoff()``, in the ServerApp, the SuperNode
+  and every ClientApp task). A message's content arrives after the message itself, and a pull
+  that finds it missing waits 1 s, then 2 s, 4 s ... before it asks again; a warm ClientApp
+  asks within milliseconds, so most tasks paid that second. Retries now start at a fifth of
+  the interval and double up to it (still giving up after Flower's 2 hours).
+A Flower version whose module or function moved is detected: the patch is skipped with a
+warning, and a unit test fails, rather than breaking. The cost is more idle HTTP requests (one
+per waiting process per interval).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class _CappedSleep(types.ModuleType):
 def apply(interval: float) -> list[str]:
     """Cap Flower's idle sleeps at ``interval`` seconds; returns the modules patched."""
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(interval))
+    cap_pull_backoff(interval)
     patched = []
     for name in PATCHED_MODULES:
         try:
@@ -60,6 +67,29 @@ def apply(interval: float) -> list[str]:
         module.time = _CappedSleep(interval)  # type: ignore[attr-defined]
         patched.append(name)
     return patched
+
+
+PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
+PULL_BACKOFF = ("initial_backoff", "backoff_cap", "max_tries_per_object")
+
+
+def cap_pull_backoff(interval: float) -> list[str]:
+    """Retry Flower's object pulls every ``interval`` s; returns the functions changed."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    changed = []
+    for name in PULL_FUNCTIONS:
+        defaults = getattr(getattr(inflatable_utils, name, None), "__kwdefaults__", None) or {}
+        if not all(key in defaults for key in PULL_BACKOFF):
+            log.warning("poll interval: %s has no backoff arguments here; not changed", name)
+            continue
+        # tries unlimited: the pull still gives up after its max_time (Flower: 2 hours)
+        # the content is usually there within tens of ms: first retry at interval / 5, then
+        # doubling up to the interval
+        defaults.update(initial_backoff=interval / 5, backoff_cap=interval)
+        defaults.update(max_tries_per_object=None)
+        changed.append(name)
+    return changed
 
 
 class PromptGrid:
