@@ -68,6 +68,13 @@ class TrainingSettings(BaseModel):
     fraction_evaluate: float = Field(
         1.0, ge=0, le=1, description="Share of regions evaluated per round."
     )
+    evaluate_in_train: bool = Field(
+        True, description="One message per region per round: a region scores the model it "
+        "receives on its validation rows before training it and replies with both; only the "
+        "final model gets a separate evaluate message. Same metrics (the row for round r is "
+        "still the model after round r, logged when round r+1's replies are in); false = a "
+        "train and an evaluate message every round.",
+    )  # fmt: skip
     local_epochs: int = Field(
         2, ge=1, description="Passes over a region's rows per round (when that is more steps "
         "than FLAME_MIN_LOCAL_STEPS).",

@@ -79,3 +79,22 @@ def test_resumed_csv_drops_the_half_finished_round_and_appends(tmp_path: Path) -
     assert table["loss"].iloc[-1] == 0.2
     CsvSink(path).close()  # a new (not resumed) run starts a fresh file
     assert len(pd.read_csv(path)) == 0
+
+
+def test_resumed_csv_keeps_a_checkpointed_rounds_training_until_its_model_is_scored(
+    tmp_path: Path,
+) -> None:
+    """One message per round: round 2's model is scored in round 3's train replies. Killed in
+    round 3 after those came in, the resume from checkpoint 2 keeps round 2's training rows and
+    drops its evaluation (round 3 scores it again), so no row is logged twice."""
+    path = tmp_path / "metrics.csv"
+    sink = CsvSink(path)
+    logged = [(1, "train"), (2, "train"), (1, "evaluate"), (3, "train"), (2, "evaluate")]
+    for rnd, stage in logged:
+        sink.log("client:us", rnd, stage, {"loss": 0.1})
+    sink.close()
+    CsvSink(path, resume_after=2, evaluated_through=1).close()
+    table = pd.read_csv(path)
+    assert list(zip(table["round"], table["stage"], strict=True)) == [
+        (1, "train"), (2, "train"), (1, "evaluate"),
+    ]  # fmt: skip

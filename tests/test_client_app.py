@@ -4,12 +4,14 @@ from its own environment: a region's .env need not mirror the server's."""
 from __future__ import annotations
 
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from flame.data.features import feature_names
 from flame.fl import client_app
 from flame.fl.client_app import training_plan
+from flame.fl.protocol import EVALUATE_FIRST, VALIDATION_KEY
 from flame.model.net import FraudMLP
 from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
 
@@ -20,9 +22,11 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
 
 
-def _task(settings: FlameSettings | None, kind: str = "train") -> Message:
+def _task(
+    settings: FlameSettings | None, kind: str = "train", evaluate_first: bool = False
+) -> Message:
     model = FraudMLP(len(feature_names(False)), (settings or load_settings()).hidden_sizes)
-    config = {"server-round": 1, "threshold": 0.5}
+    config = {"server-round": 2, "threshold": 0.5, EVALUATE_FIRST: evaluate_first}
     if settings is not None:
         config[RUN_SETTINGS_KEY] = run_settings(settings)
     content = RecordDict(
@@ -62,3 +66,19 @@ def test_a_task_without_run_settings_is_refused_in_one_line() -> None:
     reply = refusals_as_errors(_task(None, "evaluate"), _context(), client_app.evaluate)
     assert reply.has_error()
     assert "refused: the task carries no run settings" in reply.error.reason
+
+
+def test_a_train_task_scores_the_model_it_received_before_training_it_when_asked() -> None:
+    """One message per round: the train reply carries the same validation metrics an evaluate
+    task for the received model would have sent."""
+    server = load_settings(synth_rows=4000, synth_fraud_rate=0.05, min_local_steps=1)
+    tasks = []
+    for kind, first in (("train", False), ("train", True), ("evaluate", False)):
+        torch.manual_seed(0)  # the same received model in all three
+        tasks.append(_task(server, kind, evaluate_first=first))
+    plain = client_app.train(tasks[0], _context())
+    assert VALIDATION_KEY not in plain.content
+    both = client_app.train(tasks[1], _context())
+    alone = client_app.evaluate(tasks[2], _context())
+    assert dict(both.content[VALIDATION_KEY]) == dict(alone.content["metrics"])
+    assert both.content["metrics"]["train_loss"] == plain.content["metrics"]["train_loss"]

@@ -95,9 +95,10 @@ def test_killed_superlink_and_serverapp_resume_from_the_checkpoint(
         assert second.wait(timeout=600) == 0, (folder / "launch.log").read_text()[-3000:]
     table = _metrics(tmp_path)
     assert sorted(server_rounds()) == [0, 1, 2, 3, 4]  # each round exactly once
-    for kind, stage in (("client_aggregate", "train"), ("client:us", "train")):
-        rounds = table.query(f"kind == '{kind}' and stage == '{stage}'")["round"]
-        assert sorted(rounds) == [1, 2, 3, 4], (kind, stage)
+    for kind in ("client_aggregate", "client:us"):
+        for stage in ("train", "evaluate"):  # evaluate: in the next round's train replies
+            rounds = table.query(f"kind == '{kind}' and stage == '{stage}'")["round"]
+            assert sorted(rounds) == [1, 2, 3, 4], (kind, stage)
     assert '"round": 4' in (tmp_path / "run" / "checkpoint" / "state.json").read_text()
     assert "Resuming" in (folder / "launch.log").read_text()
     assert (tmp_path / "run" / "model.pt").exists()

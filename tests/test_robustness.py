@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from flame.fl.attacks import poison_labels, poison_update
-from flame.fl.protocol import INFO_KEY
+from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
 from flame.fl.strategy import build_strategy
 from flame.settings import load_settings
 from flame.track.tracking import Tracker
@@ -59,40 +59,76 @@ def test_robust_rule_beats_fedavg_under_attack(tmp_path: Path) -> None:
     assert final["fedavg"] < final["fedmedian"] - 0.3, final
 
 
-def _evaluate_reply(logits: np.ndarray, y: np.ndarray, region: str) -> Message:
+def _validation(logits: np.ndarray, y: np.ndarray) -> MetricRecord:
     from flame.model import metrics as fm
 
     record = fm.region_metrics(logits, y, 0.5) | {"num_examples": len(y), "threshold": 0.5}
-    content = {"metrics": MetricRecord(record), INFO_KEY: ConfigRecord({"region": region})}  # type: ignore[arg-type]
-    return Message(RecordDict(content), dst_node_id=1, message_type="evaluate")  # type: ignore[arg-type]
+    return MetricRecord(record)  # type: ignore[arg-type]
 
 
+def _reply(kind: str, region: str, content: dict[str, object]) -> Message:
+    content = content | {INFO_KEY: ConfigRecord({"region": region})}
+    return Message(RecordDict(content), dst_node_id=1, message_type=kind)  # type: ignore[arg-type]
+
+
+def _train_reply(region: str, rnd: int, validation: MetricRecord | None) -> Message:
+    metrics = {"train_loss": 0.1, "num_examples": 400, "bytes_sent": 0.0, "bytes_received": 0.0}
+    content = {"arrays": ArrayRecord({"w": torch.full((2,), float(rnd))}),
+               "metrics": MetricRecord(metrics)}  # type: ignore[arg-type]  # fmt: skip
+    return _reply("train", region, content | ({VALIDATION_KEY: validation} if validation else {}))
+
+
+@pytest.mark.parametrize("in_train", [False, True], ids=["evaluate-messages", "one-message"])
 @pytest.mark.parametrize("selection", ["best-val", "last"])
 def test_selected_round_is_the_best_by_pooled_validation_only(
-    selection: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    selection: str, in_train: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Validation PR-AUC per round: good, best, worse. The model kept is round 2's (or the
-    last), with the threshold tuned on that round's validation scores."""
+    last), with the threshold tuned on that round's validation scores; the same whether the
+    regions' scores come in evaluate replies or in the next round's train replies."""
     from flwr.supercore.task_identity import TaskIdentity
 
     for key in ("_run_id", "_node_id", "_task_id"):  # the identity a ServerApp process has
         monkeypatch.setattr(TaskIdentity, key, 1)
-    settings = load_settings(model_selection=selection)
+    settings = load_settings(
+        model_selection=selection, evaluate_in_train=in_train, num_server_rounds=3
+    )
     strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.2).astype(np.float32)
+    separation = {1: 1.0, 2: 4.0, 3: 0.5}
+    scores = {
+        rnd: {r: _validation(rng.normal(size=400) + separation[rnd] * y, y) for r in "ab"}
+        for rnd in separation
+    }
     thresholds = {}
-    for rnd, separation in ((1, 1.0), (2, 4.0), (3, 0.5)):
+    for rnd in (1, 2, 3):
+        if in_train:  # round rnd's train tasks carry round rnd-1's model and ask for its scores
+            config = ConfigRecord()
+            previous = ArrayRecord({"w": torch.full((2,), float(rnd - 1))})
+            list(strategy.configure_train(rnd, previous, config, _FakeGrid()))  # type: ignore[arg-type]
+            assert config[EVALUATE_FIRST] == (rnd > 1)
+            strategy.aggregate_train(
+                rnd, [_train_reply(r, rnd, scores.get(rnd - 1, {}).get(r)) for r in "ab"]
+            )
+            if rnd > 1:
+                thresholds[rnd - 1] = strategy.threshold
         arrays = ArrayRecord({"w": torch.full((2,), float(rnd))})
-        strategy.configure_evaluate(rnd, arrays, ConfigRecord(), _FakeGrid())  # type: ignore[arg-type]
-        replies = [_evaluate_reply(rng.normal(size=400) + separation * y, y, r) for r in "ab"]
+        sent = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), _FakeGrid()))  # type: ignore[arg-type]
+        assert len(sent) == (2 if rnd == 3 or not in_train else 0)  # only the last model's
+        replies = [_reply("evaluate", r, {"metrics": scores[rnd][r]}) for r in "ab"] if sent else []
         strategy.aggregate_evaluate(rnd, replies)
-        thresholds[rnd] = strategy.threshold
+        if sent:
+            thresholds[rnd] = strategy.threshold
     chosen = strategy.selected
     assert chosen is not None
     expected = 2 if selection == "best-val" else 3
     assert chosen.round == expected and chosen.threshold == thresholds[expected]
     assert float(chosen.arrays["w"].numpy()[0]) == expected
+    strategy.tracker.close_csv()
+    table = pd.read_csv(tmp_path / "metrics.csv").query("stage == 'evaluate'")
+    assert sorted(table.query("kind == 'client_aggregate'")["round"]) == [1, 2, 3]  # once each
+    assert sorted(table.query("kind == 'client:a'")["round"]) == [1, 2, 3]
 
 
 class _FakeGrid:

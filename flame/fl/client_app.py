@@ -29,7 +29,7 @@ from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
-from flame.fl.protocol import INFO_KEY, Refusal
+from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.inference import mlp_logits
@@ -197,13 +197,16 @@ def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, S
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received model on this region's rows; the reply's weights are then turned
-    into what travels by the mods (simulated attacks, codecs: flame/fl/mods.py)."""
+    """Train the received model on this region's rows (scoring it on the validation rows first
+    when the server asks: FLAME_EVALUATE_IN_TRAIN); the reply's weights are then turned into
+    what travels by the mods (simulated attacks, codecs: flame/fl/mods.py)."""
     started = time.perf_counter()
     import torch
 
     from flame.model.train import default_pos_weight, train_steps
 
+    config = msg.content["config"]
+    scored = {VALIDATION_KEY: validation(msg, context)} if config.get(EVALUATE_FIRST) else {}
     settings, region, (x_np, y_np) = training_rows(msg, context)
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
@@ -234,12 +237,12 @@ def train(msg: Message, context: Context) -> Message:
         "%s round %d train: %d rows, %d steps in %.2f s (process up %.2f s), loss %.5f",
         region, rnd, len(x), plan.steps, time.perf_counter() - started, _uptime(), loss,
     )  # fmt: skip
-    return _reply(msg, region, {"arrays": ArrayRecord(model.state_dict()), "metrics": record})
+    content = {"arrays": ArrayRecord(model.state_dict()), "metrics": record}
+    return _reply(msg, region, content | scored)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Scores the global model on the region's validation rows with numpy (no torch import)."""
+def validation(msg: Message, context: Context) -> MetricRecord:
+    """The received global model's metrics on the region's validation rows (numpy only)."""
     started = time.perf_counter()
     _, region, (x_val, y_val) = _setup(msg, context, "val")
     received: ArrayRecord = msg.content["arrays"]
@@ -251,4 +254,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f",
         region, len(y_val), time.perf_counter() - started, _uptime(), record["pr_auc"],
     )  # fmt: skip
-    return _reply(msg, region, {"metrics": MetricRecord(record)})  # type: ignore[arg-type]
+    return MetricRecord(record)  # type: ignore[arg-type]
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Scores the global model on the region's validation rows (no torch import)."""
+    region = region_name(context, task_settings(msg))
+    return _reply(msg, region, {"metrics": validation(msg, context)})

@@ -1,6 +1,10 @@
 """Names shared by the ClientApp and the ServerApp's strategy (kept import-free)."""
 
 INFO_KEY = "info"  # ConfigRecord in every reply: {"region": name}
+# one message per round (FLAME_EVALUATE_IN_TRAIN): the train task's config asks the region to
+# score the model it received first; the train reply carries that as a second MetricRecord
+EVALUATE_FIRST = "evaluate-first"
+VALIDATION_KEY = "validation"
 
 
 class Refusal(Exception):

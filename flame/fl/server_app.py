@@ -10,12 +10,18 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from flame.data.features import feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
-from flame.fl.strategy import FlameStrategy, Selected, build_strategy
+from flame.fl.strategy import (
+    ClippedNoisy,
+    FlameStrategy,
+    Selected,
+    build_strategy,
+    evaluated_through,
+)
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
@@ -54,18 +60,32 @@ class RoundEnd:
         fixed: dict[str, object],
     ) -> None:  # fmt: skip
         self.evaluator, self.strategy, self.folder, self.fixed = evaluator, strategy, folder, fixed
+        # a model whose round is logged once the regions have scored it (evaluate_in_train)
+        self.pending: tuple[int, ArrayRecord] | None = None
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         rnd += self.strategy.offset
-        scored = self.evaluator.score(arrays, self.strategy.threshold)
-        record = MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
-        if self.strategy.offset and rnd == self.strategy.offset:
-            return record  # the resumed model: this round was logged by the run that made it
-        self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
-        log.info(_summary(rnd, scored, self.strategy.last_clients if rnd else None))
+        if self.strategy.offset and rnd == self.strategy.offset:  # the resumed model
+            if self.strategy.waits_for_next_round(rnd):
+                self.pending = (rnd, arrays)  # its regions score it in the next round
+            return MetricRecord()  # else the run that made it logged it
+        due, self.pending = [self.pending] if self.pending else [], None
+        if self.strategy.waits_for_next_round(rnd):
+            self.pending = (rnd, arrays)
+        else:
+            due.append((rnd, arrays))
+        records = [self.log_round(r, a) for r, a in due]
         self.checkpoint(rnd, arrays)
         self.strategy.tracker.commit()
-        return record
+        return records[-1] if records else MetricRecord()
+
+    def log_round(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        """Score round ``rnd``'s model on the test set at its own threshold, and log it."""
+        threshold, clients = self.strategy.scored.get(rnd, (self.strategy.threshold, None))
+        scored = self.evaluator.score(arrays, threshold)
+        self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
+        log.info(_summary(rnd, scored, clients if rnd else None))
+        return MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
 
     def checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
         state = checkpoint.Checkpoint(rnd, self.strategy.threshold, self.fixed)
@@ -129,7 +149,9 @@ def main(grid: Grid, context: Context) -> None:
         settings.cache_dir, warm=resumed is None,
     )  # fmt: skip
     params = run_params(settings, len(y_test))
-    tracker = Tracker(settings, out, params, resume_after=done if settings.resume else None)
+    logged = evaluated_through(settings, done) if settings.resume else None
+    resume_after = done if settings.resume else None
+    tracker = Tracker(settings, out, params, resume_after, evaluated_through=logged)
     strategy = build_strategy(settings, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test))
     round_end = RoundEnd(evaluator, strategy, out, checkpoint.fixed_settings(settings))
@@ -148,7 +170,7 @@ def main(grid: Grid, context: Context) -> None:
     runner: Strategy = strategy
     if settings.update_noise > 0:
         # clip each region's update to FLAME_UPDATE_CLIP, add Gaussian noise to the aggregate
-        runner = DifferentialPrivacyServerSideFixedClipping(
+        runner = ClippedNoisy(
             strategy,
             noise_multiplier=settings.update_noise,
             clipping_norm=settings.update_clip,

@@ -10,11 +10,18 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flame.fl.compression import server_decode
-from flame.fl.protocol import INFO_KEY
+from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
 from flame.model import metrics as fm
 from flame.settings import FlameSettings
 from flame.track.tracking import CLIENTS, Tracker, client_kind
@@ -84,6 +91,11 @@ class FlameStrategy(FedAvg):
 
     ``selected`` is the model to save: with ``select_best`` the round with the highest pooled
     client validation PR-AUC (ties: the earlier round), else the last evaluated round.
+
+    With ``evaluate_in_train`` (one message per region per round) round r's train task asks each
+    region to score the model it carries (round r-1's) before training it, and the reply brings
+    both; round r-1's client metrics, threshold and selection are settled when those replies
+    are in. Only the last round's model gets an evaluate message.
     """
 
     def __init__(
@@ -93,6 +105,8 @@ class FlameStrategy(FedAvg):
         codec: str = "none",
         regions: Iterable[str] = (),
         select_best: bool = True,
+        evaluate_in_train: bool = False,
+        last_round: int = 0,
         **kwargs: object,
     ) -> None:
         super().__init__(  # type: ignore[call-arg]
@@ -105,7 +119,6 @@ class FlameStrategy(FedAvg):
         self.round_arrays: ArrayRecord | None = None
         self.auto_threshold = threshold == 0.0
         self.threshold = threshold or 0.5
-        self.last_clients: MetricRecord | None = None
         self.regions = list(regions)
         self.offset = 0  # rounds completed before this run started (resume)
         self.select_best = select_best
@@ -114,6 +127,15 @@ class FlameStrategy(FedAvg):
         self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
         self.epsilon = 0.0  # the largest whole-run DP ε any region has reported
         self.errors: set[str] = set()  # the first line of every region error so far
+        self.evaluate_in_train = evaluate_in_train and self.fraction_evaluate > 0
+        self.last_round = last_round  # the run's final round (its model gets an evaluate task)
+        # per round: the threshold tuned on its model's client validation, its pooled metrics
+        self.scored: dict[int, tuple[float, MetricRecord | None]] = {}
+        self._validated = -1  # the last round whose train replies' validation was taken
+
+    def waits_for_next_round(self, server_round: int) -> bool:
+        """Whether this round's model is scored by the regions only in the next round."""
+        return self.evaluate_in_train and 0 < server_round < self.last_round
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -134,6 +156,8 @@ class FlameStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.offset
+        if self.waits_for_next_round(server_round):
+            return []  # the next round's train tasks score this model
         config["threshold"] = self.threshold
         self.eval_arrays = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)
@@ -143,13 +167,33 @@ class FlameStrategy(FedAvg):
     ) -> Iterable[Message]:
         server_round += self.offset
         self.round_arrays = arrays
+        config[EVALUATE_FIRST] = self.evaluate_in_train and server_round > 1
+        if config[EVALUATE_FIRST]:
+            config["threshold"] = self.threshold
+            self.eval_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
+
+    def take_validation(self, server_round: int, replies: list[Message]) -> None:
+        """Settle round ``server_round - 1`` from the validation metrics in these train replies
+        (``evaluate_in_train``; once per round)."""
+        if not self.evaluate_in_train or server_round <= 1 or self._validated == server_round:
+            return
+        self._validated = server_round
+        scored = [
+            (region_of(m.content), m.content.pop(VALIDATION_KEY))
+            for m in replies
+            if not m.has_error() and VALIDATION_KEY in m.content
+        ]
+        missing = sorted(set(self.regions) - {region for region, _ in scored})
+        roll = {"regions": len(scored), "missing": ";".join(missing)}
+        self.evaluated(server_round - 1, scored, roll)  # type: ignore[arg-type]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
         replies = by_region(replies)  # a fixed order: the same seed gives the same model
+        self.take_validation(server_round, replies)
         roll = self.roll_call(server_round, "train", replies)
         kept = []
         totals = {"bytes_sent": 0.0, "bytes_received": 0.0}
@@ -196,15 +240,23 @@ class FlameStrategy(FedAvg):
     ) -> MetricRecord | None:
         server_round += self.offset
         replies = by_region(replies)
-        for msg in replies:
-            if not msg.has_error():
-                record = dict(metric_record(msg.content))
-                record |= fm.from_confusion(*(record[k] for k in fm.COUNTS))
-                kind = client_kind(region_of(msg.content))
-                self.tracker.log(kind, server_round, "evaluate", record)
+        if not replies and self.waits_for_next_round(server_round):
+            return None  # scored in the next round's train replies
         roll = self.roll_call(server_round, "evaluate", replies)
-        pooled = super().aggregate_evaluate(server_round, replies)
-        self.last_clients = pooled
+        scored = [(region_of(m.content), metric_record(m.content)) for m in replies
+                  if not m.has_error()]  # fmt: skip
+        return self.evaluated(server_round, scored, roll)
+
+    def evaluated(
+        self, server_round: int, scored: list[tuple[str, MetricRecord]], roll: dict[str, Any]
+    ) -> MetricRecord | None:
+        """Log each region's and the pooled validation metrics of round ``server_round``'s
+        model, tune the threshold on them and consider the model for saving."""
+        for region, metrics in scored:
+            record = dict(metrics) | fm.from_confusion(*(metrics[k] for k in fm.COUNTS))
+            self.tracker.log(client_kind(region), server_round, "evaluate", record)
+        records = [RecordDict({"metrics": metrics}) for _, metrics in scored]
+        pooled = pooled_evaluate(records, self.weighted_by_key) if records else None
         if pooled is None:
             self.tracker.log(CLIENTS, server_round, "evaluate", roll)
         else:
@@ -213,6 +265,7 @@ class FlameStrategy(FedAvg):
             if self.auto_threshold:
                 self.threshold = fm.best_threshold(pooled["hist_pos"], pooled["hist_neg"])
             self.consider(server_round, float(pooled["pr_auc"]))
+        self.scored[server_round] = (self.threshold, pooled)
         return pooled
 
     def consider(self, server_round: int, val_pr_auc: float) -> None:
@@ -223,6 +276,27 @@ class FlameStrategy(FedAvg):
         better = best is None or math.isnan(best.val_pr_auc) or val_pr_auc > best.val_pr_auc
         if not self.select_best or better:
             self.selected = Selected(server_round, self.eval_arrays, self.threshold, val_pr_auc)
+
+
+class ClippedNoisy(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side update clipping and noise (FLAME_UPDATE_NOISE). It skips a round with
+    an error reply before Flame's strategy sees the replies, so the regions' validation metrics
+    in them are taken first."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = by_region(replies)
+        strategy: FlameStrategy = self.strategy  # type: ignore[assignment]
+        strategy.take_validation(server_round + strategy.offset, replies)
+        return super().aggregate_train(server_round, replies)
+
+
+def evaluated_through(settings: FlameSettings, done: int) -> int:
+    """The last round whose evaluation is logged once round ``done`` is checkpointed: with one
+    message per round, round ``done``'s model is scored by the regions in the next round."""
+    one_message = settings.evaluate_in_train and settings.fraction_evaluate > 0
+    return done - 1 if one_message and 0 < done < settings.num_server_rounds else done
 
 
 def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
@@ -251,6 +325,8 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         kwargs["beta"] = settings.trim_beta
     strategy = cls(
         tracker, settings.threshold, settings.codec, settings.regions,
-        select_best=settings.model_selection == "best-val", **kwargs,
+        select_best=settings.model_selection == "best-val",
+        evaluate_in_train=settings.evaluate_in_train, last_round=settings.num_server_rounds,
+        **kwargs,
     )  # fmt: skip
     return strategy  # type: ignore[return-value]

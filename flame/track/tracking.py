@@ -51,14 +51,23 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 class CsvSink:
     """metrics.csv, one flushed row per record. A new run starts a fresh file; a resumed run
-    keeps the rows up to its checkpointed round (dropping a half-finished round) and appends."""
+    keeps the rows up to its checkpointed round (dropping a half-finished round: its training
+    rows after ``resume_after``, its evaluation rows after ``evaluated_through``) and appends."""
 
-    def __init__(self, path: Path, resume_after: int | None = None) -> None:
+    def __init__(
+        self, path: Path, resume_after: int | None = None, evaluated_through: int | None = None
+    ) -> None:
         self.path = path
         kept: list[dict[str, str]] = []
         if resume_after is not None and path.exists():
+            evaluated = resume_after if evaluated_through is None else evaluated_through
+            last = {"train": resume_after, "evaluate": min(resume_after, evaluated)}
             with path.open(newline="") as old:
-                kept = [r for r in csv.DictReader(old) if int(r["round"]) <= resume_after]
+                kept = [
+                    r
+                    for r in csv.DictReader(old)
+                    if int(r["round"]) <= last.get(r["stage"], resume_after)
+                ]
         self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, CSV_COLUMNS, extrasaction="ignore")
         self._writer.writeheader()
@@ -327,13 +336,18 @@ class Tracker:
         folder: Path,
         params: Mapping[str, Any],
         resume_after: int | None = None,
+        evaluated_through: int | None = None,
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.sinks: dict[str, Any] = {}
         csv_path = folder / "metrics.csv"
         # MLflow is synced from the CSV, so it is written whenever either is on
-        self._open("csv", settings.csv or settings.mlflow, lambda: CsvSink(csv_path, resume_after))
+        self._open(
+            "csv",
+            settings.csv or settings.mlflow,
+            lambda: CsvSink(csv_path, resume_after, evaluated_through),
+        )
         self._open("tensorboard", settings.tensorboard, lambda: TensorBoardSink(folder))
         uri = tracking_uri(settings.mlflow_tracking_uri) if settings.mlflow else ""
         if settings.mlflow and not mlflow_reachable(uri):
