@@ -84,18 +84,24 @@ def test_federated_run_on_real_paysim_rows(tmp_path: Path, real_dir: Path) -> No
 
 
 def test_the_same_seed_gives_the_same_model(tmp_path: Path) -> None:
-    """Two runs of one command: bit-identical weights, losses and metrics (#13)."""
-    args = ["--rounds", "2", "--rows", "10000", "--fraud-rate", "0.02", "--local-epochs", "1"]
+    """Two runs of one command: bit-identical weights, losses and metrics (#13), whether the
+    regions score each round's model in an evaluate message or in the next round's train
+    reply (FLAME_EVALUATE_IN_TRAIN: rows are then written later, not different)."""
+    args = ["--rounds", "3", "--rows", "10000", "--fraud-rate", "0.02", "--local-epochs", "1"]
     runs = [tmp_path / "a", tmp_path / "b"]
-    for out in runs:
-        run_main([*args, "--out", str(out)])
+    for out, in_train in zip(runs, ("true", "false"), strict=True):
+        run_main([*args, "--out", str(out)], {"FLAME_EVALUATE_IN_TRAIN": in_train})
     (model_a, card_a), (model_b, card_b) = (load_model(out / "model.pt") for out in runs)
     for key, value in model_a.state_dict().items():
         assert torch.equal(value, model_b.state_dict()[key]), key
     assert card_a.threshold == card_b.threshold and card_a.metrics == card_b.metrics
-    columns = ["kind", "round", "stage", "loss", "roc_auc", "pr_auc", "threshold"]
-    a, b = (pd.read_csv(out / "metrics.csv")[columns] for out in runs)
+    columns = ["kind", "round", "stage", "loss", "roc_auc", "pr_auc", "threshold", "tp", "fp"]
+    a, b = (
+        pd.read_csv(out / "metrics.csv")[columns].sort_values(columns[:3], ignore_index=True)
+        for out in runs
+    )
     pd.testing.assert_frame_equal(a, b)
+    assert len(a.query("stage == 'evaluate' and kind == 'client_aggregate'")) == 3
 
 
 def test_mlflow_receives_the_federated_run(tmp_path: Path, mlflow_server: str) -> None:

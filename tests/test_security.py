@@ -141,3 +141,21 @@ def test_a_region_refuses_an_app_it_did_not_approve_before_its_code_runs(
         assert "is not in FLAME_TRUSTED_APPS of this region" in log, region
     missing = pd.read_csv(tmp_path / "run" / "metrics.csv").query("kind == 'client_aggregate'")
     assert set(missing["missing"].dropna()) == {"eu;us"}
+
+
+def test_image_means_the_app_folder_as_it_was_when_the_node_started(tmp_path: Path) -> None:
+    """The warm launcher hashes the app once, before it forks tasks: a later edit of the
+    folder is not approved by ``image``."""
+    from flame.ops.approval import approved, image_hash
+
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "flame", app / "flame", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "main.py"):
+        shutil.copy(ROOT / name, app / name)
+    try:
+        first = approved(["image"], app)
+        (app / "main.py").write_text("print('edited after the node started')\n")
+        assert approved(["image"], app) == first
+        assert folder_hash(app) not in first
+    finally:
+        image_hash.cache_clear()

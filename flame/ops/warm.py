@@ -39,6 +39,15 @@ def preload() -> None:
 
     import flame.fl.client_app
     import flame.model.train
+    from flame.ops.approval import IMAGE, approved
+    from flame.settings import load_settings
+
+    trusted = load_settings().trusted_apps
+    if IMAGE in trusted:
+        try:  # each task's approval check then costs nothing
+            approved(trusted, Path.cwd())
+        except (OSError, ValueError):
+            pass  # not an app folder: each task fails its check with the reason
 
     try:
         import flame.fl.privacy  # noqa: F401  (Opacus, for DP runs)
