@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
+from flame.fl.packing import packed_arrays
 from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
 from flame.log import setup_logging
 from flame.model import metrics as fm
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
 
-app = ClientApp(mods=[refusals_as_errors, update_codec, simulated_attack])
+app = ClientApp(mods=[packed_arrays, refusals_as_errors, update_codec, simulated_attack])
 log = logging.getLogger("flame.client")
 
 

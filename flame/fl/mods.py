@@ -1,6 +1,7 @@
 """Flower ClientApp mods: what wraps every task of the ClientApp's handlers.
 
-Listed outermost first in ``ClientApp(mods=[...])``: ``refusals_as_errors`` turns a region's
+Listed outermost first in ``ClientApp(mods=[...])``, after ``packed_arrays``
+(flame/fl/packing.py: the model travels as one array): ``refusals_as_errors`` turns a region's
 refusal into an error reply; ``update_codec`` encodes the train reply's weights into the
 compressed update that travels; ``simulated_attack`` (innermost, on the honest weights) makes
 an adversarial region's update malicious.

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from flame.data.features import feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
+from flame.fl.packing import PackedGrid
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
@@ -184,7 +185,7 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_regions(grid, settings)
     polling.cap_pull_backoff(settings.poll_interval)
     result = runner.start(
-        grid=polling.PromptGrid(grid, settings.poll_interval),  # type: ignore[arg-type]
+        grid=PackedGrid(polling.PromptGrid(grid, settings.poll_interval)),  # type: ignore[arg-type]
         initial_arrays=initial,
         num_rounds=settings.num_server_rounds - done,
         timeout=settings.round_timeout,
