@@ -228,11 +228,14 @@ def deployment_round(
     clients = metrics[metrics["kind"].str.startswith("client:")]
     sent = clients.groupby("round")["bytes_sent"].sum().mean()
     received = clients.groupby("round")["bytes_received"].sum().mean()
-    startup = []
+    startup, train = [], []
     for log in folder.glob("supernode-*.log"):
         for handler, up in re.findall(r"in ([\d.]+) s \(process up ([\d.]+) s\)", log.read_text()):
             startup.append(float(up) - float(handler))
+        handlers = re.findall(r"round (\d+) train: .* in ([\d.]+) s \(process", log.read_text())
+        train += [float(s) for rnd, s in handlers if int(rnd) > 1]  # as the rounds timed
     return {
+        "train_handler_s": float(np.mean(train)),
         "seconds_per_round": per_round,
         "bytes_sent": float(sent),
         "bytes_received": float(received),
@@ -345,6 +348,11 @@ def deployment_only(args: argparse.Namespace) -> None:
         f"deployment round (local processes, warm ClientApp, one message per round): "
         f"{warm['seconds_per_round']:.2f} s; ClientApp start-up "
         f"{warm['clientapp_startup_s']:.2f} s per message",
+        f"  per region and round: train task handler {warm['train_handler_s']:.2f} s "
+        f"(validation, then training), ClientApp start-up {warm['clientapp_startup_s']:.2f} s, "
+        f"the rest (messaging, polling, server) "
+        f"{warm['seconds_per_round'] - warm['train_handler_s'] - warm['clientapp_startup_s']:.2f}"
+        " s",
         f"deployment round (local processes, warm, train and evaluate messages, "
         f"FLAME_EVALUATE_IN_TRAIN=false): {two['seconds_per_round']:.2f} s",
         f"deployment round (local processes, cold, FLAME_WARM_CLIENTAPP=false): "

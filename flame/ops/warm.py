@@ -34,7 +34,7 @@ MAX_REQUEST = 1 << 20
 def preload() -> None:
     """Everything a ClientApp task imports, once, in the parent."""
     import numpy  # noqa: F401
-    import torch  # noqa: F401
+    import torch
     import torch._dynamo  # noqa: F401  (torch.optim imports it at the first step: 1 s, sympy)
     from flwr.supernode.cli import flwr_clientapp  # noqa: F401
 
