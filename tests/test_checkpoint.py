@@ -23,6 +23,7 @@ def _save(folder: Path, rnd: int, value: float) -> None:
 
 def test_save_replaces_atomically_and_loads_back(tmp_path: Path) -> None:
     _save(tmp_path, 1, 1.0)
+    (tmp_path / ".checkpoint.0badc0de.tmp").mkdir()  # a ServerApp SIGKILLed while saving
     _save(tmp_path, 2, 2.0)
     state, arrays, _ = checkpoint.load(tmp_path)
     assert state.round == 2 and state.threshold == 0.3

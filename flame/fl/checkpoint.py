@@ -10,6 +10,7 @@ last completed round. A run started with FLAME_RESUME=true continues from it, in
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def save(
     arrays: dict[str, np.ndarray],
     selected: dict[str, np.ndarray] | None = None,
 ) -> None:
+    for stale in folder.glob(f".{FOLDER}.*.tmp"):  # staging of a ServerApp killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)  # (a run folder has one ServerApp)
     with atomic_dir(folder / FOLDER, replace=True) as staging:
         np.savez(staging / "arrays.npz", **arrays)
         if selected is not None:
