@@ -90,7 +90,7 @@ intruder_compose down -v >/dev/null 2>&1
 log "passed: a site with an unregistered key is refused (Failed to activate SuperNode)"
 
 # kill the ServerApp and SuperLink containers mid-run, bring them back, resume (README command)
-rounds=5
+rounds=8  # rounds of about 2.5 s: the run is still going when the kill comes
 launch() { hub_compose run --rm --no-deps -e FLAME_NUM_SERVER_ROUNDS=$rounds launcher; }
 launch > "$site_dir/killed.log" 2>&1 &
 first=$!

@@ -56,6 +56,6 @@ def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
     # a remote site with the CA and a valid but unregistered key never joins
     assert "a site with an unregistered key is refused" in out
     # the ServerApp and SuperLink containers killed mid-run; the README's resume command
-    # finishes the run and MLflow holds each of the 5 rounds exactly once
+    # finishes the run and MLflow holds each of its 8 rounds exactly once
     assert "Resuming /runs/" in out
     assert "killed after round 2, resumed, every round in MLflow once" in out
