@@ -127,7 +127,7 @@ class FlameStrategy(FedAvg):
         self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
         self.epsilon = 0.0  # the largest whole-run DP ε any region has reported
         self.errors: set[str] = set()  # the first line of every region error so far
-        self.evaluate_in_train = evaluate_in_train and self.fraction_evaluate > 0
+        self.evaluate_in_train = evaluate_in_train
         self.last_round = last_round  # the run's final round (its model gets an evaluate task)
         # per round: the threshold tuned on its model's client validation, its pooled metrics
         self.scored: dict[int, tuple[float, MetricRecord | None]] = {}
@@ -135,7 +135,7 @@ class FlameStrategy(FedAvg):
 
     def waits_for_next_round(self, server_round: int) -> bool:
         """Whether this round's model is scored by the regions only in the next round."""
-        return self.evaluate_in_train and 0 < server_round < self.last_round
+        return scored_next_round(self.evaluate_in_train, server_round, self.last_round)
 
     def roll_call(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, Any]:
         """Which regions answered this phase; logs the missing ones (lost, failed or absent)."""
@@ -292,11 +292,20 @@ class ClippedNoisy(DifferentialPrivacyServerSideFixedClipping):
         return super().aggregate_train(server_round, replies)
 
 
+def one_message_per_round(settings: FlameSettings) -> bool:
+    """FLAME_EVALUATE_IN_TRAIN, in a run whose regions evaluate at all."""
+    return settings.evaluate_in_train and settings.fraction_evaluate > 0
+
+
+def scored_next_round(one_message: bool, server_round: int, last_round: int) -> bool:
+    """Whether round ``server_round``'s model is scored by the regions only in the next round."""
+    return one_message and 0 < server_round < last_round
+
+
 def evaluated_through(settings: FlameSettings, done: int) -> int:
-    """The last round whose evaluation is logged once round ``done`` is checkpointed: with one
-    message per round, round ``done``'s model is scored by the regions in the next round."""
-    one_message = settings.evaluate_in_train and settings.fraction_evaluate > 0
-    return done - 1 if one_message and 0 < done < settings.num_server_rounds else done
+    """The last round whose evaluation is logged once round ``done`` is checkpointed."""
+    late = scored_next_round(one_message_per_round(settings), done, settings.num_server_rounds)
+    return done - 1 if late else done
 
 
 def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
@@ -326,7 +335,7 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
     strategy = cls(
         tracker, settings.threshold, settings.codec, settings.regions,
         select_best=settings.model_selection == "best-val",
-        evaluate_in_train=settings.evaluate_in_train, last_round=settings.num_server_rounds,
+        evaluate_in_train=one_message_per_round(settings), last_round=settings.num_server_rounds,
         **kwargs,
     )  # fmt: skip
     return strategy  # type: ignore[return-value]
