@@ -48,7 +48,6 @@ class DataSettings(BaseModel):
         "customer", description="customer: hash of nameOrig; non-iid: regions differ in type mix."
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Server-held test share.")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Each region's validation share.")
     split: Literal["hash", "time"] = Field(
         "hash", description="Server test set: a hash of nameOrig, or time = the last "
         "FLAME_TEST_FRACTION of steps (regions train on earlier steps).",
@@ -207,6 +206,18 @@ class NodeSettings(BaseModel):
         0.25, ge=0.01, le=3.0,
         description="Deployment: cap (s) on Flower's idle polling sleeps (Flower's own: 3 s).",
     )  # fmt: skip
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of this region's rows it holds out for validation "
+        "(a node setting: the region, not the server, fixes its validation rows).",
+    )  # fmt: skip
+    state_dir: Path = Field(
+        Path("data/state"), description="This node's private state: one sub-folder per region "
+        "with its secret noise seed and its privacy ledger. Never leaves the region.",
+    )  # fmt: skip
+    app_hash: str = Field(
+        "", description="Set by Flame's ClientApp launcher: the FAB hash of the app a task "
+        "runs (recorded in the privacy ledger); empty in simulation.",
+    )  # fmt: skip
 
 
 class PolicySettings(BaseModel):
@@ -223,8 +234,25 @@ class PolicySettings(BaseModel):
         0.0, ge=0, description="Region policy: largest whole-run ε it trains for; 0 = any."
     )
     policy_max_delta: float = Field(
-        0.0, ge=0, lt=1, description="Region policy: largest δ it trains for; 0 = any."
+        0.0, ge=0, lt=1, description="Region policy: largest δ it trains for; 0 = at most "
+        "1/rows (also the δ of the lifetime budget; 0 = the smallest δ in its ledger).",
+    )  # fmt: skip
+    policy_lifetime_epsilon: float = Field(
+        0.0, ge=0, description="Region policy: total ε its ledger may ever spend, over every "
+        "run and restart; 0 = no lifetime cap.",
+    )  # fmt: skip
+    policy_max_evaluations: int = Field(
+        0, ge=0, description="Region policy: most evaluation answers per run (evaluate "
+        "messages and validation in train messages); 0 = any.",
+    )  # fmt: skip
+    policy_histogram_bins: Literal[1600, 800, 400, 200, 100, 50, 25] = Field(
+        1600, description="Region policy: finest score histogram an evaluation answer carries."
     )
+    policy_eval_noise: float = Field(
+        0.0, ge=0, description="Region policy: Gaussian noise (std, in rows) on evaluation "
+        "histograms, charged to the ledger; every figure is derived from them. 0 = exact "
+        "answers (not covered by ε); with FLAME_POLICY_REQUIRE_DP it must be above 0.",
+    )  # fmt: skip
     policy_codecs: Annotated[list[Literal["none", "fp16", "int8", "topk"]], NoDecode] = Field(
         default=[], description="Region policy: comma-separated update codecs it sends; "
         "empty = any.",
@@ -351,6 +379,15 @@ class FlameSettings(
         if self.dp and self.dp_noise_multiplier is None and self.dp_target_epsilon == 0:
             raise ValueError(
                 "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER or FLAME_DP_TARGET_EPSILON > 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _private_evaluation(self) -> FlameSettings:
+        if self.policy_require_dp and self.policy_eval_noise == 0:
+            raise ValueError(
+                "FLAME_POLICY_REQUIRE_DP needs FLAME_POLICY_EVAL_NOISE > 0: under it every "
+                "evaluation answer is privatized and charged to the ledger (e.g. 8)"
             )
         return self
 

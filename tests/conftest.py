@@ -25,6 +25,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(FlameSettings.model_config, "env_file", None)
     monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FLAME_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FLAME_STATE_DIR", str(tmp_path / "state"))  # each region's secret, ledger
     monkeypatch.setenv("FLAME_MLFLOW", "false")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("FLAME_PRETRAIN_ROWS", "20000")  # the warm start, small: fast tests

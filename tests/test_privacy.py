@@ -13,11 +13,12 @@ from opacus.accountants import RDPAccountant
 
 from flame.data.features import build_features, labels
 from flame.data.synth import generate
-from flame.fl.client_app import dp_config
-from flame.fl.privacy import dp_train, load_history
+from flame.fl.client_app import RegionState, dp_config
+from flame.fl.ledger import TRAIN, Ledger
+from flame.fl.privacy import dp_train
 from flame.model.net import FraudMLP
 from flame.model.train import Plan
-from flame.settings import SettingsError, load_settings
+from flame.settings import FlameSettings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,66 +32,76 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 STEPS = 8  # per round
 
 
-def rounds(settings, data, n: int, state: RecordDict) -> list[tuple[float, float, bool]]:  # type: ignore[no-untyped-def]
+def train_round(
+    settings: FlameSettings, data, model: FraudMLP, plan: Plan, rnd: int, run: str = "1"
+) -> tuple[float, float, bool]:  # type: ignore[no-untyped-def]
+    """One round as the ClientApp trains it: the region's ledger and secret in FLAME_STATE_DIR."""
     x, y = data
-    model = FraudMLP(x.shape[1], [16])
+    state = RegionState(settings, "us", run, rnd)
+    return dp_train(
+        model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
+        history=state.history(TRAIN), pos_weight=2.0, generator=state.generator("dp"),
+        charge=lambda sigma, q, steps: state.charge(TRAIN, sigma, q, steps),
+    )  # fmt: skip
+
+
+def rounds(settings: FlameSettings, data, n: int) -> list[tuple[float, float, bool]]:  # type: ignore[no-untyped-def]
+    model = FraudMLP(data[0].shape[1], [16])
     plan = Plan(steps=STEPS, rounds=n, lr=1e-3)
-    config = dp_config(settings)
-    return [
-        dp_train(
-            model, x, y, config=config, plan=plan, rnd=r + 1, state=state, pos_weight=2.0, seed=r
-        )
-        for r in range(n)
-    ]
+    return [train_round(settings, data, model, plan, r + 1) for r in range(n)]
+
+
+def releases(settings: FlameSettings, region: str = "us") -> list:  # type: ignore[type-arg]
+    with Ledger(settings.state_dir / region) as ledger:
+        return ledger.releases()
 
 
 def test_epsilon_is_cumulative_and_matches_opacus(data) -> None:  # type: ignore[no-untyped-def]
     settings = load_settings(dp=True, dp_noise_multiplier=1.1, dp_batch_size=500)
-    state = RecordDict()
-    results = rounds(settings, data, 3, state)
+    results = rounds(settings, data, 3)
     eps = [r[1] for r in results]
     assert eps[0] < eps[1] < eps[2]
     # the same steps through one fresh Opacus accountant give the same ε
     reference = RDPAccountant()
     reference.history = [(1.1, 500 / len(data[0]), STEPS * 3)]
     assert eps[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-6)
-    assert sum(h[2] for h in load_history(state)) == STEPS * 3
+    charged = releases(settings)
+    assert [r.round for r in charged] == [1, 2, 3] and sum(r.steps for r in charged) == STEPS * 3
+    assert [r.epsilon for r in charged] == eps  # the ledger holds what the region reported
 
 
 def test_logical_batches_larger_than_physical_ones_count_once(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """BatchMemoryManager splits a logical batch; the accountant still counts logical steps."""
     monkeypatch.setattr("flame.fl.privacy.PHYSICAL_BATCH", 256)
     settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_sample_rate=0.5)
-    state = RecordDict()
-    rounds(settings, data, 1, state)
-    assert load_history(state) == [(1.0, 0.5, STEPS)]
+    rounds(settings, data, 1)
+    assert [(r.noise, r.rate, r.steps) for r in releases(settings)] == [(1.0, 0.5, STEPS)]
 
 
 def test_target_epsilon_is_not_exceeded(data) -> None:  # type: ignore[no-untyped-def]
     settings = load_settings(dp=True, dp_target_epsilon=2.0, dp_batch_size=256)
-    results = rounds(settings, data, 3, RecordDict())
+    results = rounds(settings, data, 3)
     assert not any(r[2] for r in results)
     assert results[-1][1] <= 2.0 * 1.01 and results[-1][1] > 1.5  # spent, not wasted
 
 
 def test_budget_exhaustion_stops_training(data) -> None:  # type: ignore[no-untyped-def]
-    x, y = data
     settings = load_settings(
         dp=True, dp_noise_multiplier=1.0, dp_target_epsilon=3.0, dp_batch_size=256
     )
-    state, model = RecordDict(), FraudMLP(x.shape[1], [16])
+    model = FraudMLP(data[0].shape[1], [16])
     spent, exhausted = [], False
-    plan, config = Plan(steps=16, rounds=1, lr=1e-3), dp_config(settings)
+    plan = Plan(steps=16, rounds=1, lr=1e-3)
     for r in range(20):
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        kwargs = {"config": config, "plan": plan, "rnd": 1, "state": state}
-        loss, eps, exhausted = dp_train(model, x, y, pos_weight=2.0, seed=r, **kwargs)
+        loss, eps, exhausted = train_round(settings, data, model, plan, r + 1)
         if exhausted:
             assert math.isnan(loss)
             assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
             break
         spent.append(eps)
     assert exhausted and spent and max(spent) <= 3.0 * 1.01
+    assert len(releases(settings)) == len(spent)  # a round that sat out released nothing
 
 
 def test_dp_settings_need_noise_or_budget() -> None:
@@ -118,21 +129,132 @@ def test_dp_run_reports_epsilon_every_round(tmp_path) -> None:  # type: ignore[n
 
 
 def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from flame.fl.privacy import PolicyError, check_policy
+    from flame.fl.privacy import DPConfig, PolicyError, RegionPolicy, check_run
 
-    check_policy(True, 2.9, 1e-5, True, 3.0, 1e-5)  # within the policy
+    plan, rows = Plan(steps=50, rounds=3, lr=1e-3), 4_000
+    dp = DPConfig(None, 2.9, 1e-5, 1.0, "adam", 256)
+    strict = RegionPolicy(require_dp=True, max_epsilon=3.0, max_delta=1e-5, eval_noise=8.0)
+    check_run(True, dp, rows, plan, strict)  # within the policy
     with pytest.raises(PolicyError, match="only with DP-SGD"):
-        check_policy(False, math.inf, 1e-5, True, 0.0, 0.0)
-    with pytest.raises(PolicyError, match=r"plans ε=8.*at most ε=3 \(FLAME_POLICY_MAX_EPSILON\)"):
-        check_policy(True, 8.0, 1e-5, False, 3.0, 0.0)
+        check_run(False, dp, rows, plan, strict)
+    with pytest.raises(PolicyError, match=r"plans ε=8.*at most ε=3 per run \(FLAME_POLICY_MAX_EP"):
+        check_run(True, DPConfig(None, 8.0, 1e-5, 1.0, "adam", 256), rows, plan, strict)
     with pytest.raises(PolicyError, match="FLAME_POLICY_MAX_DELTA"):
-        check_policy(True, 1.0, 1e-3, False, 0.0, 1e-5)
+        check_run(True, DPConfig(None, 1.0, 1e-3, 1.0, "adam", 256), rows, plan, strict)
+    # no δ limit set: a region that guards its privacy takes at most 1/rows
+    with pytest.raises(
+        PolicyError, match=r"at most δ=0.00025 \(FLAME_POLICY_MAX_DELTA; unset: 1/r"
+    ):
+        check_run(True, DPConfig(None, 1.0, 1e-3, 1.0, "adam", 256), rows, plan,
+                  RegionPolicy(require_dp=True, eval_noise=8.0))  # fmt: skip
+    # noise 0 is clipping only: no privacy, refused where DP is required
+    with pytest.raises(PolicyError, match=r"noise multiplier 0 .*FLAME_POLICY_REQUIRE_DP"):
+        check_run(True, DPConfig(0.0, 0.0, 1e-5, 1.0, "adam", 256), rows, plan, strict)
+    # a sampling rate below 1/rows: Opacus would sample (and account) at 1/rows instead
+    tiny = DPConfig(1.0, 0.0, 1e-5, 1.0, "adam", 256, sample_rate=1e-12)
+    for policy in (strict, RegionPolicy()):
+        with pytest.raises(PolicyError, match=r"below 1/rows = 0.00025 .*\(FLAME_DP_SAMPLE_RATE\)"):
+            check_run(True, tiny, rows, plan, policy)
     monkeypatch.setenv("FLAME_POLICY_MAX_EPSILON", "3")
+    monkeypatch.setenv("FLAME_POLICY_LIFETIME_EPSILON", "10")
     monkeypatch.setenv("FLAME_TRUSTED_APPS", "image")
-    asked = {"policy-max-epsilon": 100.0, "trusted-apps": "", "dp-target-epsilon": 8.0}
+    asked = {"policy-max-epsilon": 100.0, "policy-lifetime-epsilon": 1e9, "trusted-apps": "",
+             "dp-target-epsilon": 8.0, "state-dir": "/elsewhere", "val-fraction": 0.99}  # fmt: skip
     settings = load_settings(asked)
     assert settings.policy_max_epsilon == 3 and settings.trusted_apps == ["image"]
+    assert settings.policy_lifetime_epsilon == 10 and settings.val_fraction == 0.2
+    assert settings.state_dir != Path("/elsewhere")  # the server cannot move a region's ledger
     assert settings.dp_target_epsilon == 8.0  # what the run asks for still arrives
+
+
+def test_require_dp_needs_privatized_evaluation() -> None:
+    with pytest.raises(
+        SettingsError, match="FLAME_POLICY_REQUIRE_DP needs FLAME_POLICY_EVAL_NOISE"
+    ):
+        load_settings(policy_require_dp=True)
+
+
+def charge_rows(settings: FlameSettings, policy, rows: list[tuple[str, str, float, float, int]]):  # type: ignore[no-untyped-def]
+    """Charge (run, kind, noise, rate, steps) releases in order; the run's ε after each."""
+    from flame.fl.ledger import Release
+    from flame.fl.privacy import charge
+
+    out = []
+    for rnd, (run, kind, noise, rate, steps) in enumerate(rows, 1):
+        with Ledger(settings.state_dir / "us") as ledger, ledger.charging() as charging:
+            release = Release(run, "fab", rnd, kind, noise, rate, steps, 1e-5)
+            out.append(charge(charging, release, policy).epsilon)
+    return out
+
+
+def test_the_lifetime_cap_holds_across_runs_and_restarts() -> None:
+    from flame.fl.privacy import PolicyError, RegionPolicy, accounted, epsilon_of
+
+    settings = load_settings()
+    policy = RegionPolicy(lifetime_epsilon=2.0)
+    one_run = [("run-a", TRAIN, 2.0, 0.05, 100)]
+    (first,) = charge_rows(settings, policy, one_run)
+    assert 1.0 < first < 2.0  # one run fits
+    # a second run, in a new process (a new Ledger on the same file): its own ε starts at 0,
+    # the region's lifetime spend does not
+    (second,) = charge_rows(settings, policy, [("run-b", TRAIN, 2.0, 0.05, 100)])
+    assert second == pytest.approx(first)
+    spent = epsilon_of(accounted(releases(settings)), 1e-5)
+    assert spent > first and spent <= 2.0
+    with pytest.raises(
+        PolicyError, match=r"lifetime spend from ε=.* above FLAME_POLICY_LIFETIME_EP"
+    ):
+        charge_rows(settings, policy, [("run-c", TRAIN, 2.0, 0.05, 100)])
+    assert [r.run_id for r in releases(settings)] == ["run-a", "run-b"]  # refused: not charged
+
+
+def test_per_run_and_evaluation_caps_count_every_answer() -> None:
+    from flame.fl.ledger import EVALUATE
+    from flame.fl.privacy import PolicyError, RegionPolicy
+
+    settings = load_settings()
+    policy = RegionPolicy(max_epsilon=1.0, max_evaluations=2, eval_noise=10.0)
+    eps = charge_rows(settings, policy, [("r", EVALUATE, 10.0, 1.0, 1)] * 2)
+    assert 0 < eps[0] < eps[1] < 1.0  # privatized answers are charged and compose
+    with pytest.raises(PolicyError, match=r"already had 2 evaluation answers.*MAX_EVALUATIONS=2\)"):
+        charge_rows(settings, policy, [("r", EVALUATE, 10.0, 1.0, 1)])
+    charge_rows(settings, policy, [("other-run", EVALUATE, 10.0, 1.0, 1)])  # per run
+    with pytest.raises(
+        PolicyError, match=r"would take the run to ε=.*\(FLAME_POLICY_MAX_EPSILON\)"
+    ):
+        charge_rows(settings, policy, [("r", TRAIN, 0.6, 0.5, 100)])
+    exact = charge_rows(settings, RegionPolicy(), [("x", EVALUATE, 0.0, 1.0, 1)])
+    assert exact == [0.0]  # an exact answer is counted, not covered by ε (docs say so)
+    assert charge_rows(settings, RegionPolicy(), [("y", TRAIN, 0.0, 0.1, 10)]) == [math.inf]
+
+
+def test_a_round_is_charged_before_it_trains(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A crash mid-training leaves the release in the ledger: over-counted, never under."""
+    settings = load_settings(dp=True, dp_noise_multiplier=1.0, dp_batch_size=500)
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("killed mid-round")
+
+    monkeypatch.setattr("flame.fl.privacy.BatchMemoryManager", crash)
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        rounds(settings, data, 1)
+    assert [(r.round, r.steps) for r in releases(settings)] == [(1, STEPS)]
+
+
+def test_two_regions_with_the_same_rows_draw_different_noise(data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Same rows, settings, seed and initial weights; separate state folders: different DP
+    updates. The same state folder replays its own noise exactly."""
+    updates = []
+    for folder in ("site-a", "site-b", "site-a"):
+        settings = load_settings(
+            dp=True, dp_noise_multiplier=1.0, dp_batch_size=500, state_dir=tmp_path / folder
+        )
+        torch.manual_seed(0)
+        model = FraudMLP(data[0].shape[1], [16])
+        train_round(settings, data, model, Plan(steps=STEPS, rounds=1, lr=1e-3), 1, run="7")
+        updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.allclose(updates[0], updates[1])
+    assert torch.equal(updates[0], updates[2])
 
 
 def test_planned_epsilon_is_the_accountants_for_the_whole_plan(data) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +297,7 @@ def test_a_budget_too_small_for_the_planned_steps_names_the_setting() -> None:
 
 
 def test_a_refusal_is_an_error_reply_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.app import Context, Message, RecordDict
+    from flwr.app import Context, Message
     from flwr.supercore.task_identity import TaskIdentity
 
     from flame.fl.mods import refusals_as_errors

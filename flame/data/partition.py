@@ -131,7 +131,7 @@ def _regions(
     return np.where(u_test < settings.test_fraction, TEST, region).astype(np.int64)
 
 
-def validation_mask(frame: pd.DataFrame, settings: DataSettings) -> np.ndarray:
+def validation_mask(frame: pd.DataFrame, settings: FlameSettings) -> np.ndarray:
     return _unit(name_hash(frame["nameOrig"], settings.seed), 3) < settings.val_fraction
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import time
 import zlib
@@ -28,6 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
+from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.packing import packed_arrays
 from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
@@ -49,7 +51,9 @@ def _process_start() -> float:
 
 
 if TYPE_CHECKING:
-    from flame.fl.privacy import DPConfig
+    import torch
+
+    from flame.fl.privacy import DPConfig, RegionPolicy
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
 
@@ -162,25 +166,72 @@ def dp_config(settings: FlameSettings) -> DPConfig:
     )
 
 
+def region_policy(settings: FlameSettings) -> RegionPolicy:
+    from flame.fl.privacy import RegionPolicy
+
+    return RegionPolicy(
+        require_dp=settings.policy_require_dp, max_epsilon=settings.policy_max_epsilon,
+        max_delta=settings.policy_max_delta, lifetime_epsilon=settings.policy_lifetime_epsilon,
+        max_evaluations=settings.policy_max_evaluations,
+        histogram_bins=settings.policy_histogram_bins, eval_noise=settings.policy_eval_noise,
+    )  # fmt: skip
+
+
 def enforce_policy(settings: FlameSettings, rows: int, plan: Plan, adversary: bool) -> None:
     """This region's own policy (node settings) against what the run asks for."""
-    if settings.policy_codecs or settings.policy_attacks:
-        from flame.fl.privacy import check_update_policy
+    from flame.fl.privacy import check_run, check_update_policy
 
+    if settings.policy_codecs or settings.policy_attacks:
         check_update_policy(
             settings.codec, settings.attack if adversary else None, settings.policy_codecs,
             settings.policy_attacks,
         )  # fmt: skip
-    if not (settings.policy_require_dp or settings.policy_max_epsilon or settings.policy_max_delta):
-        return
-    from flame.fl.privacy import check_policy, planned_epsilon
+    check_run(settings.dp, dp_config(settings), rows, plan, region_policy(settings))
 
-    config = dp_config(settings)
-    epsilon = planned_epsilon(config, rows, plan) if settings.dp else float("inf")
-    check_policy(
-        settings.dp, epsilon, settings.dp_delta, settings.policy_require_dp,
-        settings.policy_max_epsilon, settings.policy_max_delta,
-    )  # fmt: skip
+
+class RegionState:
+    """This region's private state folder for one task: its secret and its privacy ledger."""
+
+    def __init__(self, settings: FlameSettings, region: str, run_id: str, rnd: int) -> None:
+        from flame.fl.region_secret import region_folder
+
+        self.folder = region_folder(settings.state_dir, region)
+        self.settings, self.run_id, self.round = settings, run_id, rnd
+
+    @classmethod
+    def of_task(cls, msg: Message, settings: FlameSettings, region: str) -> RegionState:
+        rnd = int(msg.content["config"]["server-round"])
+        return cls(settings, region, str(msg.metadata.run_id), rnd)
+
+    def seed(self, purpose: str) -> int:
+        """A seed only this region can know (its secret), one per run, round and purpose."""
+        from flame.fl.region_secret import derived_seed, load_secret
+
+        return derived_seed(load_secret(self.folder), self.run_id, self.round, purpose)
+
+    def generator(self, purpose: str) -> torch.Generator:
+        import torch
+
+        return torch.Generator().manual_seed(self.seed(purpose))
+
+    def history(self, kind: str) -> list[tuple[float, float, int]]:
+        """This run's earlier ``kind`` releases, as the accountant reads them."""
+        from flame.fl.privacy import accounted
+
+        with Ledger(self.folder) as ledger:
+            return accounted(r for r in ledger.releases(self.run_id) if r.kind == kind)
+
+    def charge(self, kind: str, noise: float, rate: float, steps: int) -> float:
+        """Record one release before the region answers (refused if over the region's caps);
+        returns the run's ε with it."""
+        from flame.fl.privacy import charge
+
+        release = Release(
+            self.run_id, self.settings.app_hash, self.round, kind, noise, rate, steps,
+            self.settings.dp_delta,
+        )  # fmt: skip
+        with Ledger(self.folder) as ledger, ledger.charging() as charging:
+            return charge(charging, release, region_policy(self.settings)).epsilon
 
 
 def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, Split]:
@@ -212,27 +263,31 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     rnd = int(msg.content["config"]["server-round"])
-    seed = region_seed(settings, region, rnd)
     plan = training_plan(settings, len(x))
     enforce_policy(settings, len(x), plan, region in settings.adversarial_regions)
     pos_weight = settings.pos_weight or default_pos_weight(y_np)
+    state = RegionState.of_task(msg, settings, region)
     extra: dict[str, float] = {}
     if settings.dp:
         from flame.fl.privacy import dp_train
 
         loss, epsilon, exhausted = dp_train(
-            model, x, y, config=dp_config(settings), plan=plan, rnd=rnd, state=context.state,
-            pos_weight=pos_weight, seed=seed,
+            model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
+            history=state.history(TRAIN), pos_weight=pos_weight, generator=state.generator("dp"),
+            charge=functools.partial(state.charge, TRAIN),
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:
+        state.charge(TRAIN, 0.0, min(1.0, settings.batch_size / len(x)), plan.steps)
         loss = train_steps(
             model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
-            pos_weight=pos_weight, seed=seed, desc=f"{region} round {rnd}",
+            pos_weight=pos_weight, seed=region_seed(settings, region, rnd),
+            desc=f"{region} round {rnd}",
         )  # fmt: skip
+    sent_loss = math.nan if settings.dp else loss  # not a private figure: stays in the region
     record = MetricRecord(
-        {"train_loss": loss, "num_examples": len(x), "steps": plan.steps, **extra}
-        | (data_summary(x_np, y_np) if rnd == 1 else {})
+        {"train_loss": sent_loss, "num_examples": len(x), "steps": plan.steps, **extra}
+        | (data_summary(x_np, y_np) if rnd == 1 and not settings.dp else {})
     )
     log.info(
         "%s round %d train: %d rows, %d steps in %.2f s (process up %.2f s), loss %.5f",
@@ -243,17 +298,23 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def validation(msg: Message, context: Context) -> MetricRecord:
-    """The received global model's metrics on the region's validation rows (numpy only)."""
+    """The received global model's metrics on the region's validation rows (numpy only), as
+    much as the region's policy lets one answer reveal; charged to its ledger first."""
     started = time.perf_counter()
-    _, region, (x_val, y_val) = _setup(msg, context, "val")
+    settings, region, (x_val, y_val) = _setup(msg, context, "val")
+    state = RegionState.of_task(msg, settings, region)
+    noise = settings.policy_eval_noise
+    state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer of L2 sensitivity 1
     received: ArrayRecord = msg.content["arrays"]
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
-    record = fm.region_metrics(logits, y_val, threshold)
-    record |= {"num_examples": len(y_val), "threshold": threshold}
+    rng = np.random.default_rng(state.seed("evaluate")) if noise else None
+    record = fm.region_metrics(logits, y_val, threshold, settings.policy_histogram_bins, noise, rng)
+    record["threshold"] = threshold
     log.info(
-        "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f",
+        "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f%s",
         region, len(y_val), time.perf_counter() - started, _uptime(), record["pr_auc"],
+        f" (privatized, noise {noise:g})" if noise else "",
     )  # fmt: skip
     return MetricRecord(record)  # type: ignore[arg-type]
 

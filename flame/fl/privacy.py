@@ -1,10 +1,12 @@
-"""DP-SGD with Opacus, accounted over the whole federated run, per region.
+"""DP-SGD with Opacus, accounted per region in its privacy ledger, and the region's policy.
 
-Guarantee: record-level (ε, δ)-differential privacy for each region's training rows, with
-respect to everything that region sends in all rounds together (the model updates; the
-validation metrics it reports are not covered). Each region has ONE RDP accountant for the run:
-its history of (noise multiplier, sample rate, steps) is kept in the SuperNode's context state
-and restored every round, so the reported ε is cumulative, not one round's.
+Guarantee: record-level (ε, δ)-differential privacy for each region's rows with respect to
+everything the region releases: the model updates of every round, and (where its policy
+privatizes them, ``FLAME_POLICY_EVAL_NOISE``) its evaluation answers. Every release is charged
+to the region's ledger (``flame.fl.ledger``) before the region answers; the run's ε and the
+region's lifetime ε are RDP compositions of the releases in it, so a restarted SuperNode or a
+new run never starts from zero. The noise and the Poisson sampling come from the region's
+secret (``flame.fl.region_secret``), never from the run's settings.
 
 The recipe that keeps the model's value (see ``../shared/reference/quality-anchors.md``):
 - DP-Adam by default (``FLAME_DP_OPTIMIZER``), large logical batches: each row is in a step's
@@ -17,7 +19,8 @@ The recipe that keeps the model's value (see ``../shared/reference/quality-ancho
 - class weighting per sample (``BCEWithLogitsLoss(pos_weight=...)``): no oversampling or
   duplication, which would change the sensitivity the accounting assumes.
 
-A region whose next round would exceed its budget stops training and says so.
+A region whose next round would exceed the run's target ε stops training and says so; one whose
+policy a task would break refuses it, in one line naming the setting.
 """
 
 from __future__ import annotations
@@ -25,24 +28,26 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 import torch
-from flwr.app import ConfigRecord, RecordDict
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from flame.fl.ledger import EVALUATE, TRAIN, Charge, Release
 from flame.fl.protocol import Refusal
 from flame.model.train import Plan, set_lr
 
 log = logging.getLogger("flame.fl.privacy")
-STATE_KEY = "dp-accountant"
 PHYSICAL_BATCH = 4096
+WHAT = {TRAIN: "this round's training", EVALUATE: "this evaluation answer"}
 History = list[tuple[float, float, int]]
 
 
@@ -59,24 +64,47 @@ class DPConfig:
     sample_rate: float = 0.0
 
     def rate(self, rows: int) -> float:
+        """The sampling rate the run asks for."""
         return self.sample_rate or min(1.0, self.batch_size / max(rows, 1))
 
+    def logical_batch(self, rows: int) -> int:
+        return max(1, round(self.rate(rows) * rows))
 
-def load_history(state: RecordDict) -> History:
-    record = state.config_records.get(STATE_KEY)
-    if record is None:
-        return []
-    return list(zip(record["noise"], record["rate"], record["steps"], strict=True))  # type: ignore[arg-type]
+    def effective_rate(self, rows: int) -> float:
+        """The sampling rate DP-SGD really runs with and Opacus accounts: Opacus's own
+        arithmetic (``DPDataLoader.from_data_loader``, ``make_private``) on the logical batch."""
+        loader_rate = 1 / math.ceil(rows / self.logical_batch(rows))
+        return 1 / int(1 / loader_rate)
 
 
-def save_history(state: RecordDict, history: History) -> None:
-    state[STATE_KEY] = ConfigRecord(
-        {
-            "noise": [float(h[0]) for h in history],
-            "rate": [float(h[1]) for h in history],
-            "steps": [int(h[2]) for h in history],
-        }
-    )
+@dataclass(frozen=True)
+class RegionPolicy:
+    """A region's own limits (node settings ``FLAME_POLICY_*``)."""
+
+    require_dp: bool = False
+    max_epsilon: float = 0.0  # per run; 0 = any
+    max_delta: float = 0.0  # 0 = at most 1/rows where the region guards its privacy
+    lifetime_epsilon: float = 0.0  # 0 = no cap
+    max_evaluations: int = 0  # per run; 0 = any
+    histogram_bins: int = 1600
+    eval_noise: float = 0.0  # 0 = exact evaluation answers
+
+    @property
+    def guards_dp(self) -> bool:
+        """Whether this region trains only with DP-SGD."""
+        return self.require_dp or bool(self.max_epsilon or self.lifetime_epsilon)
+
+
+def accounted(releases: Iterable[Release]) -> History:
+    """What ε covers: every training release (σ = 0, no noise, makes it infinite) and every
+    privatized evaluation answer. Exact evaluation answers are counted, not covered."""
+    return [(r.noise, r.rate, r.steps) for r in releases if r.kind == TRAIN or r.noise > 0]
+
+
+def lifetime_delta(policy: RegionPolicy, deltas: Iterable[float]) -> float:
+    """The δ the lifetime ε is stated at: FLAME_POLICY_MAX_DELTA, else the smallest δ any run
+    asked for (the larger ε of the two)."""
+    return policy.max_delta or min(deltas, default=1e-5)
 
 
 def epsilon_of(history: History, delta: float) -> float:
@@ -118,23 +146,73 @@ class PolicyError(Refusal, RuntimeError):
     """A run asks for less privacy than a region's own policy allows."""
 
 
-def check_policy(
-    dp: bool, planned_epsilon: float, delta: float, require_dp: bool, max_epsilon: float,
-    max_delta: float,
-) -> None:  # fmt: skip
-    """Refuse (one line, naming the setting) a run looser than the region's policy."""
-    if (require_dp or max_epsilon) and not dp:
-        raise PolicyError("region policy: this region trains only with DP-SGD (FLAME_DP=true)")
-    if max_epsilon and planned_epsilon > max_epsilon * 1.01:  # Opacus's search tolerance
+def check_run(dp: bool, config: DPConfig, rows: int, plan: Plan, policy: RegionPolicy) -> None:
+    """Refuse (one line, naming the setting) a train task looser than the region's policy or
+    whose accounting would not hold, before any step is taken."""
+    if policy.guards_dp and not dp:
         raise PolicyError(
-            f"region policy: the run plans ε={planned_epsilon:.3g}, this region accepts at "
-            f"most ε={max_epsilon:g} (FLAME_POLICY_MAX_EPSILON)"
+            "region policy: this region trains only with DP-SGD (FLAME_DP=true; "
+            "FLAME_POLICY_REQUIRE_DP)"
         )
-    if dp and max_delta and delta > max_delta:
+    if not dp:
+        return
+    if config.rate(rows) < 1 / rows:
         raise PolicyError(
-            f"region policy: the run asks for δ={delta:g}, this region accepts at most "
-            f"δ={max_delta:g} (FLAME_POLICY_MAX_DELTA)"
+            f"the run asks for DP sampling rate {config.rate(rows):.3g}, below 1/rows = "
+            f"{1 / rows:.3g} of this region's {rows:,} training rows (FLAME_DP_SAMPLE_RATE)"
         )
+    rate = config.effective_rate(rows)
+    sigma = noise_multiplier(config, rate, plan.total)
+    if sigma == 0 and policy.require_dp:
+        raise PolicyError(
+            "region policy: noise multiplier 0 gives no privacy (FLAME_DP_NOISE_MULTIPLIER=0); "
+            "this region requires DP-SGD with noise (FLAME_POLICY_REQUIRE_DP)"
+        )
+    limit = policy.max_delta or (1 / rows if policy.guards_dp else 0.0)
+    if limit and config.delta > limit:
+        raise PolicyError(
+            f"region policy: the run asks for δ={config.delta:g}, this region accepts at most "
+            f"δ={limit:.3g} (FLAME_POLICY_MAX_DELTA; unset: 1/rows of its {rows:,} rows)"
+        )
+    planned = epsilon_of([(sigma, rate, plan.total)], config.delta)
+    if policy.max_epsilon and planned > policy.max_epsilon * 1.01:  # Opacus's search tolerance
+        raise PolicyError(
+            f"region policy: the run plans ε={planned:.3g}, this region accepts at most "
+            f"ε={policy.max_epsilon:g} per run (FLAME_POLICY_MAX_EPSILON)"
+        )
+
+
+def charge(charging: Charge, release: Release, policy: RegionPolicy) -> Release:
+    """Check one release against the region's caps (what is spent plus this release), then
+    add it to the ledger; returns it with the run's ε once it is made."""
+    spent = charging.spent
+    run = [r for r in spent if r.run_id == release.run_id]
+    answers = sum(r.kind == EVALUATE for r in run)
+    if release.kind == EVALUATE and policy.max_evaluations and answers >= policy.max_evaluations:
+        raise PolicyError(
+            f"region policy: this run already had {answers} evaluation answers, the most this "
+            f"region gives one run (FLAME_POLICY_MAX_EVALUATIONS={policy.max_evaluations})"
+        )
+    run_epsilon = epsilon_of(accounted([*run, release]), release.delta)
+    if policy.max_epsilon and run_epsilon > policy.max_epsilon * 1.01:
+        raise PolicyError(
+            f"region policy: {WHAT[release.kind]} would take the run to "
+            f"ε={run_epsilon:.3g}, this region allows at most ε={policy.max_epsilon:g} per run "
+            "(FLAME_POLICY_MAX_EPSILON)"
+        )
+    if policy.lifetime_epsilon:
+        delta = lifetime_delta(policy, [r.delta for r in [*spent, release]])
+        before = epsilon_of(accounted(spent), delta)
+        after = epsilon_of(accounted([*spent, release]), delta)
+        if after > policy.lifetime_epsilon:
+            raise PolicyError(
+                f"region policy: {WHAT[release.kind]} would take the region's lifetime "
+                f"spend from ε={before:.3g} to ε={after:.3g} (δ={delta:g}), above "
+                f"FLAME_POLICY_LIFETIME_EPSILON={policy.lifetime_epsilon:g}"
+            )
+    release = replace(release, epsilon=run_epsilon)
+    charging.add(release)
+    return release
 
 
 def check_update_policy(
@@ -156,7 +234,7 @@ def check_update_policy(
 
 def planned_epsilon(config: DPConfig, rows: int, plan: Plan) -> float:
     """The whole-run ε of ``plan`` on ``rows`` rows, before any step is taken."""
-    rate = config.rate(rows)
+    rate = config.effective_rate(rows)
     return epsilon_of(
         [(noise_multiplier(config, rate, plan.total), rate, plan.total)], config.delta
     )
@@ -176,19 +254,23 @@ def dp_train(
     config: DPConfig,
     plan: Plan,
     rnd: int,
-    state: RecordDict,
+    history: History,
     pos_weight: float,
-    seed: int,
+    generator: torch.Generator,
+    charge: Callable[[float, float, int], float],
 ) -> tuple[float, float, bool]:
-    """One round of DP training (``plan.steps`` logical steps); returns (mean loss, ε spent
-    so far, budget exhausted?)."""
-    history = load_history(state)
-    sample_rate = config.rate(len(x))
+    """One round of DP training (``plan.steps`` logical steps) after the run's earlier training
+    releases ``history``; ``charge(σ, q, steps)`` records the round in the region's ledger
+    before any step (refusing it if the region's caps say so) and returns the run's ε with it.
+    Sampling and noise draw from ``generator`` only. Returns (mean loss, the run's ε, budget
+    exhausted?)."""
+    rows = len(x)
+    sample_rate = config.effective_rate(rows)
     sigma = noise_multiplier(config, sample_rate, plan.total)
     planned = epsilon_of([*history, (sigma, sample_rate, plan.steps)], config.delta)
-    spent = epsilon_of(history, config.delta)
     budget = config.target_epsilon
     if budget > 0 and planned > budget * 1.01:  # 1 % = Opacus's noise search tolerance
+        spent = epsilon_of(history, config.delta)
         log.warning(
             "privacy budget spent: ε=%.3f of %.3f; another round would reach %.3f, "
             "so this region stops training",
@@ -196,18 +278,21 @@ def dp_train(
         )  # fmt: skip
         return math.nan, spent, True
 
-    torch.manual_seed(seed)
-    logical = max(1, round(sample_rate * len(x)))
-    loader = DataLoader(TensorDataset(x, y), batch_size=logical)
+    loader = DPDataLoader.from_data_loader(
+        DataLoader(TensorDataset(x, y), batch_size=config.logical_batch(rows)), generator=generator
+    )
+    if 1 / len(loader) != sample_rate:
+        raise RuntimeError(f"DP accounting: Opacus samples at {1 / len(loader)}, not {sample_rate}")
+    epsilon = charge(sigma, sample_rate, plan.steps)
     engine = PrivacyEngine(accountant="rdp")
-    engine.accountant.history = list(history)
     private, optimizer, loader = engine.make_private(
         module=model,
         optimizer=_optimizer(model, config.optimizer, plan.lr_at(rnd, 0)),
-        data_loader=loader,
+        data_loader=loader,  # already Poisson-sampled, from the region's generator
         noise_multiplier=sigma,
         max_grad_norm=config.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,
+        noise_generator=generator,
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     private.train()
@@ -234,10 +319,10 @@ def dp_train(
                     if step == plan.steps:
                         break
     private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
-    save_history(state, engine.accountant.history)
-    epsilon = epsilon_of(engine.accountant.history, config.delta)
+    if engine.accountant.history != [(sigma, sample_rate, plan.steps)]:  # what was charged
+        raise RuntimeError(f"DP accounting: Opacus recorded {engine.accountant.history}")
     log.info(
-        "DP round: σ=%.3f, q=%.4f, %d steps, ε spent so far %.3f",
+        "DP round: σ=%.3f, q=%.4f, %d steps, the run's ε so far %.3f",
         sigma, sample_rate, plan.steps, epsilon,
     )  # fmt: skip
     return total.item() / max(plan.steps, 1), epsilon, False

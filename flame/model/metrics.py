@@ -6,7 +6,10 @@ Pooling across regions never averages per-region F1 or AUC. Each region sends it
 counts (TP/FP/FN/TN at the threshold it was given) and two histograms of its validation logits
 (frauds and non-frauds, ``BINS`` fixed logit bins). The server sums them: precision, recall, F1
 and accuracy come from the summed counts; ROC-AUC and PR-AUC of the pooled validation set come
-from the summed histograms (exact up to ties inside one bin of width 0.05 in logit). Each region's
+from the summed histograms (exact up to ties inside one bin of width 0.05 in logit). A region's
+policy may send coarser histograms (``FLAME_POLICY_HISTOGRAM_BINS``: adjacent bins summed; the
+server pools at the coarsest) or privatized ones (``FLAME_POLICY_EVAL_NOISE``: Gaussian noise
+on every bin, every other figure of the answer derived from the noisy histograms). Each region's
 own ROC-AUC and PR-AUC (from its own histograms, so a ClientApp never imports scikit-learn) are
 reported on its own row, never combined. The server's test-set metrics are exact (scikit-learn).
 """
@@ -75,15 +78,25 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(z) else math.nan
 
 
-def region_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, object]:
-    """What a region sends after evaluation: loss, counts, histograms and its own AUCs."""
-    pos, neg = histograms(logits, y)
+def region_metrics(
+    logits: np.ndarray, y: np.ndarray, threshold: float, bins: int = BINS, noise: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """What a region sends after evaluation: loss, counts, ``bins``-bin histograms and its own
+    AUCs; with ``noise``, all of them from histograms with Gaussian noise of that std (drawn
+    from ``rng``) on every bin, so the answer is one Gaussian release of L2 sensitivity 1."""
+    pos, neg = (coarsen(h, bins) for h in histograms(logits, y))
+    if noise:
+        assert rng is not None
+        pos, neg = (privatized(h, noise, rng) for h in (pos, neg))
+        return histogram_metrics(pos, neg, threshold)
     return {
         "loss": log_loss(logits, y),
         **from_histograms(pos, neg),
         **confusion(sigmoid(logits), y, threshold),
         "hist_pos": pos,
         "hist_neg": neg,
+        "num_examples": len(y),
     }
 
 
@@ -94,6 +107,46 @@ def histograms(logits: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int]]
     pos, _ = np.histogram(clipped[truth], bins=EDGES)
     neg, _ = np.histogram(clipped[~truth], bins=EDGES)
     return pos.astype(int).tolist(), neg.astype(int).tolist()
+
+
+def coarsen(hist: Iterable[float], bins: int) -> list[int]:
+    """A histogram summed down to ``bins`` equal bins over the same logit range."""
+    h = np.asarray(list(hist))
+    if len(h) % bins:
+        raise ValueError(f"cannot coarsen a {len(h)}-bin histogram to {bins} bins")
+    return h.reshape(bins, -1).sum(axis=1).astype(int).tolist()
+
+
+def privatized(hist: list[int], noise: float, rng: np.random.Generator) -> list[int]:
+    """The Gaussian mechanism on counts, rounded and clipped at 0 (post-processing)."""
+    noisy = np.asarray(hist, dtype=float) + rng.normal(0.0, noise, len(hist))
+    return np.clip(np.rint(noisy), 0, None).astype(int).tolist()
+
+
+def centres(bins: int) -> np.ndarray:
+    edges = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins + 1)
+    return (edges[:-1] + edges[1:]) / 2
+
+
+def histogram_metrics(pos: list[int], neg: list[int], threshold: float) -> dict[str, object]:
+    """Every figure of an evaluation answer from its histograms alone: each row at its bin's
+    centre logit (loss, counts at ``threshold``)."""
+    p, n, z = np.asarray(pos, float), np.asarray(neg, float), centres(len(pos))
+    fraud = sigmoid(z) >= threshold
+    rows = p.sum() + n.sum()
+    loss = float((p @ np.logaddexp(0.0, -z) + n @ np.logaddexp(0.0, z)) / rows) if rows else 0.0
+    counts = {
+        "tp": int(p[fraud].sum()), "fp": int(n[fraud].sum()),
+        "fn": int(p[~fraud].sum()), "tn": int(n[~fraud].sum()),
+    }  # fmt: skip
+    return {
+        "loss": loss,
+        **from_histograms(p, n),
+        **counts,
+        "hist_pos": pos,
+        "hist_neg": neg,
+        "num_examples": int(rows),
+    }
 
 
 def _cumulative(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +214,8 @@ def best_threshold(pos: Iterable[float], neg: Iterable[float]) -> float:
     # the middle one (the widest margin on both sides) rather than the most extreme
     best = np.flatnonzero(f1[1:] >= f1[1:].max() - 1e-12) + 1
     cut = int(best[len(best) // 2])
-    return float(sigmoid(EDGES[BINS - cut]))
+    edges = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, len(p) + 1)
+    return float(sigmoid(edges[len(p) - cut]))
 
 
 def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
@@ -169,8 +223,9 @@ def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
     records = list(records)
     counts = {k: sum(float(r[k]) for r in records) for k in COUNTS}  # type: ignore[arg-type]
     examples = sum(float(r["num_examples"]) for r in records)  # type: ignore[arg-type]
-    pos = np.sum([np.asarray(r["hist_pos"], dtype=float) for r in records], axis=0)
-    neg = np.sum([np.asarray(r["hist_neg"], dtype=float) for r in records], axis=0)
+    bins = min(len(r["hist_pos"]) for r in records)  # type: ignore[arg-type]
+    pos = np.sum([coarsen(r["hist_pos"], bins) for r in records], axis=0, dtype=float)  # type: ignore[arg-type]
+    neg = np.sum([coarsen(r["hist_neg"], bins) for r in records], axis=0, dtype=float)  # type: ignore[arg-type]
     loss = sum(float(r["loss"]) * float(r["num_examples"]) for r in records) / max(examples, 1)  # type: ignore[arg-type]
     return {
         "loss": loss,
