@@ -161,6 +161,18 @@ def _serve(args: argparse.Namespace) -> None:
     serve(uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload, s.serve_max_rows)
 
 
+def _ledger(args: argparse.Namespace) -> None:
+    from flame.fl.client_app import region_policy
+    from flame.fl.privacy import ledger_report
+
+    settings = load_settings()
+    folder = settings.state_dir
+    if not folder.is_dir():
+        raise FileNotFoundError(f"FLAME_STATE_DIR={folder}: no such folder (no region state here)")
+    lines = ledger_report(folder, region_policy(settings))
+    print("\n".join(lines) if lines else f"no releases yet in FLAME_STATE_DIR={folder}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flame", description="Federated fraud detection on PaySim.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -252,6 +264,12 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--out", type=Path, required=True, help="output CSV")
     score.add_argument("--report", action="store_true", help="print metrics if labels present")
     score.set_defaults(func=_score)
+
+    ledger = sub.add_parser(
+        "ledger", help="each region's privacy ledger under FLAME_STATE_DIR: what every run "
+        "spent, the lifetime total and what is left",
+    )  # fmt: skip
+    ledger.set_defaults(func=_ledger)
 
     serve = sub.add_parser(
         "serve", help="serve the registry's champion model over HTTP (FLAME_SERVE_*)"

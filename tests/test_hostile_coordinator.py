@@ -5,6 +5,9 @@ they approved (FLAME_TRUSTED_APPS=image)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +28,31 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def run_hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str) -> Path:
-    """One run of ``app`` as the coordinator's ServerApp against two approving regions; returns
-    the folder the deployment's logs are in (the attack's findings: ``tmp_path / "hostile"``)."""
+# a region that guards its privacy, as the compose regions ship (docker-compose.regions.yml)
+PRIVATE_REGION = {
+    "FLAME_POLICY_REQUIRE_DP": "true", "FLAME_POLICY_EVAL_NOISE": "8",
+    "FLAME_POLICY_MAX_EVALUATIONS": "3", "FLAME_POLICY_MAX_EPSILON": "3",
+}  # fmt: skip
+
+
+def deployment_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:  # type: ignore[type-arg]
+    """Two regions on a small synthetic partition, approving only the app in their folder."""
     env = {
         "FLAME_CACHE_DIR": str(tmp_path / "cache"), "FLAME_OUT_DIR": str(tmp_path / "run"),
         "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1", "FLAME_SYNTH_ROWS": "5000",
+        "FLAME_STATE_DIR": str(tmp_path / "state"),
         "FLAME_TRUSTED_APPS": "image",  # regions approve exactly the app in their own folder
-    }  # fmt: skip
+    } | env  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     prepare(load_settings())
+    return env
+
+
+def run_hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str, **policy: str) -> Path:
+    """One run of ``app`` as the coordinator's ServerApp against two approving regions; returns
+    the folder the deployment's logs are in (the attack's findings: ``tmp_path / "hostile"``)."""
+    env = deployment_settings(tmp_path, monkeypatch, **policy)
     env |= deployment_env(tmp_path / "bin", app, tmp_path / "hostile")
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
@@ -89,3 +106,78 @@ def score(folder: Path, found_in: Path, region: str) -> tuple[float, float]:
         return float(np.sqrt(sum(squares)))
 
     return distance("recovered"), distance("received")
+
+
+def test_a_probing_coordinator_is_refused_at_every_limit_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against regions requiring DP: a sampling rate below 1/rows, a noise multiplier of 0 and
+    a fourth evaluate message with the same weights (the policy allows 3) are each refused with
+    the setting named; the evaluation answers that are given are privatized (the same weights
+    on the same rows give different histograms) and charged to each region's ledger."""
+    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.probe:app", **PRIVATE_REGION)
+    found = json.loads((tmp_path / "hostile" / "probe.json").read_text())
+    for attempt, setting in (("tiny_rate", "(FLAME_DP_SAMPLE_RATE)"),
+                             ("zero_noise", "(FLAME_POLICY_REQUIRE_DP)")):  # fmt: skip
+        reasons = found[attempt]
+        assert len(reasons) == 2 and all(setting in str(r) for r in reasons.values()), reasons
+        assert all("\n" not in str(r) for r in reasons.values())
+    answered, *rest, refused = found["evaluations"]
+    assert set(answered) == {"us", "eu"} and len(rest) == 2
+    for region in ("us", "eu"):
+        assert answered[region] != rest[0][region], "identical answers: not privatized"
+        log = (folder / f"supernode-{region}.log").read_text()
+        assert "(FLAME_POLICY_MAX_EVALUATIONS=3)" in log, region
+    assert all("already had 3 evaluation answers" in str(r) for r in refused.values()), refused
+    shown = ledger_lines(tmp_path / "state")
+    for region in ("us", "eu"):
+        (run,) = [line for line in shown[region] if line.split()[0].isdigit()]
+        assert run.split()[3:6] == ["0", "3", "0"], run  # no training, 3 privatized answers
+
+
+def ledger_lines(state: Path) -> dict[str, list[str]]:
+    """``flame ledger``'s lines per region, as the region's operator runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flame.cli", "ledger"], capture_output=True, text=True,
+        env=os.environ | {"FLAME_STATE_DIR": str(state)}, check=True,
+    )  # fmt: skip
+    regions: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("region "):
+            current = regions.setdefault(line.split()[1], [line])
+        else:
+            current.append(line)
+    return regions
+
+
+def test_a_second_run_past_the_lifetime_budget_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two DP runs of the genuine app, each within the per-run cap; the regions' lifetime cap
+    holds one: the second run is refused by both regions in one line naming the cap, trains
+    nothing and fails, and each ledger shows the first run only. A SuperNode restarted
+    between the runs keeps its ledger."""
+    policy = PRIVATE_REGION | {"FLAME_POLICY_LIFETIME_EPSILON": "1.3"}
+    run = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1", "FLAME_NUM_SERVER_ROUNDS": "1",
+           "FLAME_JOIN_TIMEOUT": "60", "FLAME_OUT_DIR": ""}  # fmt: skip  # runs/<timestamp>
+    env = deployment_settings(tmp_path, monkeypatch, **policy, **run)
+    folder = tmp_path / "deployment"
+    with LocalDeployment(folder, load_settings(), env=env) as deployment:
+        deployment.start()
+        assert deployment.submit(ROOT).wait(timeout=300) == 0, (folder / "launch.log").read_text()
+        first = ledger_lines(tmp_path / "state")
+        deployment.kill(deployment.nodes["us"])  # a restart forgets nothing
+        deployment.start_node(0)
+        code = deployment.submit(ROOT).wait(timeout=300)
+    assert code != 0  # no region trained: the run fails
+    runs = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/metrics.csv"))
+    assert len(runs) == 2 and len(list((tmp_path / "runs").glob("*/model.pt"))) == 1, runs
+    launch = (folder / "launch.log").read_text()
+    assert "above FLAME_POLICY_LIFETIME_EPSILON=1.3" in launch
+    for region in ("us", "eu"):
+        log = (folder / f"supernode-{region}.log").read_text()
+        assert "above FLAME_POLICY_LIFETIME_EPSILON=1.3" in log, region
+    assert ledger_lines(tmp_path / "state") == first  # the refused run charged nothing
+    for region in ("us", "eu"):
+        header, _, *runs = first[region]
+        assert len(runs) == 1 and "left of FLAME_POLICY_LIFETIME_EPSILON=1.3" in header, header

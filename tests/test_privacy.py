@@ -40,8 +40,7 @@ def train_round(
     state = RegionState(settings, "us", run, rnd)
     return dp_train(
         model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
-        history=state.history(TRAIN), pos_weight=2.0, generator=state.generator("dp"),
-        charge=lambda sigma, q, steps: state.charge(TRAIN, sigma, q, steps),
+        history=state.history(TRAIN), pos_weight=2.0, charge=state.charge_training,
     )  # fmt: skip
 
 
@@ -183,7 +182,7 @@ def charge_rows(settings: FlameSettings, policy, rows: list[tuple[str, str, floa
     for rnd, (run, kind, noise, rate, steps) in enumerate(rows, 1):
         with Ledger(settings.state_dir / "us") as ledger, ledger.charging() as charging:
             release = Release(run, "fab", rnd, kind, noise, rate, steps, 1e-5)
-            out.append(charge(charging, release, policy).epsilon)
+            out.append(charge(charging, release, policy)[0])
     return out
 
 
@@ -242,19 +241,31 @@ def test_a_round_is_charged_before_it_trains(data, monkeypatch) -> None:  # type
 
 
 def test_two_regions_with_the_same_rows_draw_different_noise(data, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Same rows, settings, seed and initial weights; separate state folders: different DP
-    updates. The same state folder replays its own noise exactly."""
-    updates = []
-    for folder in ("site-a", "site-b", "site-a"):
+    """Same rows, settings, seed, round and initial weights; separate state folders: different
+    DP updates. The same round asked twice of one region draws fresh noise too (a difference
+    of two answers cancels nothing). Whoever holds the region's secret and ledger replays it."""
+    from flame.fl.region_secret import derived_seed, load_secret
+
+    def one(folder: str, charge=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
         settings = load_settings(
             dp=True, dp_noise_multiplier=1.0, dp_batch_size=500, state_dir=tmp_path / folder
         )
         torch.manual_seed(0)
         model = FraudMLP(data[0].shape[1], [16])
-        train_round(settings, data, model, Plan(steps=STEPS, rounds=1, lr=1e-3), 1, run="7")
-        updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert not torch.allclose(updates[0], updates[1])
-    assert torch.equal(updates[0], updates[2])
+        state = RegionState(settings, "us", "7", 1)
+        dp_train(
+            model, *data, config=dp_config(settings), plan=Plan(steps=STEPS, rounds=1, lr=1e-3),
+            rnd=1, history=[], pos_weight=2.0, charge=charge or state.charge_training,
+        )  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    a, b, again = one("site-a"), one("site-b"), one("site-a")
+    assert not torch.allclose(a, b) and not torch.allclose(a, again)
+    with Ledger(tmp_path / "site-a" / "us") as ledger:
+        first = ledger.db.execute("SELECT min(id) FROM releases").fetchone()[0]
+    seed = derived_seed(load_secret(tmp_path / "site-a" / "us"), "7", 1, first)
+    replayed = one("elsewhere", lambda *release: (0.0, torch.Generator().manual_seed(seed)))
+    assert torch.equal(a, replayed)
 
 
 def test_planned_epsilon_is_the_accountants_for_the_whole_plan(data) -> None:  # type: ignore[no-untyped-def]

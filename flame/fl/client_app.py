@@ -203,16 +203,12 @@ class RegionState:
         rnd = int(msg.content["config"]["server-round"])
         return cls(settings, region, str(msg.metadata.run_id), rnd)
 
-    def seed(self, purpose: str) -> int:
-        """A seed only this region can know (its secret), one per run, round and purpose."""
+    def seed(self, release: int) -> int:
+        """A seed only this region can know (its secret), one per release in its ledger: no
+        two answers share noise, so none can be subtracted from another."""
         from flame.fl.region_secret import derived_seed, load_secret
 
-        return derived_seed(load_secret(self.folder), self.run_id, self.round, purpose)
-
-    def generator(self, purpose: str) -> torch.Generator:
-        import torch
-
-        return torch.Generator().manual_seed(self.seed(purpose))
+        return derived_seed(load_secret(self.folder), self.run_id, self.round, release)
 
     def history(self, kind: str) -> list[tuple[float, float, int]]:
         """This run's earlier ``kind`` releases, as the accountant reads them."""
@@ -221,9 +217,9 @@ class RegionState:
         with Ledger(self.folder) as ledger:
             return accounted(r for r in ledger.releases(self.run_id) if r.kind == kind)
 
-    def charge(self, kind: str, noise: float, rate: float, steps: int) -> float:
+    def charge(self, kind: str, noise: float, rate: float, steps: int) -> tuple[float, int]:
         """Record one release before the region answers (refused if over the region's caps);
-        returns the run's ε with it."""
+        returns the run's ε with it and the seed of its noise."""
         from flame.fl.privacy import charge
 
         release = Release(
@@ -231,7 +227,17 @@ class RegionState:
             self.settings.dp_delta,
         )  # fmt: skip
         with Ledger(self.folder) as ledger, ledger.charging() as charging:
-            return charge(charging, release, region_policy(self.settings)).epsilon
+            epsilon, number = charge(charging, release, region_policy(self.settings))
+        return epsilon, self.seed(number)
+
+    def charge_training(
+        self, noise: float, rate: float, steps: int
+    ) -> tuple[float, torch.Generator]:
+        """``charge`` of a round of DP-SGD, with the generator it draws from."""
+        import torch
+
+        epsilon, seed = self.charge(TRAIN, noise, rate, steps)
+        return epsilon, torch.Generator().manual_seed(seed)
 
 
 def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, Split]:
@@ -273,8 +279,7 @@ def train(msg: Message, context: Context) -> Message:
 
         loss, epsilon, exhausted = dp_train(
             model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
-            history=state.history(TRAIN), pos_weight=pos_weight, generator=state.generator("dp"),
-            charge=functools.partial(state.charge, TRAIN),
+            history=state.history(TRAIN), pos_weight=pos_weight, charge=state.charge_training,
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:
@@ -304,11 +309,11 @@ def validation(msg: Message, context: Context) -> MetricRecord:
     settings, region, (x_val, y_val) = _setup(msg, context, "val")
     state = RegionState.of_task(msg, settings, region)
     noise = settings.policy_eval_noise
-    state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer of L2 sensitivity 1
+    _, seed = state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer, L2 sensitivity 1
     received: ArrayRecord = msg.content["arrays"]
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
-    rng = np.random.default_rng(state.seed("evaluate")) if noise else None
+    rng = np.random.default_rng(seed) if noise else None
     record = fm.region_metrics(logits, y_val, threshold, settings.policy_histogram_bins, noise, rng)
     record["threshold"] = threshold
     log.info(

@@ -21,7 +21,7 @@ TRAIN, EVALUATE = "train", "evaluate"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: each release's noise seed
     at TEXT NOT NULL,          -- UTC time the release was charged
     run_id TEXT NOT NULL,      -- Flower run id
     app TEXT NOT NULL,         -- FAB hash of the app that asked ('' in simulation)
@@ -100,10 +100,14 @@ class Charge:
         self.ledger = ledger
         self.spent = ledger.releases()
 
-    def add(self, release: Release) -> None:
+    def add(self, release: Release) -> int:
+        """Add ``release``; returns its number in the ledger (never reused)."""
         row = (*astuple(release)[:-1], datetime.now(UTC).isoformat(timespec="seconds"))
         marks = ", ".join("?" * len(COLUMNS))
-        self.ledger.db.execute(f"INSERT INTO releases ({', '.join(COLUMNS)}) VALUES ({marks})", row)
+        query = f"INSERT INTO releases ({', '.join(COLUMNS)}) VALUES ({marks})"
+        number = self.ledger.db.execute(query, row).lastrowid
+        assert number is not None
+        return number
 
 
 def ledgers(state_dir: Path) -> dict[str, Path]:

@@ -30,6 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from opacus import PrivacyEngine
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from flame.fl.ledger import EVALUATE, TRAIN, Charge, Release
+from flame.fl.ledger import EVALUATE, TRAIN, Charge, Ledger, Release, ledgers
 from flame.fl.protocol import Refusal
 from flame.model.train import Plan, set_lr
 
@@ -182,9 +183,9 @@ def check_run(dp: bool, config: DPConfig, rows: int, plan: Plan, policy: RegionP
         )
 
 
-def charge(charging: Charge, release: Release, policy: RegionPolicy) -> Release:
+def charge(charging: Charge, release: Release, policy: RegionPolicy) -> tuple[float, int]:
     """Check one release against the region's caps (what is spent plus this release), then
-    add it to the ledger; returns it with the run's ε once it is made."""
+    add it to the ledger; returns the run's ε once it is made, and the release's number."""
     spent = charging.spent
     run = [r for r in spent if r.run_id == release.run_id]
     answers = sum(r.kind == EVALUATE for r in run)
@@ -210,9 +211,7 @@ def charge(charging: Charge, release: Release, policy: RegionPolicy) -> Release:
                 f"spend from ε={before:.3g} to ε={after:.3g} (δ={delta:g}), above "
                 f"FLAME_POLICY_LIFETIME_EPSILON={policy.lifetime_epsilon:g}"
             )
-    release = replace(release, epsilon=run_epsilon)
-    charging.add(release)
-    return release
+    return run_epsilon, charging.add(replace(release, epsilon=run_epsilon))
 
 
 def check_update_policy(
@@ -256,14 +255,13 @@ def dp_train(
     rnd: int,
     history: History,
     pos_weight: float,
-    generator: torch.Generator,
-    charge: Callable[[float, float, int], float],
+    charge: Callable[[float, float, int], tuple[float, torch.Generator]],
 ) -> tuple[float, float, bool]:
     """One round of DP training (``plan.steps`` logical steps) after the run's earlier training
-    releases ``history``; ``charge(σ, q, steps)`` records the round in the region's ledger
-    before any step (refusing it if the region's caps say so) and returns the run's ε with it.
-    Sampling and noise draw from ``generator`` only. Returns (mean loss, the run's ε, budget
-    exhausted?)."""
+    releases ``history``. ``charge(σ, q, steps)`` records the round in the region's ledger
+    before any step (refusing it if the region's caps say so) and returns the run's ε with it
+    and the generator this release alone draws its Poisson samples and noise from. Returns
+    (mean loss, the run's ε, budget exhausted?)."""
     rows = len(x)
     sample_rate = config.effective_rate(rows)
     sigma = noise_multiplier(config, sample_rate, plan.total)
@@ -278,12 +276,12 @@ def dp_train(
         )  # fmt: skip
         return math.nan, spent, True
 
+    epsilon, generator = charge(sigma, sample_rate, plan.steps)
     loader = DPDataLoader.from_data_loader(
         DataLoader(TensorDataset(x, y), batch_size=config.logical_batch(rows)), generator=generator
     )
     if 1 / len(loader) != sample_rate:
         raise RuntimeError(f"DP accounting: Opacus samples at {1 / len(loader)}, not {sample_rate}")
-    epsilon = charge(sigma, sample_rate, plan.steps)
     engine = PrivacyEngine(accountant="rdp")
     private, optimizer, loader = engine.make_private(
         module=model,
@@ -326,3 +324,34 @@ def dp_train(
         sigma, sample_rate, plan.steps, epsilon,
     )  # fmt: skip
     return total.item() / max(plan.steps, 1), epsilon, False
+
+
+def ledger_report(state_dir: Path, policy: RegionPolicy) -> list[str]:
+    """What each region's ledger under ``state_dir`` says: per run, what it released and the
+    ε it spent; the region's lifetime ε and what is left of FLAME_POLICY_LIFETIME_EPSILON."""
+    lines = []
+    for region, folder in ledgers(state_dir).items():
+        with Ledger(folder) as ledger:
+            rows = ledger.releases()
+        delta = lifetime_delta(policy, [r.delta for r in rows])
+        total = epsilon_of(accounted(rows), delta)
+        cap = policy.lifetime_epsilon
+        left = f", {max(cap - total, 0):.3f} left of FLAME_POLICY_LIFETIME_EPSILON={cap:g}"
+        runs = list(dict.fromkeys(r.run_id for r in rows))
+        lines += [
+            f"region {region} ({folder / 'ledger.db'}): {len(runs)} runs, lifetime "
+            f"ε={total:.3f} at δ={delta:g}{left if cap else ''}",
+            f"  {'run':<20} {'app':<12} {'rounds':>6} {'train':>5} {'eval':>4} {'exact':>5} "
+            f"{'ε':>8} {'δ':>8}  {'first':<25} last",
+        ]
+        for run in runs:
+            mine = [r for r in rows if r.run_id == run]
+            train = sum(r.kind == TRAIN for r in mine)
+            exact = sum(r.kind == EVALUATE and r.noise == 0 for r in mine)
+            lines.append(
+                f"  {run:<20} {(mine[0].app or 'simulation')[:12]:<12} "
+                f"{len({r.round for r in mine}):>6} {train:>5} {len(mine) - train:>4} "
+                f"{exact:>5} {mine[-1].epsilon:>8.3f} {mine[-1].delta:>8.2g}  "
+                f"{mine[0].at:<25} {mine[-1].at}"
+            )
+    return lines

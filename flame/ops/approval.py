@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger("flame.ops.approval")
 IMAGE = "image"
 SHIM_MODULE = "flame.ops.approval"
+APP_HASH_ENV = "FLAME_APP_HASH"
 
 
 class UntrustedAppError(RuntimeError):
@@ -69,14 +70,18 @@ def check(content: bytes, allowed: set[str]) -> None:
         raise UntrustedAppError(message)
 
 
-def guard(allowed: set[str]) -> None:
-    """Make Flower's ClientApp runner check every FAB before it installs it."""
+def guard(allowed: set[str] | None) -> None:
+    """Make Flower's ClientApp runner check every FAB before it installs it (``allowed`` None:
+    any app), and tell the task which app it runs (``FLAME_APP_HASH``, for the region's
+    privacy ledger)."""
     from flwr.supernode.runtime import run_clientapp
 
     install: Callable[..., object] = run_clientapp.install_from_fab
 
     def checked_install(content: bytes, *args: object, **kwargs: object) -> object:
-        check(content, allowed)
+        if allowed is not None:
+            check(content, allowed)
+        os.environ[APP_HASH_ENV] = fab_hash(content)  # this task process's own setting
         return install(content, *args, **kwargs)
 
     run_clientapp.install_from_fab = checked_install  # type: ignore[assignment]
@@ -109,8 +114,7 @@ def clientapp_main() -> None:
     settings = load_settings()
     cap_pull_backoff(settings.poll_interval)
     trusted = settings.trusted_apps
-    if trusted:
-        guard(approved(trusted, Path.cwd()))
+    guard(approved(trusted, Path.cwd()) if trusted else None)
     sys.argv[0] = "flwr-clientapp"
     flwr_clientapp()
 

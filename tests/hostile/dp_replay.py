@@ -64,7 +64,7 @@ def one_round(
     plan = training_plan(settings, len(x))
     dp_train(
         model, x, y, config=config, plan=plan, rnd=ROUND, history=[], pos_weight=pos_weight,
-        generator=torch.Generator().manual_seed(seed), charge=lambda *release: 0.0,
+        charge=lambda *release: (0.0, torch.Generator().manual_seed(seed)),
     )  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
