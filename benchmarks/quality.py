@@ -76,6 +76,8 @@ ROWS = (
         {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"} | COLD, real_only=True),
     Row("federated, no balances, no warm start", "federated", COLD, drop_balances=True,
         real_only=True),
+    Row("federated DP ε=1, no balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"}, drop_balances=True, real_only=True),
 )  # fmt: skip
 
 
@@ -121,6 +123,7 @@ class Bench:
 
     def env(self, job: Job) -> dict[str, str]:
         env = {"FLAME_CACHE_DIR": str(self.cache), "FLAME_NUM_SERVER_ROUNDS": str(self.args.rounds)}
+        env["FLAME_STATE_DIR"] = str(self.work / "state")  # the regions' secrets and ledgers
         env |= {"FLAME_SEED": str(job.seed)} | job.row.env | self.args.extra
         env |= {"FLAME_DROP_BALANCE_FEATURES": str(job.row.drop_balances).lower()}
         if job.column == "real":

@@ -117,6 +117,20 @@ def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
     return params
 
 
+def privacy_line(settings: FlameSettings) -> str:
+    """Whether this run is private, said plainly at its start."""
+    if not settings.dp:
+        return "Privacy: NOT private: DP-SGD is off (FLAME_DP=true makes this a DP run)"
+    budget = (
+        f"target ε={settings.dp_target_epsilon:g}" if settings.dp_target_epsilon
+        else f"noise multiplier {settings.dp_noise_multiplier:g}"
+    )  # fmt: skip
+    return (
+        f"Privacy: DP-SGD, {budget}, δ={settings.dp_delta:g} per region; each region charges "
+        "its own ledger and applies its own policy"
+    )
+
+
 class NothingTrainedError(RuntimeError):
     """The run ended without a single aggregated update: its model would be the initial one."""
 
@@ -143,6 +157,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info(
         "Run folder %s; server test set %d rows, %d frauds", out, len(y_test), int(y_test.sum())
     )
+    log.info(privacy_line(settings))
 
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     model = initial_model(
