@@ -177,7 +177,12 @@ def test_a_second_run_past_the_lifetime_budget_is_refused(
     for region in ("us", "eu"):
         log = (folder / f"supernode-{region}.log").read_text()
         assert "above FLAME_POLICY_LIFETIME_EPSILON=1.3" in log, region
-    assert ledger_lines(tmp_path / "state") == first  # the refused run charged nothing
+    after = ledger_lines(tmp_path / "state")
     for region in ("us", "eu"):
         header, _, *runs = first[region]
         assert len(runs) == 1 and "left of FLAME_POLICY_LIFETIME_EPSILON=1.3" in header, header
+        header, _, *runs = after[region]
+        assert runs[0] == first[region][2]  # the first run, as it was
+        assert all(line.split()[3] == "0" for line in runs[1:]), runs  # no training charged
+        lifetime = float(header.split("lifetime ε=")[1].split()[0])
+        assert lifetime <= 1.3, header  # (an evaluate the policy still allowed may be there)
