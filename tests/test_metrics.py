@@ -82,3 +82,34 @@ def test_too_few_or_one_class_rows_are_refused_with_what_and_why() -> None:
         fm.require_usable_rows(rows + 1, "the test set", "undefined")
     with pytest.raises(fm.DegenerateDataError, match=r"^region eu: 5 rows, fewer than the 50"):
         fm.require_usable_rows(np.array([0, 1, 0, 1, 0]), "region eu", "it sits out")
+
+
+def test_coarse_histograms_pool_at_the_coarsest_and_keep_every_row() -> None:
+    rng = np.random.default_rng(3)
+    logits, y = rng.normal(-4, 3, 2000), (rng.random(2000) < 0.1).astype(float)
+    fine = fm.region_metrics(logits, y, 0.5) | {"num_examples": 2000}
+    coarse = fm.region_metrics(logits, y, 0.5, bins=25)
+    assert len(coarse["hist_pos"]) == 25 and sum(coarse["hist_pos"]) == int(y.sum())
+    pooled = fm.pool([fine, coarse])
+    assert len(pooled["hist_pos"]) == 25 and sum(pooled["hist_neg"]) == 2 * int((1 - y).sum())
+    assert pooled["pr_auc"] == pytest.approx(coarse["pr_auc"], abs=1e-3)  # the same rows twice
+    with pytest.raises(ValueError, match="cannot coarsen a 1600-bin histogram to 30 bins"):
+        fm.coarsen(fine["hist_pos"], 30)
+
+
+def test_a_privatized_answer_is_derived_from_its_noisy_histograms_only() -> None:
+    rng = np.random.default_rng(4)
+    logits = np.concatenate([rng.normal(-8, 2.5, 3000), rng.normal(2, 3, 250)])
+    y = np.r_[np.zeros(3000), np.ones(250)]
+    exact = fm.region_metrics(logits, y, 0.5, bins=25)
+    answers = [
+        fm.region_metrics(logits, y, 0.5, 25, 8.0, np.random.default_rng(s)) for s in range(20)
+    ]
+    for answer in answers:
+        counts = sum(answer[k] for k in fm.COUNTS)
+        assert counts == answer["num_examples"] == sum(answer["hist_pos"] + answer["hist_neg"])
+        assert answer["hist_pos"] != exact["hist_pos"]  # noise on the very counts sent
+    again = fm.region_metrics(logits, y, 0.5, 25, 8.0, np.random.default_rng(0))
+    assert again == answers[0]  # the noise is the generator's: reproducible by its holder
+    # empty bins stay empty (no phantom rows): the figures stay usable for model selection
+    assert np.mean([a["pr_auc"] for a in answers]) == pytest.approx(exact["pr_auc"], abs=0.05)

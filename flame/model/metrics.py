@@ -117,10 +117,17 @@ def coarsen(hist: Iterable[float], bins: int) -> list[int]:
     return h.reshape(bins, -1).sum(axis=1).astype(int).tolist()
 
 
+SUPPRESS = 3.0  # noisy counts below this many noise stds are read as 0
+
+
 def privatized(hist: list[int], noise: float, rng: np.random.Generator) -> list[int]:
-    """The Gaussian mechanism on counts, rounded and clipped at 0 (post-processing)."""
+    """The Gaussian mechanism on counts, then post-processing (no privacy cost): a noisy count
+    below SUPPRESS x ``noise`` becomes 0 (most bins are empty, and noise clipped at 0 there
+    would add phantom rows everywhere: pooled PR-AUC 0.48 instead of 0.98 on a 25-bin
+    example), the rest rounded."""
     noisy = np.asarray(hist, dtype=float) + rng.normal(0.0, noise, len(hist))
-    return np.clip(np.rint(noisy), 0, None).astype(int).tolist()
+    noisy[noisy < SUPPRESS * noise] = 0.0
+    return np.rint(noisy).astype(int).tolist()
 
 
 def centres(bins: int) -> np.ndarray:
