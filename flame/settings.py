@@ -359,6 +359,12 @@ class FlameSettings(
             raise ValueError(f"region names are letters, digits, - and _ only; got {bad}")
         return value
 
+    @field_validator("policy_histogram_bins", mode="before")
+    @classmethod
+    def _bins_from_text(cls, value: Any) -> Any:
+        # an integer Literal takes no string: from the environment or .env, "25" is 25
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
     @field_validator("hidden_sizes", mode="before")
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
