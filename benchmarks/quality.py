@@ -233,9 +233,12 @@ def _settings(env: dict[str, str], load_settings):  # type: ignore[no-untyped-de
 
 
 def selected_rows(names: str | None) -> list[Row]:
-    """The rows whose name contains one of the comma-separated ``names`` (all when None)."""
+    """The row named exactly ``names``, else the rows whose name contains one of the
+    comma-separated ``names`` (all when None)."""
     if not names:
         return list(ROWS)
+    if exact := [r for r in ROWS if r.name == names.strip()]:
+        return exact
     wanted = [n.strip() for n in names.split(",")]
     rows = [r for r in ROWS if any(w in r.name for w in wanted)]
     if not rows:
