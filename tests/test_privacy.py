@@ -368,3 +368,11 @@ def test_a_region_refuses_to_act_as_an_adversary_when_its_policy_says_none(tmp_p
     table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
     assert set(table["missing"].dropna()) == {"eu"}  # us trains; eu refuses to attack
     assert "simulate attack 'scale', this region allows none" in proc.stderr + proc.stdout
+
+
+def test_histogram_bins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAME_POLICY_HISTOGRAM_BINS", "25")
+    assert load_settings().policy_histogram_bins == 25
+    monkeypatch.setenv("FLAME_POLICY_HISTOGRAM_BINS", "30")
+    with pytest.raises(SettingsError, match="FLAME_POLICY_HISTOGRAM_BINS"):
+        load_settings()
