@@ -390,10 +390,12 @@ class FlameSettings(
 
     @model_validator(mode="after")
     def _private_evaluation(self) -> FlameSettings:
-        if self.policy_require_dp and self.policy_eval_noise == 0:
+        guards = self.policy_require_dp or self.policy_max_epsilon or self.policy_lifetime_epsilon
+        if guards and self.policy_eval_noise == 0:
             raise ValueError(
-                "FLAME_POLICY_REQUIRE_DP needs FLAME_POLICY_EVAL_NOISE > 0: under it every "
-                "evaluation answer is privatized and charged to the ledger (e.g. 8)"
+                "FLAME_POLICY_REQUIRE_DP, FLAME_POLICY_MAX_EPSILON and "
+                "FLAME_POLICY_LIFETIME_EPSILON need FLAME_POLICY_EVAL_NOISE > 0: a region that "
+                "guards its privacy privatizes every evaluation answer and charges it (e.g. 8)"
             )
         return self
 

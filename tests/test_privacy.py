@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
@@ -40,7 +41,8 @@ def train_round(
     state = RegionState(settings, "us", run, rnd)
     return dp_train(
         model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
-        history=state.history(TRAIN), pos_weight=2.0, charge=state.charge_training,
+        history=state.history(TRAIN), pos_weight=2.0,
+        charge=lambda sigma, q, steps: state.charge(TRAIN, sigma, q, steps),
     )  # fmt: skip
 
 
@@ -156,6 +158,7 @@ def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monke
             check_run(True, tiny, rows, plan, policy)
     monkeypatch.setenv("FLAME_POLICY_MAX_EPSILON", "3")
     monkeypatch.setenv("FLAME_POLICY_LIFETIME_EPSILON", "10")
+    monkeypatch.setenv("FLAME_POLICY_EVAL_NOISE", "8")
     monkeypatch.setenv("FLAME_TRUSTED_APPS", "image")
     asked = {"policy-max-epsilon": 100.0, "policy-lifetime-epsilon": 1e9, "trusted-apps": "",
              "dp-target-epsilon": 8.0, "state-dir": "/elsewhere", "val-fraction": 0.99}  # fmt: skip
@@ -166,11 +169,10 @@ def test_region_policy_refuses_looser_runs_and_run_config_cannot_change_it(monke
     assert settings.dp_target_epsilon == 8.0  # what the run asks for still arrives
 
 
-def test_require_dp_needs_privatized_evaluation() -> None:
-    with pytest.raises(
-        SettingsError, match="FLAME_POLICY_REQUIRE_DP needs FLAME_POLICY_EVAL_NOISE"
-    ):
-        load_settings(policy_require_dp=True)
+def test_a_region_guarding_its_privacy_needs_privatized_evaluation() -> None:
+    for policy in ({"policy_require_dp": True}, {"policy_lifetime_epsilon": 5.0}):
+        with pytest.raises(SettingsError, match="need FLAME_POLICY_EVAL_NOISE > 0"):
+            load_settings(**policy)
 
 
 def charge_rows(settings: FlameSettings, policy, rows: list[tuple[str, str, float, float, int]]):  # type: ignore[no-untyped-def]
@@ -222,6 +224,13 @@ def test_per_run_and_evaluation_caps_count_every_answer() -> None:
         PolicyError, match=r"would take the run to ε=.*\(FLAME_POLICY_MAX_EPSILON\)"
     ):
         charge_rows(settings, policy, [("r", TRAIN, 0.6, 0.5, 100)])
+    strict_delta = RegionPolicy(max_delta=1e-5, eval_noise=10.0)
+    with Ledger(settings.state_dir / "us") as ledger, ledger.charging() as charging:
+        from flame.fl.ledger import Release
+        from flame.fl.privacy import charge
+
+        with pytest.raises(PolicyError, match=r"δ=0.99, .*at most δ=1e-05 \(FLAME_POLICY_MAX_D"):
+            charge(charging, Release("d", "", 1, EVALUATE, 10.0, 1.0, 1, 0.99), strict_delta)
     exact = charge_rows(settings, RegionPolicy(), [("x", EVALUATE, 0.0, 1.0, 1)])
     assert exact == [0.0]  # an exact answer is counted, not covered by ε (docs say so)
     assert charge_rows(settings, RegionPolicy(), [("y", TRAIN, 0.0, 0.1, 10)]) == [math.inf]
@@ -244,7 +253,7 @@ def test_two_regions_with_the_same_rows_draw_different_noise(data, tmp_path) -> 
     """Same rows, settings, seed, round and initial weights; separate state folders: different
     DP updates. The same round asked twice of one region draws fresh noise too (a difference
     of two answers cancels nothing). Whoever holds the region's secret and ledger replays it."""
-    from flame.fl.region_secret import derived_seed, load_secret
+    from flame.fl.region_secret import derived_key, load_secret
 
     def one(folder: str, charge=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
         settings = load_settings(
@@ -255,7 +264,8 @@ def test_two_regions_with_the_same_rows_draw_different_noise(data, tmp_path) -> 
         state = RegionState(settings, "us", "7", 1)
         dp_train(
             model, *data, config=dp_config(settings), plan=Plan(steps=STEPS, rounds=1, lr=1e-3),
-            rnd=1, history=[], pos_weight=2.0, charge=charge or state.charge_training,
+            rnd=1, history=[], pos_weight=2.0,
+            charge=charge or (lambda *release: state.charge(TRAIN, *release)),
         )  # fmt: skip
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -263,8 +273,8 @@ def test_two_regions_with_the_same_rows_draw_different_noise(data, tmp_path) -> 
     assert not torch.allclose(a, b) and not torch.allclose(a, again)
     with Ledger(tmp_path / "site-a" / "us") as ledger:
         first = ledger.db.execute("SELECT min(id) FROM releases").fetchone()[0]
-    seed = derived_seed(load_secret(tmp_path / "site-a" / "us"), "7", 1, first)
-    replayed = one("elsewhere", lambda *release: (0.0, torch.Generator().manual_seed(seed)))
+    key = derived_key(load_secret(tmp_path / "site-a" / "us"), "7", 1, first)
+    replayed = one("elsewhere", lambda *release: (0.0, key))
     assert torch.equal(a, replayed)
 
 
@@ -281,7 +291,8 @@ def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path)
     import pandas as pd
 
     out = tmp_path / "loose"
-    env = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8", "FLAME_POLICY_MAX_EPSILON": "3"}
+    env = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8", "FLAME_POLICY_MAX_EPSILON": "3",
+           "FLAME_POLICY_EVAL_NOISE": "8"}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "main.py", "--rounds", "1", "--rows", "5000", "--fraud-rate", "0.05",
          "--out", str(out)],
@@ -376,3 +387,20 @@ def test_histogram_bins_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("FLAME_POLICY_HISTOGRAM_BINS", "30")
     with pytest.raises(SettingsError, match="FLAME_POLICY_HISTOGRAM_BINS"):
         load_settings()
+
+
+def test_noise_and_sampling_draw_from_the_whole_key() -> None:
+    """torch's manual_seed keeps 32 bits of a seed; the region's streams use every bit."""
+    from flame.fl.privacy import sampling_generator
+    from flame.fl.region_secret import SecretStream
+
+    key = bytes(range(32))
+    near = key[:-1] + bytes([key[-1] ^ 1])  # one bit apart
+    draws = SecretStream(key).normal(100_000)
+    assert np.array_equal(draws, SecretStream(key).normal(100_000))  # the key's holder replays
+    assert not np.allclose(draws[:100], SecretStream(near).normal(100))
+    assert abs(draws.mean()) < 0.02 and abs(draws.std() - 1) < 0.02  # standard normal
+    rand = [torch.rand(1000, generator=sampling_generator(SecretStream(k))) for k in (key, near)]
+    assert not torch.equal(*rand)
+    again = torch.rand(1000, generator=sampling_generator(SecretStream(key)))
+    assert torch.equal(rand[0], again)

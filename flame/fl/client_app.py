@@ -36,7 +36,7 @@ from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.inference import mlp_logits
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, region_settings
+from flame.settings import RUN_SETTINGS_KEY, FlameSettings, SettingsError, region_settings
 
 
 @functools.cache
@@ -51,8 +51,6 @@ def _process_start() -> float:
 
 
 if TYPE_CHECKING:
-    import torch
-
     from flame.fl.privacy import DPConfig, RegionPolicy
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
@@ -93,7 +91,10 @@ def task_settings(msg: Message) -> FlameSettings:
     sent = config.get(RUN_SETTINGS_KEY) if config is not None else None
     if not isinstance(sent, str):
         raise Refusal("the task carries no run settings (a server running another Flame?)")
-    return region_settings(sent)
+    try:
+        return region_settings(sent)
+    except (SettingsError, ValueError) as err:  # a malformed JSON or an invalid value
+        raise Refusal(f"the run settings the server sent are refused: {err}") from None
 
 
 def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, str, Split]:
@@ -203,12 +204,12 @@ class RegionState:
         rnd = int(msg.content["config"]["server-round"])
         return cls(settings, region, str(msg.metadata.run_id), rnd)
 
-    def seed(self, release: int) -> int:
-        """A seed only this region can know (its secret), one per release in its ledger: no
+    def key(self, release: int) -> bytes:
+        """A key only this region can know (its secret), one per release in its ledger: no
         two answers share noise, so none can be subtracted from another."""
-        from flame.fl.region_secret import derived_seed, load_secret
+        from flame.fl.region_secret import derived_key, load_secret
 
-        return derived_seed(load_secret(self.folder), self.run_id, self.round, release)
+        return derived_key(load_secret(self.folder), self.run_id, self.round, release)
 
     def history(self, kind: str) -> list[tuple[float, float, int]]:
         """This run's earlier ``kind`` releases, as the accountant reads them."""
@@ -217,9 +218,9 @@ class RegionState:
         with Ledger(self.folder) as ledger:
             return accounted(r for r in ledger.releases(self.run_id) if r.kind == kind)
 
-    def charge(self, kind: str, noise: float, rate: float, steps: int) -> tuple[float, int]:
+    def charge(self, kind: str, noise: float, rate: float, steps: int) -> tuple[float, bytes]:
         """Record one release before the region answers (refused if over the region's caps);
-        returns the run's ε with it and the seed of its noise."""
+        returns the run's ε with it and the key of its noise."""
         from flame.fl.privacy import charge
 
         release = Release(
@@ -228,16 +229,7 @@ class RegionState:
         )  # fmt: skip
         with Ledger(self.folder) as ledger, ledger.charging() as charging:
             epsilon, number = charge(charging, release, region_policy(self.settings))
-        return epsilon, self.seed(number)
-
-    def charge_training(
-        self, noise: float, rate: float, steps: int
-    ) -> tuple[float, torch.Generator]:
-        """``charge`` of a round of DP-SGD, with the generator it draws from."""
-        import torch
-
-        epsilon, seed = self.charge(TRAIN, noise, rate, steps)
-        return epsilon, torch.Generator().manual_seed(seed)
+        return epsilon, self.key(number)
 
 
 def training_rows(msg: Message, context: Context) -> tuple[FlameSettings, str, Split]:
@@ -264,13 +256,14 @@ def train(msg: Message, context: Context) -> Message:
     from flame.model.train import default_pos_weight, train_steps
 
     config = msg.content["config"]
-    scored = {VALIDATION_KEY: validation(msg, context)} if config.get(EVALUATE_FIRST) else {}
     settings, region, (x_np, y_np) = training_rows(msg, context)
     model = _model(msg, settings)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     rnd = int(msg.content["config"]["server-round"])
     plan = training_plan(settings, len(x))
     enforce_policy(settings, len(x), plan, region in settings.adversarial_regions)
+    # after the policy check: a task the region refuses answers nothing and spends nothing
+    scored = {VALIDATION_KEY: validation(msg, context)} if config.get(EVALUATE_FIRST) else {}
     pos_weight = settings.pos_weight or default_pos_weight(y_np)
     state = RegionState.of_task(msg, settings, region)
     extra: dict[str, float] = {}
@@ -279,7 +272,8 @@ def train(msg: Message, context: Context) -> Message:
 
         loss, epsilon, exhausted = dp_train(
             model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
-            history=state.history(TRAIN), pos_weight=pos_weight, charge=state.charge_training,
+            history=state.history(TRAIN), pos_weight=pos_weight,
+            charge=functools.partial(state.charge, TRAIN),
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:
@@ -309,12 +303,15 @@ def validation(msg: Message, context: Context) -> MetricRecord:
     settings, region, (x_val, y_val) = _setup(msg, context, "val")
     state = RegionState.of_task(msg, settings, region)
     noise = settings.policy_eval_noise
-    _, seed = state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer, L2 sensitivity 1
+    _, key = state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer, L2 sensitivity 1
     received: ArrayRecord = msg.content["arrays"]
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
-    rng = np.random.default_rng(seed) if noise else None
-    record = fm.region_metrics(logits, y_val, threshold, settings.policy_histogram_bins, noise, rng)
+    from flame.fl.region_secret import SecretStream
+
+    normal = SecretStream(key).normal if noise else None
+    bins = settings.policy_histogram_bins
+    record = fm.region_metrics(logits, y_val, threshold, bins, noise, normal)
     record["threshold"] = threshold
     log.info(
         "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f%s",

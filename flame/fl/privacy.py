@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 from opacus import PrivacyEngine
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from flame.fl.ledger import EVALUATE, TRAIN, Charge, Ledger, Release, ledgers
 from flame.fl.protocol import Refusal
+from flame.fl.region_secret import SecretStream
 from flame.model.train import Plan, set_lr
 
 log = logging.getLogger("flame.fl.privacy")
@@ -187,6 +189,11 @@ def charge(charging: Charge, release: Release, policy: RegionPolicy) -> tuple[fl
     """Check one release against the region's caps (what is spent plus this release), then
     add it to the ledger; returns the run's ε once it is made, and the release's number."""
     spent = charging.spent
+    if policy.max_delta and release.delta > policy.max_delta:
+        raise PolicyError(
+            f"region policy: the run asks for δ={release.delta:g}, this region accepts at most "
+            f"δ={policy.max_delta:g} (FLAME_POLICY_MAX_DELTA)"
+        )
     run = [r for r in spent if r.run_id == release.run_id]
     answers = sum(r.kind == EVALUATE for r in run)
     if release.kind == EVALUATE and policy.max_evaluations and answers >= policy.max_evaluations:
@@ -194,7 +201,7 @@ def charge(charging: Charge, release: Release, policy: RegionPolicy) -> tuple[fl
             f"region policy: this run already had {answers} evaluation answers, the most this "
             f"region gives one run (FLAME_POLICY_MAX_EVALUATIONS={policy.max_evaluations})"
         )
-    run_epsilon = epsilon_of(accounted([*run, release]), release.delta)
+    run_epsilon = epsilon_of(accounted([*run, release]), policy.max_delta or release.delta)
     if policy.max_epsilon and run_epsilon > policy.max_epsilon * 1.01:
         raise PolicyError(
             f"region policy: {WHAT[release.kind]} would take the run to "
@@ -239,6 +246,33 @@ def planned_epsilon(config: DPConfig, rows: int, plan: Plan) -> float:
     )
 
 
+MT_WORDS, MT_OFFSET = 624, 24  # torch's CPU generator state: the Mersenne Twister's words
+
+
+def sampling_generator(stream: SecretStream) -> torch.Generator:
+    """A torch generator for Opacus's Poisson sampling whose whole Mersenne Twister state (624
+    words) comes from ``stream``: ``manual_seed`` would keep only 32 bits of any seed."""
+    state = bytearray(torch.Generator().manual_seed(0).get_state().numpy().tobytes())
+    words = stream.words(MT_WORDS)
+    for i in range(MT_WORDS):  # each word is stored as a uint64
+        state[MT_OFFSET + 8 * i : MT_OFFSET + 8 * i + 8] = words[4 * i : 4 * i + 4] + bytes(4)
+    generator = torch.Generator()
+    generator.set_state(torch.tensor(list(state), dtype=torch.uint8))
+    return generator
+
+
+def secret_noise(stream: SecretStream) -> Callable[..., torch.Tensor]:
+    """Opacus's ``_generate_noise`` drawing from ``stream`` (AES-CTR) instead of torch."""
+
+    def generate(std: float, reference: torch.Tensor, *_: object, **__: object) -> torch.Tensor:
+        if std == 0:
+            return torch.zeros_like(reference)
+        draws = torch.from_numpy(stream.normal(reference.numel()) * std)
+        return draws.to(reference.dtype).view_as(reference)
+
+    return generate
+
+
 def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -255,12 +289,12 @@ def dp_train(
     rnd: int,
     history: History,
     pos_weight: float,
-    charge: Callable[[float, float, int], tuple[float, torch.Generator]],
+    charge: Callable[[float, float, int], tuple[float, bytes]],
 ) -> tuple[float, float, bool]:
     """One round of DP training (``plan.steps`` logical steps) after the run's earlier training
     releases ``history``. ``charge(σ, q, steps)`` records the round in the region's ledger
     before any step (refusing it if the region's caps say so) and returns the run's ε with it
-    and the generator this release alone draws its Poisson samples and noise from. Returns
+    and the secret key this release alone draws its Poisson samples and noise from. Returns
     (mean loss, the run's ε, budget exhausted?)."""
     rows = len(x)
     sample_rate = config.effective_rate(rows)
@@ -276,7 +310,8 @@ def dp_train(
         )  # fmt: skip
         return math.nan, spent, True
 
-    epsilon, generator = charge(sigma, sample_rate, plan.steps)
+    epsilon, key = charge(sigma, sample_rate, plan.steps)
+    generator = sampling_generator(SecretStream(key, b"poisson sampling"))
     loader = DPDataLoader.from_data_loader(
         DataLoader(TensorDataset(x, y), batch_size=config.logical_batch(rows)), generator=generator
     )
@@ -290,12 +325,12 @@ def dp_train(
         noise_multiplier=sigma,
         max_grad_norm=config.max_grad_norm,
         poisson_sampling=False,
-        noise_generator=generator,
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     private.train()
     total, step = torch.zeros(()), 0
     with (
+        mock.patch("opacus.optimizers.optimizer._generate_noise", secret_noise(SecretStream(key))),
         warnings.catch_warnings(),  # Opacus's hooks on the input layer: harmless
         BatchMemoryManager(
             data_loader=loader, max_physical_batch_size=PHYSICAL_BATCH, optimizer=optimizer

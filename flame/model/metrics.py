@@ -17,7 +17,7 @@ reported on its own row, never combined. The server's test-set metrics are exact
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -80,15 +80,15 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 def region_metrics(
     logits: np.ndarray, y: np.ndarray, threshold: float, bins: int = BINS, noise: float = 0.0,
-    rng: np.random.Generator | None = None,
+    normal: Callable[[int], np.ndarray] | None = None,
 ) -> dict[str, object]:  # fmt: skip
     """What a region sends after evaluation: loss, counts, ``bins``-bin histograms and its own
-    AUCs; with ``noise``, all of them from histograms with Gaussian noise of that std (drawn
-    from ``rng``) on every bin, so the answer is one Gaussian release of L2 sensitivity 1."""
+    AUCs; with ``noise``, all of them from histograms with Gaussian noise of that std (``normal``
+    draws standard normals) on every bin: one Gaussian release of L2 sensitivity 1."""
     pos, neg = (coarsen(h, bins) for h in histograms(logits, y))
     if noise:
-        assert rng is not None
-        pos, neg = (privatized(h, noise, rng) for h in (pos, neg))
+        assert normal is not None
+        pos, neg = (privatized(h, noise, normal) for h in (pos, neg))
         return histogram_metrics(pos, neg, threshold)
     return {
         "loss": log_loss(logits, y),
@@ -120,12 +120,12 @@ def coarsen(hist: Iterable[float], bins: int) -> list[int]:
 SUPPRESS = 3.0  # noisy counts below this many noise stds are read as 0
 
 
-def privatized(hist: list[int], noise: float, rng: np.random.Generator) -> list[int]:
+def privatized(hist: list[int], noise: float, normal: Callable[[int], np.ndarray]) -> list[int]:
     """The Gaussian mechanism on counts, then post-processing (no privacy cost): a noisy count
     below SUPPRESS x ``noise`` becomes 0 (most bins are empty, and noise clipped at 0 there
     would add phantom rows everywhere: pooled PR-AUC 0.48 instead of 0.98 on a 25-bin
     example), the rest rounded."""
-    noisy = np.asarray(hist, dtype=float) + rng.normal(0.0, noise, len(hist))
+    noisy = np.asarray(hist, dtype=float) + noise * normal(len(hist))
     noisy[noisy < SUPPRESS * noise] = 0.0
     return np.rint(noisy).astype(int).tolist()
 

@@ -57,14 +57,14 @@ def one_round(
     pos_weight: float, seed: int, sigma: float,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The region's round-1 DP training of ``model`` (a copy) with noise multiplier ``sigma``,
-    its Poisson sampling and noise drawn from ``seed`` (the region's public seed: what its
-    generator was seeded with before regions kept a secret)."""
+    its Poisson sampling and noise drawn from ``seed``, the region's public seed (the noise's
+    seed before regions kept a secret; the coordinator knows nothing closer to the key now)."""
     model = copy.deepcopy(model)
     config = dataclasses.replace(dp_config(settings), noise_multiplier=sigma)
     plan = training_plan(settings, len(x))
     dp_train(
         model, x, y, config=config, plan=plan, rnd=ROUND, history=[], pos_weight=pos_weight,
-        charge=lambda *release: (0.0, torch.Generator().manual_seed(seed)),
+        charge=lambda *release: (0.0, seed.to_bytes(32, "big")),  # the best guess it has
     )  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
