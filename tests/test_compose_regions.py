@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flame.ops.compose_regions import FILE, render
@@ -22,7 +24,7 @@ def test_the_committed_regions_file_is_the_template_for_the_default_regions() ->
 
 def test_a_third_region_is_a_service_that_sees_only_its_own_folders() -> None:
     services = yaml.safe_load(render(["us", "eu", "apac"]))["services"]
-    assert list(services) == ["us-client", "eu-client", "apac-client"]
+    assert list(services) == ["state-folders", "us-client", "eu-client", "apac-client"]
     apac = services["apac-client"]
     assert apac["environment"]["FLAME_REGION"] == "apac"
     mounts = {m["source"]: m for m in apac["volumes"]}
@@ -30,6 +32,107 @@ def test_a_third_region_is_a_service_that_sees_only_its_own_folders() -> None:
     assert mounts["certs-regions"]["volume"]["subpath"] == "apac"
     assert mounts["certs-regions"]["read_only"] is True
     assert "gateway:9443" in apac["command"] and "register" in apac["depends_on"]
+    # its private state (secret, ledger): its own folder of region-state, made before it starts
+    assert mounts["region-state"]["volume"]["subpath"] == "apac"
+    assert mounts["region-state"]["target"] == "/state/apac"
+    assert apac["environment"]["FLAME_STATE_DIR"] == "/state"
+    assert "state-folders" in apac["depends_on"]
+    assert "/state/apac" in services["state-folders"]["command"][-1]
+
+
+def test_no_coordinator_service_mounts_a_regions_state() -> None:
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "region-state" in main["volumes"]
+    for name, service in main["services"].items():
+        sources = [v["source"] if isinstance(v, dict) else v.split(":")[0]
+                   for v in service.get("volumes", [])]  # fmt: skip
+        assert "region-state" not in sources, name
+    regions = yaml.safe_load((ROOT / FILE).read_text())["services"]
+    for name in ("us-client", "eu-client"):
+        state = [v for v in regions[name]["volumes"] if v["source"] == "region-state"]
+        assert [v["volume"]["subpath"] for v in state] == [name.removesuffix("-client")]
+
+
+def defaults(environment: dict[str, object]) -> dict[str, str]:
+    """What a compose environment sets when .env sets nothing: each ``${VAR:-default}``."""
+    resolved = {}
+    for key, value in environment.items():
+        found = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(value))
+        resolved[key] = found.group(2) if found else str(value)
+    return resolved
+
+
+def region_environment() -> dict[str, str]:
+    return defaults(yaml.safe_load((ROOT / FILE).read_text())["x-region-env"])
+
+
+POLICY = {
+    "FLAME_POLICY_REQUIRE_DP": "true",
+    "FLAME_POLICY_MAX_EPSILON": "3",
+    "FLAME_POLICY_LIFETIME_EPSILON": "30",
+    "FLAME_POLICY_MAX_DELTA": "1e-5",
+    "FLAME_POLICY_EVAL_NOISE": "8",
+    "FLAME_POLICY_HISTOGRAM_BINS": "25",
+    "FLAME_POLICY_MAX_EVALUATIONS": "20",
+    "FLAME_POLICY_ATTACKS": "none",
+    "FLAME_TRUSTED_APPS": "image",
+}
+
+
+def test_the_compose_regions_and_a_remote_site_are_private_by_default() -> None:
+    regions = region_environment()
+    assert {k: regions[k] for k in POLICY} == POLICY
+    site = yaml.safe_load((ROOT / "docker-compose.region.yml").read_text())["services"]["region"]
+    assert {k: defaults(site["environment"])[k] for k in POLICY} == POLICY
+    assert site["environment"]["FLAME_STATE_DIR"] == "/state"
+    assert "region-state:/state" in site["volumes"]  # its own volume, kept across restarts
+    raw = (ROOT / FILE).read_text() + (ROOT / "docker-compose.region.yml").read_text()
+    for key in POLICY:  # every one a default a site's .env can change
+        assert f"${{{key}:-" in raw
+
+
+@pytest.mark.parametrize(
+    ("rows", "rounds", "runs"),
+    [(20_000, 3, 2), (80_000, 3, 2), (64_000, 8, 1)],  # compose-e2e's two runs; multihost's 8
+)
+def test_the_default_compose_run_is_one_the_default_regions_accept(
+    rows: int, rounds: int, runs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run settings the serverapp sends (its environment) against the regions' default
+    policy, through the regions' own checks and ledger: the first-round check, then every
+    release of whole runs (validation in each train message after the first, each round's
+    DP-SGD, the final evaluation) charged as a region charges them; all accepted."""
+    from flame.fl.client_app import dp_config, region_policy, training_plan
+    from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
+    from flame.fl.privacy import charge, check_run, noise_multiplier
+
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    server = defaults(main["services"]["serverapp"]["environment"])
+    run = {k: server[k] for k in ("FLAME_DP", "FLAME_DP_TARGET_EPSILON", "FLAME_DP_DELTA")}
+    assert run == {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1", "FLAME_DP_DELTA": "1e-5"}
+    for key, value in (run | region_environment()).items():
+        if key.startswith("FLAME_") and key != "FLAME_STATE_DIR":
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLAME_NUM_SERVER_ROUNDS", str(rounds))
+    settings = FlameSettings()  # what a region's task sees: the run's settings, its own policy
+    policy = region_policy(settings)
+    config, plan = dp_config(settings), training_plan(settings, rows)
+    check_run(settings.dp, config, rows, plan, policy)  # every train task's first check
+    rate = config.effective_rate(rows)
+    sigma = noise_multiplier(config, rate, plan.total)
+    with Ledger(tmp_path / "us") as ledger:
+        for run_id in map(str, range(1, runs + 1)):
+            releases = []
+            for rnd in range(1, rounds + 1):
+                if rnd > 1:  # the previous round's model, scored in this train message
+                    releases.append((rnd, EVALUATE, policy.eval_noise, 1.0, 1))
+                releases.append((rnd, TRAIN, sigma, rate, plan.steps))
+            releases.append((rounds, EVALUATE, policy.eval_noise, 1.0, 1))  # the final one
+            for rnd, kind, noise, q, steps in releases:
+                release = Release(run_id, "", rnd, kind, noise, q, steps, config.delta)
+                with ledger.charging() as charging:
+                    epsilon, _ = charge(charging, release, policy)
+            assert 1 < epsilon < policy.max_epsilon  # DP-SGD's ε=1 and the noisy answers
 
 
 def test_the_generator_runs_with_plain_python(tmp_path: Path) -> None:

@@ -2,8 +2,13 @@
 
 ``docker-compose.yml`` includes the file; ``flame compose-regions`` writes it for FLAME_REGIONS
 (the repository holds the one for the default ``us,eu``), so adding a region is one line of
-``.env`` and one command. Each region's SuperNode sees only its own partition and its own key:
-the ``region-data`` and ``certs-regions`` volumes are mounted at that region's sub-folder.
+``.env`` and one command. Each region's SuperNode sees only its own partition, its own key and
+its own private state (secret noise seed and privacy ledger): the ``region-data``,
+``certs-regions`` and ``region-state`` volumes are mounted at that region's sub-folder
+(``region-state``'s folders are made by the one-shot ``state-folders`` service, owned by the
+image's user, since a sub-folder must exist before it can be mounted). The regions ship
+private by default: DP-SGD required, per-run and lifetime ε caps, a δ cap and privatized,
+capped evaluation answers, each a ``${VAR:-default}`` a site's ``.env`` can change.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ TEMPLATE = """\
 # Add a region: put it in FLAME_REGIONS (.env), run `flame compose-regions`, then
 # `docker compose up`. Do not edit by hand; docker-compose.yml includes this file.
 
-x-region: &region
+x-image: &image
   image: flame:latest
   pull_policy: never
   init: true
@@ -26,6 +31,9 @@ x-region: &region
   tmpfs: [/tmp]
   cap_drop: [ALL]
   security_opt: [no-new-privileges:true]
+
+x-region: &region
+  <<: *image
   env_file:
     - path: .env
       required: false
@@ -47,6 +55,7 @@ x-region: &region
   depends_on:
     register: {{condition: service_completed_successfully}}
     data-split: {{condition: service_completed_successfully}}
+    state-folders: {{condition: service_completed_successfully}}
     gateway: {{condition: service_healthy}}
   restart: unless-stopped
 
@@ -58,8 +67,29 @@ x-region-env: &region-env
   # only the app in this region's own image may run on its data (docs/operations.md)
   FLAME_TRUSTED_APPS: ${{FLAME_TRUSTED_APPS:-image}}
   FLAME_POLICY_ATTACKS: ${{FLAME_POLICY_ATTACKS:-none}}  # never lie unless .env says so
+  # private by default (docs/privacy-and-robustness.md): only DP-SGD runs, at most ε=3 per run
+  # and ε=30 over every run in the region's ledger, δ at most 1e-5, and at most 20 evaluation
+  # answers per run, each a coarse histogram with Gaussian noise, charged to the ledger
+  FLAME_POLICY_REQUIRE_DP: ${{FLAME_POLICY_REQUIRE_DP:-true}}
+  FLAME_POLICY_MAX_EPSILON: ${{FLAME_POLICY_MAX_EPSILON:-3}}
+  FLAME_POLICY_LIFETIME_EPSILON: ${{FLAME_POLICY_LIFETIME_EPSILON:-30}}
+  FLAME_POLICY_MAX_DELTA: ${{FLAME_POLICY_MAX_DELTA:-1e-5}}
+  FLAME_POLICY_EVAL_NOISE: ${{FLAME_POLICY_EVAL_NOISE:-8}}
+  FLAME_POLICY_HISTOGRAM_BINS: ${{FLAME_POLICY_HISTOGRAM_BINS:-25}}
+  FLAME_POLICY_MAX_EVALUATIONS: ${{FLAME_POLICY_MAX_EVALUATIONS:-20}}
+  # the region's secret and privacy ledger (FLAME_STATE_DIR/<region>): its own volume folder
+  FLAME_STATE_DIR: /state
 
 services:
+  state-folders:
+    # One-shot: one private folder per region in the region-state volume (mounted at /state,
+    # which the image's user owns, so the new volume is that user's), for each region's
+    # SuperNode to mount alone. Never mounted by the coordinator's services.
+    <<: *image
+    volumes:
+      - region-state:/state
+    command: ["sh", "-c", "umask 077 && mkdir -p {folders}"]
+    restart: "no"
 {services}"""
 
 SERVICE = """\
@@ -68,6 +98,7 @@ SERVICE = """\
     environment: {{<<: *region-env, FLAME_REGION: {name}}}
     volumes:
       - {{type: volume, source: region-data, target: /data, volume: {{subpath: {name}}}}}
+      - {{type: volume, source: region-state, target: /state/{name}, volume: {{subpath: {name}}}}}
       - type: volume
         source: certs-regions
         target: /certs
@@ -78,7 +109,8 @@ SERVICE = """\
 
 def render(regions: list[str]) -> str:
     services = "".join(SERVICE.format(name=r) for r in regions)
-    return TEMPLATE.format(names=",".join(regions), services=services)
+    folders = " ".join(f"/state/{r}" for r in regions)
+    return TEMPLATE.format(names=",".join(regions), services=services, folders=folders)
 
 
 def write(regions: list[str], path: Path = FILE) -> bool:
