@@ -2,10 +2,13 @@
 # End-to-end test of the compose deployment through the offline path, in one command:
 # local base image (built only if missing) + wheelhouse -> image -> `compose up` -> wait for the
 # launcher -> check through MLflow's REST API that the run finished with every round's server
-# metrics and both regions' client metrics -> check from the host that the public gateway port
-# refuses `flwr run` (scripts/verify_gateway.py) -> the scoring service serves the registered
-# champion (scripts/verify_scorer.py) -> `compose down -v`.
-# Needs a running Docker engine (scripts/install-docker.sh). Exit 0 only if all metrics are in.
+# metrics and both regions' client metrics, and that it is a DP run (the default: the regions
+# refuse any other) with each region's ε every round within their cap -> check from the host
+# that the public gateway port refuses `flwr run` (scripts/verify_gateway.py) -> a second run
+# (`docker compose run --rm launcher`), checked the same way -> each region's privacy ledger
+# (`flame ledger` in its container) holds exactly the two runs -> the scoring service serves the
+# registered champion, version 1 or 2 (scripts/verify_scorer.py) -> `compose down -v`.
+# Needs a running Docker engine (scripts/install-docker.sh). Exit 0 only if all of that holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -47,12 +50,40 @@ code=$(docker inspect "$(compose ps -a -q launcher)" --format '{{.State.ExitCode
 compose logs --no-color launcher | grep -E "flame: (round|Run|Saved)" || true
 log "launcher exit code $code; up -> finished run $((t3 - t2)) s"
 [ "$code" = 0 ] || { log "the federated run failed; full logs: ${FLAME_E2E_LOG:-/tmp/flame-e2e.log}"; exit 1; }
-"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000
+# the default run is a DP run; each region reports its ε every round, within its policy's cap
+# (the compose regions' FLAME_POLICY_MAX_EPSILON default, unless .env sets one)
+cap=$(compose config --format json | "$python" -c \
+  'import json, sys; print(json.load(sys.stdin)["services"]["us-client"]["environment"]["FLAME_POLICY_MAX_EPSILON"])')
+"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
 # regions joined through the gateway; from this host, the public port must refuse `flwr run`
 ca=$(mktemp -d)/ca.crt
 docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
 "$python" scripts/verify_gateway.py --ca "$ca"
-# the scoring service (profile serve) serves the run's registered champion from the host
+
+# a second run on the same stack: the regions' ledgers keep the first run's releases
+t4=$(date +%s)
+code=0
+compose run --rm --no-deps launcher > "$(dirname "$ca")/second.log" 2>&1 || code=$?
+t5=$(date +%s)
+grep -E "flame: (round|Run|Saved)" "$(dirname "$ca")/second.log" || true
+log "second run: launcher exit code $code; $((t5 - t4)) s"
+[ "$code" = 0 ] || { tail -40 "$(dirname "$ca")/second.log"; log "the second run failed"; exit 1; }
+"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
+# each region's privacy ledger (its own state volume): exactly the two runs
+regions=$("$python" -c 'from flame.settings import load_settings; print(*load_settings().regions)')
+for region in $regions; do
+  ledger=$(compose exec -T "$region-client" flame ledger 2>&1) \
+    || { echo "$ledger"; log "flame ledger failed in $region-client"; exit 1; }
+  echo "$ledger"
+  header=$(echo "$ledger" | grep -E "^region $region \(" || true)
+  runs=$(echo "$ledger" | grep -cE '^  [0-9]+ ' || true)
+  echo "$header" | grep -q ": 2 runs, lifetime" && [ "$runs" = 2 ] \
+    || { log "FAILED: the $region ledger shows $runs run lines, not 2 (header: $header)"; exit 1; }
+  log "the $region ledger holds both runs"
+done
+# the scoring service (profile serve) serves the registered champion from the host: version 1
+# or 2 (the alias moves to the second run's model only if it beat the first on the test set)
 compose --profile serve up -d --wait scorer
-"$python" scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1
-log "passed (setup $((t1 - t0)) s, build $((t2 - t1)) s, run $((t3 - t2)) s)"
+"$python" scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1,2 \
+  --mlflow http://127.0.0.1:5000
+log "passed (setup $((t1 - t0)) s, build $((t2 - t1)) s, run $((t3 - t2)) s, second run $((t5 - t4)) s)"

@@ -1,13 +1,22 @@
 """Check through MLflow's REST API that the newest Flame run finished with every round's server
 metrics and every region's client metrics, each round exactly once. Exit 0 only if so.
 
+A DP run (its param ``dp`` is True; ``--dp``: the run must be one) must also hold each region's
+ε for every round it trained (``client_<region>_train/epsilon``: the run's ε in that region's
+own ledger, training and privatized evaluation answers together), finite, above 0 and at most
+``--max-epsilon``, and no region data set input (a DP region sends no fraud count or digest).
+Its regions' validation AUCs are reported, not required: a privatized answer in which the noise
+hides every fraud has none (the counts and F1 it always has are required instead).
+
     python scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds 3 --regions us,eu
+    python scripts/verify_mlflow_run.py --dp --max-epsilon 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import urllib.parse
 import urllib.request
@@ -23,7 +32,43 @@ def call(uri: str, path: str, body: dict | None = None) -> dict:
         return json.load(reply)
 
 
-def problems(uri: str, experiment: str, rounds: int, regions: list[str]) -> list[str]:
+def history(uri: str, run_id: str, key: str) -> list[dict]:
+    query = urllib.parse.urlencode({"run_id": run_id, "metric_key": key})
+    return call(uri, f"metrics/get-history?{query}").get("metrics", [])
+
+
+def dp_problems(
+    uri: str, run: dict, rounds: int, regions: list[str], max_epsilon: float
+) -> list[str]:
+    """What a DP run lacks: each region's ε every round, within the cap; no region data set."""
+    run_id, found = run["info"]["run_id"], []
+    for region in regions:
+        key = f"client_{region}_train/epsilon"
+        epsilon = {int(m["step"]): float(m["value"]) for m in history(uri, run_id, key)}
+        if missing := sorted(set(range(1, rounds + 1)) - set(epsilon)):
+            found.append(f"{key}: rounds {missing} missing (a DP run reports ε every round)")
+        bad = {step: e for step, e in epsilon.items() if not 0 < e < math.inf}
+        if max_epsilon:
+            bad |= {step: e for step, e in epsilon.items() if e > max_epsilon * 1.01}
+        if bad:
+            found.append(f"{key}: {bad} not in (0, {max_epsilon or math.inf:g}]")
+        if epsilon:
+            shown = ", ".join(f"{e:.3f}" for _, e in sorted(epsilon.items()))
+            print(f"region {region}: ε per round {shown}")
+    inputs = run.get("inputs", {}).get("dataset_inputs", [])
+    if shared := [i["dataset"]["name"] for i in inputs if i["dataset"]["name"] != "server-test"]:
+        found.append(f"data set inputs {shared} logged in a DP run (regions send none under DP)")
+    return found
+
+
+def problems(
+    uri: str,
+    experiment: str,
+    rounds: int,
+    regions: list[str],
+    require_dp: bool = False,
+    max_epsilon: float = 0.0,
+) -> list[str]:
     name = urllib.parse.quote(experiment)
     exp = call(uri, f"experiments/get-by-name?experiment_name={name}")["experiment"]
     runs = call(
@@ -42,25 +87,38 @@ def problems(uri: str, experiment: str, rounds: int, regions: list[str]) -> list
     print(f"newest run {run_id} ({run['info'].get('run_name')}): {run['info']['status']}")
     if run["info"]["status"] != "FINISHED":
         found.append(f"run status is {run['info']['status']}")
+    params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
+    if not params:
+        found.append("no params logged")
+    dp = params.get("dp") == "True"
+    print(f"DP run: {dp}" + (f" (target ε={params.get('dp_target_epsilon')})" if dp else ""))
+    if require_dp and not dp:
+        found.append(f"not a DP run (param dp={params.get('dp')!r})")
+    # A DP region's evaluation answers may be privatized histograms: when the noise hides every
+    # fraud of a region's validation rows its AUCs are undefined (not logged), so a DP run must
+    # hold the figures every answer has (counts, F1), and its AUCs are reported, not required.
+    client = ("f1", "num_examples") if dp else ("f1", "roc_auc")
     wanted = [(k, range(0, rounds + 1)) for k in ("server/pr_auc", "server/roc_auc", "server/f1")]
-    wanted += [("client_aggregate/pr_auc", range(1, rounds + 1))]
-    wanted += [
-        (f"client_{r}/{m}", range(1, rounds + 1)) for r in regions for m in ("f1", "roc_auc")
-    ]
+    wanted += [("client_aggregate/f1" if dp else "client_aggregate/pr_auc", range(1, rounds + 1))]
+    wanted += [(f"client_{r}/{m}", range(1, rounds + 1)) for r in regions for m in client]
     for key, steps in wanted:
-        query = urllib.parse.urlencode({"run_id": run_id, "metric_key": key})
-        history = call(uri, f"metrics/get-history?{query}").get("metrics", [])
-        logged = Counter(m["step"] for m in history)
+        logged = Counter(m["step"] for m in history(uri, run_id, key))
         if missing := sorted(set(steps) - set(logged)):
             found.append(f"{key}: rounds {missing} missing")
         if twice := sorted(step for step, count in logged.items() if count > 1):
             found.append(f"{key}: rounds {twice} logged more than once")
+    if dp:
+        for key in ["client_aggregate/pr_auc", *(f"client_{r}/pr_auc" for r in regions)]:
+            defined = {int(m["step"]): float(m["value"]) for m in history(uri, run_id, key)}
+            shown = ", ".join(f"{step}: {v:.3f}" for step, v in sorted(defined.items()))
+            print(f"{key} (privatized answers): defined in {len(defined)} of {rounds} rounds"
+                  + (f" ({shown})" if shown else ""))  # fmt: skip
     artifacts = {a["path"] for a in call(uri, f"artifacts/list?run_id={run_id}").get("files", [])}
     for needed in ("model.pt", "roc_curve.png", "pr_curve.png"):
         if needed not in artifacts:
             found.append(f"artifact {needed} missing")
-    if not run["data"].get("params"):
-        found.append("no params logged")
+    if dp:
+        found += dp_problems(uri, run, rounds, regions, max_epsilon)
     return found
 
 
@@ -73,8 +131,15 @@ def main() -> int:
     p.add_argument("--experiment", default=settings.mlflow_experiment)
     p.add_argument("--rounds", type=int, default=settings.num_server_rounds)
     p.add_argument("--regions", default=",".join(settings.regions))
+    p.add_argument("--dp", action="store_true", help="the run must be a DP run")
+    p.add_argument(
+        "--max-epsilon", type=float, default=settings.policy_max_epsilon,
+        help="largest ε a region may report (the regions' FLAME_POLICY_MAX_EPSILON); 0 = any",
+    )  # fmt: skip
     args = p.parse_args()
-    found = problems(args.uri, args.experiment, args.rounds, args.regions.split(","))
+    found = problems(
+        args.uri, args.experiment, args.rounds, args.regions.split(","), args.dp, args.max_epsilon
+    )
     for problem in found:
         print(f"MISSING: {problem}")
     print("MLflow run complete" if not found else f"{len(found)} problems")

@@ -2,6 +2,11 @@
 synthetic rows like the model should, and answers a bad request with a one-line 400.
 
     python scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1
+    python scripts/verify_scorer.py --version 1,2 --mlflow http://127.0.0.1:5000
+
+``--version`` lists the versions the champion may be (after two runs it is 1 or 2: the alias
+moves only when a run beats it); with ``--mlflow`` the served one must also be the version the
+registry's champion alias names now.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -27,12 +33,30 @@ def post(url: str, body: object) -> tuple[int, dict]:
         return err.code, json.load(err)
 
 
+def champion(mlflow: str, model: str) -> str:
+    """The version the registry's champion alias names (MLflow REST API)."""
+    query = urllib.parse.urlencode({"name": model, "alias": "champion"})
+    url = f"{mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return str(json.load(reply)["model_version"]["version"])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", default="http://127.0.0.1:8080")
-    p.add_argument("--version", default="1", help="the champion version expected")
+    p.add_argument("--version", default="1", help="the champion versions expected (1 or 1,2)")
+    p.add_argument("--mlflow", default="", help="MLflow URI: serve the champion it names now")
+    p.add_argument("--model", default="flame-fraud", help="registered model name")
     p.add_argument("--timeout", type=float, default=120)
     args = p.parse_args()
+    expected = [v.strip() for v in args.version.split(",") if v.strip()]
+    if args.mlflow:
+        named = champion(args.mlflow.rstrip("/"), args.model)
+        if named not in expected:
+            print(f"verify-scorer: the registry's champion is version {named}, not {expected}")
+            return 1
+        print(f"verify-scorer: the registry's champion is version {named} of {args.version}")
+        expected = [named]
     from flame.data.synth import generate
 
     frame = generate(2_000, seed=11, fraud_rate=0.05)
@@ -42,8 +66,8 @@ def main() -> int:
     while status == 503 and time.monotonic() < deadline:
         time.sleep(2)
         status, reply = post(args.url, {"rows": rows.to_dict("records")})
-    if status != 200 or reply.get("model_version") != args.version:
-        print(f"verify-scorer: expected version {args.version}, got {status} {reply}")
+    if status != 200 or reply.get("model_version") not in expected:
+        print(f"verify-scorer: expected version {' or '.join(expected)}, got {status} {reply}")
         return 1
     probability = [p["fraud_probability"] for p in reply["predictions"]]
     flagged = [p["is_fraud_predicted"] for p in reply["predictions"]]

@@ -40,9 +40,16 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
         )
     out = run_script("compose-e2e.sh", "FLAME_E2E_LOG", tmp_path / "compose.log", 2400)
     assert "MLflow run complete" in out
+    # the default run is a DP run the regions' default policy accepts: ε every round, capped
+    assert "DP run: True" in out and "region us: ε per round" in out
     # the regions joined through the Fleet-only gateway; from the host, its port refuses
     # `flwr run` / `flwr ls` (HTTP 403) and no run was added
     assert "the public port refuses the Control API" in out
+    # a second run: each region's ledger (its own state volume) holds both
+    assert out.count("MLflow run complete") == 2
+    for region in ("us", "eu"):
+        assert f"the {region} ledger holds both runs" in out
+    assert "verify-scorer: passed" in out
 
 
 @pytest.mark.compose
