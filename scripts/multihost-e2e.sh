@@ -4,11 +4,15 @@
 # (docker-compose.region.yml) that holds only its own ca.crt and node key and dials the
 # coordinator's public port host.docker.internal:9443 (TLS, node authentication, Fleet API only).
 # The launcher then trains over both; exit 0 only if the run finished with both regions' metrics.
-# Then, on the same stack:
+# Both regions run the compose default policy (DP required, ε and δ caps, privatized evaluation)
+# and the default run is a DP run they accept. Then, on the same stack:
+# - the site's container is re-created: its state volume (secret, privacy ledger) survives;
 # - a second remote site holding the CA and a valid key that was never registered is refused;
 # - a longer run is killed mid-run (the ServerApp and SuperLink containers), the stack is brought
 #   back up and the run resumed with the README's command (FLAME_RESUME=true docker compose run
-#   --rm launcher); MLflow must then hold every round exactly once.
+#   --rm launcher); MLflow must then hold every round exactly once, and the site's ledger the
+#   three runs (the first, the killed one, the resumed one: a new Flower run id). The ServerApp
+#   resumes no DP run, so this one is a non-DP run on regions that opt out of the DP policy.
 # Needs the flame:latest image (scripts/compose-e2e.sh builds it) and a running Docker engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,11 +67,26 @@ t2=$(date +%s)
 grep -E "flame: (round|Run|Saved)" "$site_dir/launcher.log" || true
 log "launcher exit code $code; run $((t2 - t1)) s"
 [ "$code" = 0 ] || { tail -40 "$site_dir/launcher.log"; exit 1; }
-"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000
+# a DP run (the default), each region's ε every round within the site's cap
+cap=$(site_compose config --format json | "$python" -c \
+  'import json, sys; print(json.load(sys.stdin)["services"]["region"]["environment"]["FLAME_POLICY_MAX_EPSILON"])')
+"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
 site_compose logs --no-color region > "$site_dir/site.log" 2>&1
 grep -q "eu round 1 train" "$site_dir/site.log" \
   || { log "the site's log shows no training round" >&2; exit 1; }
 log "passed: the eu site trained through the gateway with TLS and its own key"
+
+# the site's private state is its own volume: re-creating its container keeps the secret and
+# the ledger (1 run so far)
+site_state() { site_compose exec -T region sh -c 'sha256sum /state/eu/secret && flame ledger'; }
+before=$(site_state) || { echo "$before"; fail "no state in the site's container"; }
+echo "$before"
+echo "$before" | grep -qE "^region eu \(.*\): 1 runs, " || fail "the site's ledger does not hold 1 run"
+site_compose up -d --no-build --wait --force-recreate >> "$site_dir/up.log" 2>&1 \
+  || { tail -20 "$site_dir/up.log"; exit 1; }
+after=$(site_state) || { echo "$after"; fail "no state in the re-created site container"; }
+[ "$before" = "$after" ] || { echo "$after"; fail "the site's secret or ledger changed on re-creation"; }
+log "passed: the site's state volume survived its container's re-creation (same secret, same ledger)"
 
 # a site with the federation's CA and a well-formed key that was never registered: refused
 mkdir -p "$intruder_dir/certs/eu"
@@ -90,7 +109,20 @@ intruder_compose down -v >/dev/null 2>&1
 log "passed: a site with an unregistered key is refused (Failed to activate SuperNode)"
 
 # kill the ServerApp and SuperLink containers mid-run, bring them back, resume (README command)
-rounds=8  # rounds of about 2.5 s: the run is still going when the kill comes
+rounds=8  # the run is still going when the kill comes
+# The ServerApp refuses FLAME_RESUME with FLAME_DP (flame/fl/checkpoint.py), so this run is a
+# non-DP run: the coordinator's ServerApp and both regions opt out of the DP policy here, as a
+# site's .env may (the ledgers still record it, at ε=inf). Same settings for every `up` below.
+opt_out=(FLAME_DP=false FLAME_POLICY_REQUIRE_DP=false FLAME_POLICY_MAX_EPSILON=0
+         FLAME_POLICY_LIFETIME_EPSILON=0)
+printf '%s\n' "${opt_out[@]:1}" >> "$site_dir/.env"
+site_compose up -d --no-build --wait >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; exit 1; }
+hub_up() {
+  env "${opt_out[@]}" FLAME_GATEWAY_BIND=0.0.0.0 docker compose -p "$hub" up -d --no-build --wait \
+    mlflow superlink gateway serverapp us-client >> "$site_dir/up.log" 2>&1 \
+    || { tail -20 "$site_dir/up.log"; exit 1; }
+}
+hub_up
 launch() { hub_compose run --rm --no-deps -e FLAME_NUM_SERVER_ROUNDS=$rounds launcher; }
 launch > "$site_dir/killed.log" 2>&1 &
 first=$!
@@ -103,14 +135,21 @@ grep -q "round 2 | server test" "$site_dir/killed.log" || { tail -30 "$site_dir/
 docker kill "$(hub_compose ps -q serverapp)" "$(hub_compose ps -q superlink)" >/dev/null
 log "killed the ServerApp and SuperLink containers after round 2 of $rounds"
 if wait $first; then fail "the launcher exited 0 although its run was killed"; fi
-# the same `up` as at the start (same settings, so no service is recreated): starts the two
-FLAME_GATEWAY_BIND=0.0.0.0 hub_compose up -d --no-build --wait \
-  mlflow superlink gateway serverapp us-client >> "$site_dir/up.log" 2>&1 \
-  || { tail -20 "$site_dir/up.log"; exit 1; }
+# the same `up` as before the run (same settings, so no service is recreated): starts the two
+hub_up
 code=0
 FLAME_RESUME=true launch > "$site_dir/resumed.log" 2>&1 || code=$?
 grep -E "Resuming|flame: (round|Run|Saved)" "$site_dir/resumed.log" || true
 [ "$code" = 0 ] || { tail -40 "$site_dir/resumed.log"; fail "the resumed run failed"; }
 grep -q "Resuming" "$site_dir/resumed.log" || fail "the run was not resumed"
-"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds $rounds
+# not DP, but the regions still privatize their evaluation answers (FLAME_POLICY_EVAL_NOISE)
+"$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds $rounds \
+  --private-evaluation
 log "passed: killed after round 2, resumed, every round in MLflow once"
+# the site's ledger: the first run, the killed one and the resumed one (a new Flower run id)
+ledger=$(site_compose exec -T region flame ledger) || { echo "$ledger"; fail "flame ledger failed"; }
+echo "$ledger"
+runs=$(echo "$ledger" | grep -cE '^  [0-9]+ ' || true)
+echo "$ledger" | grep -qE "^region eu \(.*\): 3 runs, " && [ "$runs" = 3 ] \
+  || fail "the site's ledger shows $runs run lines, not 3"
+log "passed: the site's ledger holds all 3 runs"

@@ -6,7 +6,8 @@ A DP run (its param ``dp`` is True; ``--dp``: the run must be one) must also hol
 own ledger, training and privatized evaluation answers together), finite, above 0 and at most
 ``--max-epsilon``, and no region data set input (a DP region sends no fraud count or digest).
 Its regions' validation AUCs are reported, not required: a privatized answer in which the noise
-hides every fraud has none (the counts and F1 it always has are required instead).
+hides every fraud has none (the counts and F1 it always has are required instead); the same with
+``--private-evaluation`` for a non-DP run on regions that privatize evaluation.
 
     python scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --rounds 3 --regions us,eu
     python scripts/verify_mlflow_run.py --dp --max-epsilon 3
@@ -68,6 +69,7 @@ def problems(
     regions: list[str],
     require_dp: bool = False,
     max_epsilon: float = 0.0,
+    private_evaluation: bool = False,
 ) -> list[str]:
     name = urllib.parse.quote(experiment)
     exp = call(uri, f"experiments/get-by-name?experiment_name={name}")["experiment"]
@@ -94,12 +96,15 @@ def problems(
     print(f"DP run: {dp}" + (f" (target ε={params.get('dp_target_epsilon')})" if dp else ""))
     if require_dp and not dp:
         found.append(f"not a DP run (param dp={params.get('dp')!r})")
-    # A DP region's evaluation answers may be privatized histograms: when the noise hides every
-    # fraud of a region's validation rows its AUCs are undefined (not logged), so a DP run must
-    # hold the figures every answer has (counts, F1), and its AUCs are reported, not required.
-    client = ("f1", "num_examples") if dp else ("f1", "roc_auc")
+    # Privatized evaluation answers (a region guarding its privacy, so every DP run's regions
+    # here): when the noise hides every fraud of a region's validation rows its AUCs are
+    # undefined (not logged), so the run must hold the figures every answer has (counts, F1),
+    # and its AUCs are reported, not required.
+    noisy = dp or private_evaluation
+    client = ("f1", "num_examples") if noisy else ("f1", "roc_auc")
     wanted = [(k, range(0, rounds + 1)) for k in ("server/pr_auc", "server/roc_auc", "server/f1")]
-    wanted += [("client_aggregate/f1" if dp else "client_aggregate/pr_auc", range(1, rounds + 1))]
+    pooled = "client_aggregate/f1" if noisy else "client_aggregate/pr_auc"
+    wanted += [(pooled, range(1, rounds + 1))]
     wanted += [(f"client_{r}/{m}", range(1, rounds + 1)) for r in regions for m in client]
     for key, steps in wanted:
         logged = Counter(m["step"] for m in history(uri, run_id, key))
@@ -107,7 +112,7 @@ def problems(
             found.append(f"{key}: rounds {missing} missing")
         if twice := sorted(step for step, count in logged.items() if count > 1):
             found.append(f"{key}: rounds {twice} logged more than once")
-    if dp:
+    if noisy:
         for key in ["client_aggregate/pr_auc", *(f"client_{r}/pr_auc" for r in regions)]:
             defined = {int(m["step"]): float(m["value"]) for m in history(uri, run_id, key)}
             shown = ", ".join(f"{step}: {v:.3f}" for step, v in sorted(defined.items()))
@@ -136,10 +141,15 @@ def main() -> int:
         "--max-epsilon", type=float, default=settings.policy_max_epsilon,
         help="largest ε a region may report (the regions' FLAME_POLICY_MAX_EPSILON); 0 = any",
     )  # fmt: skip
+    p.add_argument(
+        "--private-evaluation", action="store_true",
+        help="the regions privatize evaluation (FLAME_POLICY_EVAL_NOISE) in a non-DP run too",
+    )  # fmt: skip
     args = p.parse_args()
     found = problems(
-        args.uri, args.experiment, args.rounds, args.regions.split(","), args.dp, args.max_epsilon
-    )
+        args.uri, args.experiment, args.rounds, args.regions.split(","), args.dp,
+        args.max_epsilon, args.private_evaluation,
+    )  # fmt: skip
     for problem in found:
         print(f"MISSING: {problem}")
     print("MLflow run complete" if not found else f"{len(found)} problems")

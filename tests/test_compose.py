@@ -60,9 +60,13 @@ def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
     above built."""
     out = run_script("multihost-e2e.sh", "FLAME_MH_LOG", tmp_path / "mh.log", 1800)
     assert "the eu site trained through the gateway" in out
+    assert "DP run: True" in out  # under the sites' default policy
+    # the site's secret and ledger live in its own volume, kept when its container is re-made
+    assert "the site's state volume survived its container's re-creation" in out
     # a remote site with the CA and a valid but unregistered key never joins
     assert "a site with an unregistered key is refused" in out
     # the ServerApp and SuperLink containers killed mid-run; the README's resume command
     # finishes the run and MLflow holds each of its 8 rounds exactly once
     assert "Resuming /runs/" in out
     assert "killed after round 2, resumed, every round in MLflow once" in out
+    assert "the site's ledger holds all 3 runs" in out
