@@ -115,8 +115,11 @@ def epsilon_of(history: History, delta: float) -> float:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf  # clipping without noise: no privacy
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, n in history:  # RDP adds up over steps: one entry per (σ, q)
+        steps[sigma, rate] = steps.get((sigma, rate), 0) + n
     accountant = RDPAccountant()
-    accountant.history = list(history)
+    accountant.history = [(sigma, rate, n) for (sigma, rate), n in steps.items()]
     return float(accountant.get_epsilon(delta))
 
 
