@@ -108,6 +108,7 @@ def check_compatible(state: Checkpoint, settings: FlameSettings, folder: Path) -
         raise SettingsError(f"FLAME_RESUME: {names} differ from the run in {folder}")
     if settings.dp:
         raise SettingsError(
-            "FLAME_RESUME with FLAME_DP is not supported: each region's privacy accountant lives "
-            "in that run's node state, so a resumed run would under-report ε"
+            "FLAME_RESUME with FLAME_DP is not supported: a region's ledger accounts a run by its "
+            "Flower run id, and a resumed run is a new one, so it would report (and cap) less "
+            "than the whole run's ε; its lifetime ε would still be right"
         )
