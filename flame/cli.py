@@ -81,7 +81,11 @@ def _supernode(args: argparse.Namespace) -> None:
     from flame.ops.polling import supernode
 
     settings = load_settings()
-    supernode([a for a in args.args if a != "--"], settings.poll_interval, settings.warm_clientapp)
+    argv = [a for a in args.args if a != "--"]
+    supernode(
+        argv, settings.poll_interval, settings.warm_clientapp, settings.trusted_apps,
+        settings.commands_dir,
+    )  # fmt: skip
 
 
 def _certs(args: argparse.Namespace) -> None:

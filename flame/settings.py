@@ -214,6 +214,11 @@ class NodeSettings(BaseModel):
         Path("data/state"), description="This node's private state: one sub-folder per region "
         "with its secret noise seed and its privacy ledger. Never leaves the region.",
     )  # fmt: skip
+    commands_dir: Path | None = Field(
+        None, description="flame supernode: a folder of Flame's task commands to put first on "
+        "the PATH of the node's task processes (the image bakes one: its /tmp cannot run "
+        "programs); unset = written at start into a fresh temporary folder.",
+    )  # fmt: skip
     app_hash: str = Field(
         "", description="Set by Flame's ClientApp launcher: the FAB hash of the app a task "
         "runs (recorded in the privacy ledger); empty in simulation.",

@@ -300,7 +300,8 @@ def test_a_region_refuses_a_run_asking_for_more_epsilon_than_it_allows(tmp_path)
     )  # fmt: skip
     table = pd.read_csv(out / "metrics.csv").query("kind == 'client_aggregate'")
     assert set(table["missing"].dropna()) == {"eu;us"}
-    assert "this region accepts at most ε=3 per run (FLAME_POLICY_MAX_EPSILON)" in proc.stderr + proc.stdout
+    refusal = "this region accepts at most ε=3 per run (FLAME_POLICY_MAX_EPSILON)"
+    assert refusal in proc.stderr + proc.stdout
     # every region refused, so nothing was trained: the run fails and saves no model
     assert proc.returncode == 1
     assert "error: the run failed: no region returned a model update" in proc.stderr

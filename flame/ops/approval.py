@@ -1,12 +1,22 @@
-"""Each region runs only code it approved (``FLAME_TRUSTED_APPS``).
+"""Each region runs only code it approved (``FLAME_TRUSTED_APPS``), and only as a ClientApp.
 
-A submitted run is a FAB: Python code that each region's ClientApp process installs and imports,
-next to the region's data. Flower's SuperNode starts a ``flower-superexec`` process, which starts
-``flwr-clientapp`` by name for every task. ``flame supernode`` puts its own ``flwr-clientapp``
-first on the PATH its children inherit: Flower's own ClientApp process (``python -m
-flame.ops.approval``) with one check added before the FAB is installed or any of its code
-imported: the SHA-256 of the FAB's bytes (Flower's FAB hash) must be one the region approved.
-Otherwise the task fails with one line in the region's log and an error reply to the server.
+A submitted run is a FAB: Python code that a region's task processes install and import, next
+to the region's data. The check is made three times, each before anything is started:
+1. In the SuperNode process (``gate_supernode``), when a message of a run it does not know
+   arrives: the run must be a ServerApp run (Flower hands other runs, such as an AgentApp run,
+   to other programs) whose FAB hash the region approved, and the FAB's bytes must have that
+   hash. Otherwise no task is created and nothing is fetched or started: one line in the
+   region's log and an error reply to the server. The node's state creates no task of any type
+   other than a ClientApp, whoever asks.
+2. Where the SuperNode's SuperExec starts task programs by name (``use_region_commands``):
+   ``flwr-clientapp`` is Flame's, every other task program Flower knows (``flwr-agentapp``,
+   ``flwr-serverapp``, ...) is a stub that refuses.
+3. In the ClientApp process (``guard``): the FAB's bytes are checked again and installed into
+   a fresh folder of that task's own, so no install folder an earlier task left behind is
+   ever loaded.
+The first two replace parts of Flower that are not public API: ``FLOWER_VERSION`` is the
+version they were written against; ``flame supernode`` refuses to start on any other, or if
+the replaced functions are no longer where they were.
 
 Approved hashes: ``FLAME_TRUSTED_APPS``, comma-separated; ``image`` stands for the FAB that
 ``flwr build`` makes of the app folder this process runs in (in the compose image: ``/app``,
@@ -18,18 +28,29 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run
 
 log = logging.getLogger("flame.ops.approval")
 IMAGE = "image"
 SHIM_MODULE = "flame.ops.approval"
 APP_HASH_ENV = "FLAME_APP_HASH"
+FLOWER_VERSION = "1.42.0"  # the version gate_supernode and guard were written against
+CLIENTAPP = "flwr-clientapp"
+PULL = "_pull_and_store_message"
+PULL_ARGUMENTS = {"state", "object_store", "receive", "get_run", "get_fab"}
 
 
 class UntrustedAppError(RuntimeError):
@@ -70,10 +91,11 @@ def check(content: bytes, allowed: set[str]) -> None:
         raise UntrustedAppError(message)
 
 
-def guard(allowed: set[str] | None) -> None:
+def guard(allowed: set[str] | None, home: Path) -> None:
     """Make Flower's ClientApp runner check every FAB before it installs it (``allowed`` None:
-    any app), and tell the task which app it runs (``FLAME_APP_HASH``, for the region's
-    privacy ledger)."""
+    any app) and install it into ``home``, a fresh folder of this task's own (Flower would
+    reuse any folder already at the app's install path), and tell the task which app it runs
+    (``FLAME_APP_HASH``, for the region's privacy ledger)."""
     from flwr.supernode.runtime import run_clientapp
 
     install: Callable[..., object] = run_clientapp.install_from_fab
@@ -81,25 +103,163 @@ def guard(allowed: set[str] | None) -> None:
     def checked_install(content: bytes, *args: object, **kwargs: object) -> object:
         if allowed is not None:
             check(content, allowed)
-        os.environ[APP_HASH_ENV] = fab_hash(content)  # this task process's own setting
+        if any(home.iterdir()):
+            raise UntrustedAppError(f"refused: the task's fresh app folder {home} is not empty")
+        # this task process's own settings: Flower installs to and loads from FLWR_HOME/apps
+        os.environ["FLWR_HOME"] = str(home)
+        os.environ[APP_HASH_ENV] = fab_hash(content)
         return install(content, *args, **kwargs)
 
     run_clientapp.install_from_fab = checked_install  # type: ignore[assignment]
 
 
-def use_flame_clientapp() -> Path:
-    """For this process's children: ``flwr-clientapp`` is Flame's checked one (a shim in a
-    fresh folder put first on PATH, unless the one on PATH already is: the image bakes one in,
-    since its /tmp is not executable). Returns the shim."""
-    current = shutil.which("flwr-clientapp")
-    if current is not None and SHIM_MODULE in Path(current).read_text(errors="replace")[:500]:
-        return Path(current)
-    folder = Path(tempfile.mkdtemp(prefix="flame-clientapp-"))
-    shim = folder / "flwr-clientapp"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {SHIM_MODULE} "$@"\n')
-    shim.chmod(0o755)
+def refusal(run: Run, allowed: set[str] | None) -> str | None:
+    """Why this region runs no task of ``run``; None: it may run its ClientApp."""
+    from flwr.supercore.constant import TaskType
+
+    if run.primary_task_type != TaskType.SERVER_APP:
+        kind = run.primary_task_type or "untyped"
+        return f"refused: run {run.run_id} is a {kind} run; this region runs only ClientApps"
+    if allowed is not None and run.fab_hash.lower() not in allowed:
+        return (
+            f"refused: run {run.run_id}'s app {run.fab_hash[:16]}… is not in "
+            "FLAME_TRUSTED_APPS of this region"
+        )
+    return None
+
+
+def fab_refusal(content: bytes, run: Run) -> str | None:
+    if fab_hash(content) != run.fab_hash.lower():
+        return f"refused: run {run.run_id}'s FAB bytes do not have the run's hash"
+    return None
+
+
+def enforcement_problems(module: types.ModuleType) -> list[str]:
+    """What no longer holds in this Flower for ``gate_supernode`` (empty: it applies)."""
+    problems = []
+    if (found := version("flwr")) != FLOWER_VERSION:
+        problems.append(f"Flower is {found}, the approval was written against {FLOWER_VERSION}")
+    pull = getattr(module, PULL, None)
+    if pull is None or not PULL_ARGUMENTS <= set(inspect.signature(pull).parameters):
+        problems.append(f"{module.__name__}.{PULL} is gone or takes other arguments")
+    start = getattr(module, "start_client_internal", None)
+    if start is None or PULL not in start.__code__.co_names:
+        problems.append(f"{module.__name__}.start_client_internal no longer calls {PULL}")
+    if not callable(getattr(module, "_insert_message", None)):
+        problems.append(f"{module.__name__}._insert_message is gone")
+    return problems
+
+
+def only_clientapp_tasks(state: Any) -> None:
+    """The SuperNode's state creates ClientApp tasks only, whoever asks (the message loop, or
+    a task through the runtime API)."""
+    from flwr.supercore.constant import TaskType
+
+    if getattr(state, "_flame_only_clientapps", False):
+        return
+    create = state.create_task
+
+    def checked(*args: Any, **kwargs: Any) -> int | None:
+        kind = kwargs.get("task_type", args[0] if args else None)
+        if kind != TaskType.CLIENT_APP:
+            log.error("refused: a %s task; this region runs only ClientApps", kind)
+            return None
+        return create(*args, **kwargs)  # type: ignore[no-any-return]
+
+    state.create_task = checked
+    state._flame_only_clientapps = True
+
+
+def gate_supernode(allowed: set[str] | None) -> None:
+    """In the SuperNode process: a message of a run this node does not know yet is refused
+    (an error reply, no task, no FAB install) unless ``refusal`` and ``fab_refusal`` pass;
+    the run and FAB Flower then stores are the ones checked. ``allowed`` None: any app, but
+    still ClientApps only."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+    from flwr.supernode import start_client_internal as node
+
+    if problems := enforcement_problems(node):
+        raise SystemExit(f"flame supernode: refused to start: {'; '.join(problems)}")
+    pull = getattr(node, PULL)
+
+    def gated(**kwargs: Any) -> int | None:
+        state, store = kwargs["state"], kwargs["object_store"]
+        receive, get_run, get_fab = kwargs["receive"], kwargs["get_run"], kwargs["get_fab"]
+        only_clientapp_tasks(state)
+        checked_runs: dict[int, Run] = {}
+        checked_fabs: dict[str, Any] = {}
+        refused: list[int] = []
+
+        def checked_receive() -> Any:
+            if (got := receive()) is None:
+                return None
+            message = got[0]
+            run_id = message.metadata.run_id
+            if state.get_run(run_id) is not None:  # checked when its first message came
+                return got
+            run = get_run(run_id)
+            reason = refusal(run, allowed)
+            if reason is None:
+                fab = get_fab(run.fab_hash, run_id)
+                if (reason := fab_refusal(fab.content, run)) is None:
+                    checked_runs[run_id], checked_fabs[run.fab_hash] = run, fab
+                    return got
+            log.error(reason)
+            reply = Message(Error(ErrorCode.INVALID_FAB, reason), reply_to=message)
+            node._insert_message(reply, state, store)
+            refused.append(run_id)
+            return None
+
+        def checked_run(run_id: int) -> Run:
+            return checked_runs.pop(run_id)  # KeyError: an unchecked run, never stored
+
+        def checked_fab(fab_hash: str, run_id: int) -> Any:
+            return checked_fabs.pop(fab_hash)
+
+        kwargs.update(receive=checked_receive, get_run=checked_run, get_fab=checked_fab)
+        run_id = pull(**kwargs)
+        return refused[0] if run_id is None and refused else run_id  # then push the error
+
+    setattr(node, PULL, gated)
+
+
+def task_commands() -> list[str]:
+    """Every task program Flower may start by name (``flwr-clientapp`` first)."""
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    return [CLIENTAPP, *sorted(set(TASK_TYPE_TO_COMMAND.values()) - {CLIENTAPP})]
+
+
+def write_commands(folder: Path) -> Path:
+    """Flame's task programs into ``folder``: its ``flwr-clientapp`` and, for every other task
+    program Flower knows, a stub that refuses. Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in task_commands():
+        if name == CLIENTAPP:
+            text = f'#!/bin/sh\nexec "{sys.executable}" -m {SHIM_MODULE} "$@"\n'
+        else:
+            line = f"flame: refused: {name}: this region runs only ClientApp tasks"
+            text = f"#!/bin/sh\necho '{line}' >&2\nexit 126\n"
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def use_region_commands(folder: Path | None) -> Path:
+    """For this process's children: Flame's task programs first on PATH. ``folder``: a
+    ``write_commands`` folder made beforehand (``FLAME_COMMANDS_DIR``; the image bakes one,
+    since its /tmp cannot run programs); None: written now into a fresh temporary folder."""
+    if folder is None:
+        folder = write_commands(Path(tempfile.mkdtemp(prefix="flame-commands-")))
+    missing = [name for name in task_commands() if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"FLAME_COMMANDS_DIR={folder} lacks {', '.join(missing)}: make it with "
+            "`python -m flame.ops.approval --write-commands DIR`"
+        )
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
-    return shim
+    return folder
 
 
 def clientapp_main() -> None:
@@ -114,9 +274,13 @@ def clientapp_main() -> None:
     settings = load_settings()
     cap_pull_backoff(settings.poll_interval)
     trusted = settings.trusted_apps
-    guard(approved(trusted, Path.cwd()) if trusted else None)
-    sys.argv[0] = "flwr-clientapp"
-    flwr_clientapp()
+    home = Path(tempfile.mkdtemp(prefix="flame-task-"))
+    guard(approved(trusted, Path.cwd()) if trusted else None, home)
+    sys.argv[0] = CLIENTAPP
+    try:
+        flwr_clientapp()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def shim_main() -> None:
@@ -133,4 +297,7 @@ def shim_main() -> None:
 
 
 if __name__ == "__main__":
-    shim_main()
+    if sys.argv[1:2] == ["--write-commands"] and len(sys.argv) == 3:
+        write_commands(Path(sys.argv[2]))
+    else:
+        shim_main()

@@ -26,6 +26,7 @@ import os
 import time
 import types
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -118,17 +119,21 @@ class PromptGrid:
         return replies
 
 
-def supernode(argv: list[str], interval: float, warm: bool) -> None:
-    """Run ``flower-supernode`` with ``argv``, the shorter polling and (``warm``) the warm
-    ClientApp launcher (``flame.ops.warm``)."""
+def supernode(
+    argv: list[str], interval: float, warm: bool, trusted: list[str], commands: Path | None
+) -> None:
+    """Run ``flower-supernode`` with ``argv``, the shorter polling, the region's app approval
+    (``trusted``: FLAME_TRUSTED_APPS; ``commands``: FLAME_COMMANDS_DIR; flame.ops.approval) and
+    (``warm``) the warm ClientApp launcher (``flame.ops.warm``)."""
     import sys
 
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    from flame.ops.approval import use_flame_clientapp
+    from flame.ops.approval import approved, gate_supernode, use_region_commands
 
     apply(interval)
-    use_flame_clientapp()  # every ClientApp task passes the region's approval check
+    gate_supernode(approved(trusted, Path.cwd()) if trusted else None)
+    use_region_commands(commands)  # the task programs the node's SuperExec may start
     if warm:
         from flame.ops.warm import start_launcher
 
