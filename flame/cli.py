@@ -92,14 +92,29 @@ def _certs(args: argparse.Namespace) -> None:
     from flame.ops.certs import make_all
 
     settings = load_settings()
-    written = make_all(args.out, settings.regions, settings.tls_sans, args.force)
+    written = make_all(args.out, settings.tls_sans, args.force)
     for line in written or ["nothing to do: credentials exist (use --force to renew)"]:
         print(f"certs: {args.out}/{line}" if written else f"certs: {line}")
     if args.distribute:
         from flame.ops.certs import distribute
 
-        for line in distribute(args.out, args.distribute, settings.regions):
+        for line in distribute(args.out, args.distribute):
             print(f"certs: {args.distribute}/{line}")
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    import shutil
+
+    from flame.ops.certs import NODE_PUB, fingerprint, make_node_key
+
+    made = make_node_key(args.out, args.force)
+    public = args.out / NODE_PUB
+    print(f"keygen: {args.out}/node.key {'made' if made else 'kept'}; public key {public} "
+          f"{fingerprint(public.read_bytes())} (only this file leaves the site)")  # fmt: skip
+    if args.publish:
+        args.publish.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(public, args.publish)
+        print(f"keygen: public key copied to {args.publish}")
 
 
 def _backfill(args: argparse.Namespace) -> None:
@@ -215,7 +230,10 @@ def parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register", help="register the regions' public keys with a SuperLink")
     reg.add_argument("--superlink", help="host:port of the SuperLink (FLAME_SUPERLINK)")
-    reg.add_argument("--keys", type=Path, required=True, help="folder of <region>.pub keys")
+    reg.add_argument(
+        "--keys", type=Path, nargs="+", required=True,
+        help="the sites' public keys: .pub files, or folders searched for *.pub",
+    )  # fmt: skip
     reg.add_argument("--root-certificates", type=Path, required=True, help="CA certificate")
     reg.set_defaults(func=_register)
 
@@ -234,14 +252,24 @@ def parser() -> argparse.ArgumentParser:
     node.set_defaults(func=_supernode)
 
     certs = sub.add_parser(
-        "certs", help="make the TLS CA, SuperLink certificate and one key pair per region"
-    )
+        "certs", help="the coordinator's TLS CA and SuperLink certificate (no region keys: "
+        "each site makes its own with flame keygen)",
+    )  # fmt: skip
     certs.add_argument("--out", type=Path, default=Path("certs"), help="folder (git-ignored)")
     certs.add_argument("--force", action="store_true", help="renew everything")
     certs.add_argument(
         "--distribute", type=Path, help="also copy each service's files to DIR/<service>/"
     )
     certs.set_defaults(func=_certs)
+
+    keygen = sub.add_parser(
+        "keygen", help="a site's node key pair (node.key stays at the site, node.pub is "
+        "registered by the coordinator)",
+    )  # fmt: skip
+    keygen.add_argument("--out", type=Path, required=True, help="the site's own key folder")
+    keygen.add_argument("--force", action="store_true", help="renew the key pair")
+    keygen.add_argument("--publish", type=Path, help="also copy node.pub to this file")
+    keygen.set_defaults(func=_keygen)
 
     fill = sub.add_parser(
         "mlflow-backfill", help="log a run folder's metrics.csv values that MLflow is missing"

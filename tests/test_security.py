@@ -24,7 +24,16 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("certs")
-    make_all(folder, ["us", "eu"], [])
+    make_all(folder, [])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each region's own key folder, as ``flame keygen`` makes it at the site."""
+    folder = tmp_path_factory.mktemp("sites")
+    for region in ("us", "eu"):
+        make_node_key(folder / region)
     return folder
 
 
@@ -36,19 +45,22 @@ def online(deployment: LocalDeployment) -> list[dict]:
     return [n for n in json.loads(out)["nodes"] if n["status"] == "online"]
 
 
-def test_credentials_are_private_and_cover_every_dialled_name(certs: Path) -> None:
+def test_credentials_are_private_and_cover_every_dialled_name(certs: Path, sites: Path) -> None:
     from cryptography import x509
 
     pem = x509.load_pem_x509_certificate((certs / "server.pem").read_bytes())
     sans = pem.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = {str(n.value) for n in sans}
     assert {"superlink", "localhost", "127.0.0.1"} <= names
-    for key in ("ca.key", "server.key", "keys/us", "keys/eu"):
-        assert (certs / key).stat().st_mode & 0o077 == 0, key
-    assert make_all(certs, ["us", "eu"], []) == []  # never silently rotated
+    for key in (certs / "ca.key", certs / "server.key", sites / "us/node.key"):
+        assert key.stat().st_mode & 0o077 == 0, key
+    assert make_all(certs, []) == []  # never silently rotated
+    assert not make_node_key(sites / "us")
 
 
-def test_tls_and_node_auth_run_completes(tmp_path: Path, certs: Path, monkeypatch) -> None:
+def test_tls_and_node_auth_run_completes(
+    tmp_path: Path, certs: Path, sites: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {
         "FLAME_CACHE_DIR": str(tmp_path / "cache"), "FLAME_OUT_DIR": str(tmp_path / "run"),
         "FLAME_MLFLOW": "false", "TQDM_DISABLE": "1", "FLAME_SYNTH_ROWS": "20000",
@@ -59,7 +71,7 @@ def test_tls_and_node_auth_run_completes(tmp_path: Path, certs: Path, monkeypatc
         monkeypatch.setenv(key, value)
     prepare(load_settings())
     folder = tmp_path / "deployment"
-    with LocalDeployment(folder, load_settings(), env=env, certs=certs) as deployment:
+    with LocalDeployment(folder, load_settings(), env=env, certs=certs, sites=sites) as deployment:
         deployment.start()  # registers each region's public key, then starts its node
         assert deployment.submit(ROOT).wait(timeout=400) == 0, (folder / "launch.log").read_text()
         assert len(online(deployment)) == 2
@@ -68,17 +80,19 @@ def test_tls_and_node_auth_run_completes(tmp_path: Path, certs: Path, monkeypatc
     assert sorted(server["round"]) == [0, 1, 2]
 
 
-def test_unregistered_keyless_and_insecure_nodes_are_refused(tmp_path: Path, certs: Path) -> None:
-    make_node_key(tmp_path / "intruder", "us")  # a valid key pair the SuperLink never saw
+def test_unregistered_keyless_and_insecure_nodes_are_refused(
+    tmp_path: Path, certs: Path, sites: Path
+) -> None:
+    make_node_key(tmp_path / "intruder")  # a valid key pair the SuperLink never saw
     ca = str(certs / "ca.crt")
     intruders = {
         "unregistered key": ["--root-certificates", ca,
-                             "--auth-supernode-private-key", str(tmp_path / "intruder/keys/us")],
+                             "--auth-supernode-private-key", str(tmp_path / "intruder/node.key")],
         "no key": ["--root-certificates", ca],
         "insecure": ["--insecure"],
     }  # fmt: skip
     folder = tmp_path / "deployment"
-    with LocalDeployment(folder, load_settings(), certs=certs) as deployment:
+    with LocalDeployment(folder, load_settings(), certs=certs, sites=sites) as deployment:
         deployment.start_superlink()
         processes = {}
         for name, extra in intruders.items():
@@ -99,7 +113,7 @@ def test_unregistered_keyless_and_insecure_nodes_are_refused(tmp_path: Path, cer
         for process in processes.values():
             deployment.kill(process)
         # the same port admits the registered key
-        assert deployment.register(certs / "keys" / "eu.pub").returncode == 0
+        assert deployment.register(sites / "eu" / "node.pub").returncode == 0
         deployment.start_node(1)
         deadline = time.time() + 60
         while not online(deployment) and time.time() < deadline:

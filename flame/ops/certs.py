@@ -1,27 +1,34 @@
-"""Credentials for a TLS + SuperNode-authenticated deployment: ``flame certs``.
+"""Credentials for a TLS + SuperNode-authenticated deployment.
 
-Writes into one folder (never commit it; ``certs/`` is git-ignored):
+``flame certs`` (the coordinator) writes into one folder (never commit it; ``certs/`` is
+git-ignored):
 - ``ca.crt`` / ``ca.key``: a private CA (RSA 4096, 2 years); keep ``ca.key`` offline;
 - ``server.pem`` / ``server.key``: the SuperLink's certificate, signed by the CA, whose SANs
   cover every name a client dials (the compose service name, localhost, loopback and any
-  FLAME_TLS_SANS such as the SuperLink's public DNS name or IP);
-- ``keys/<region>`` / ``keys/<region>.pub``: one ECDSA P-384 key pair per region, OpenSSH
-  format, for ``flwr supernode register`` and ``--auth-supernode-private-key``.
-Existing files are kept (re-running never rotates credentials silently); ``--force`` renews.
+  FLAME_TLS_SANS such as the SuperLink's public DNS name or IP).
+``flame keygen`` (each site, on its own machine or volume) makes the site's node key pair:
+``node.key`` / ``node.pub``, ECDSA P-384 in OpenSSH format, for ``--auth-supernode-private-key``.
+Only ``node.pub`` travels: the coordinator registers it (``flame register``), and never holds
+a region's private key. Existing files are kept (re-running never rotates credentials
+silently); ``--force`` renews.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+NODE_KEY, NODE_PUB = "node.key", "node.pub"
 DEFAULT_SANS = ("superlink", "gateway", "localhost", "127.0.0.1", "::1", "host.docker.internal")
 
 
@@ -98,7 +105,12 @@ def server_sans(pem: Path) -> set[str]:
     return {str(n.value) for n in names}
 
 
-def make_node_key(folder: Path, region: str) -> None:
+def make_node_key(folder: Path, force: bool = False) -> bool:
+    """A site's node key pair, ``folder/node.key`` and ``folder/node.pub``, unless it exists
+    (``force``: renew). Returns whether one was made."""
+    if not force and (folder / NODE_KEY).exists():
+        public_key(folder / NODE_PUB)  # a kept pair must still be whole
+        return False
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -108,12 +120,33 @@ def make_node_key(folder: Path, region: str) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    _write(folder / "keys" / region, private, private=True)
-    _write(folder / "keys" / f"{region}.pub", public + b"\n", private=False)
+    _write(folder / NODE_KEY, private, private=True)
+    _write(folder / NODE_PUB, public + b"\n", private=False)
+    return True
+
+
+def public_key(path: Path) -> bytes:
+    """The OpenSSH public key in ``path``; a private key, or anything else, is refused."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such public key file")
+    data = path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        raise ValueError(f"{path} is a private key: only a site's node.pub ever leaves the site")
+    try:
+        serialization.load_ssh_public_key(data.strip())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ValueError(f"{path} is not an OpenSSH public key ({err})") from None
+    return data
+
+
+def fingerprint(data: bytes) -> str:
+    """``ssh-keygen -l`` style: SHA256 of the key blob, base64 without padding."""
+    blob = base64.b64decode(data.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def make_all(
-    folder: Path, regions: list[str], extra_sans: list[str], force: bool = False, days: int = 730
+    folder: Path, extra_sans: list[str], force: bool = False, days: int = 730
 ) -> list[str]:
     """Create whatever is missing (everything with ``force``); returns what was written."""
     written = []
@@ -129,38 +162,26 @@ def make_all(
         ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
         make_server(folder, ca, ca_key, sans, days)  # type: ignore[arg-type]
         written += [f"server.pem (reissued: it did not cover {', '.join(missing)})", "server.key"]
-    for region in regions:
-        if force or not (folder / "keys" / region).exists():
-            make_node_key(folder, region)
-            written.append(f"keys/{region} + keys/{region}.pub")
     return written
 
 
-def distribute(authority: Path, targets: Path, regions: list[str]) -> list[str]:
+def distribute(authority: Path, targets: Path) -> list[str]:
     """Copy to each consumer only what it needs (compose: one volume per consumer).
 
-    ``targets/superlink``: ca.crt, server.pem, server.key; ``targets/regions/<region>``: ca.crt
-    and that region's private key as ``node.key`` (each region mounts only its sub-folder);
-    ``targets/client``: ca.crt and the public keys (the launcher registers them and submits
-    runs; the ServerApp's SuperExec dials the SuperLink).
-    ``ca.key`` stays in ``authority``, which no running service mounts.
+    ``targets/superlink``: ca.crt, server.pem, server.key; ``targets/client``: ca.crt (the
+    ServerApp's SuperExec, the launcher and ``register`` dial the SuperLink; regions dial the
+    gateway). ``ca.key`` stays in ``authority``, which no running service mounts. No region's
+    key is here: each site makes its own (``flame keygen``).
     """
-    plan: dict[str, list[tuple[str, str, bool]]] = {
-        "superlink": [("ca.crt", "ca.crt", False), ("server.pem", "server.pem", False),
-                      ("server.key", "server.key", True)],
-        "client": [("ca.crt", "ca.crt", False)]
-        + [(f"keys/{r}.pub", f"keys/{r}.pub", False) for r in regions],
-    }  # fmt: skip
-    for region in regions:
-        plan[f"regions/{region}"] = [
-            ("ca.crt", "ca.crt", False),
-            (f"keys/{region}", "node.key", True),
-        ]
+    plan: dict[str, list[tuple[str, bool]]] = {
+        "superlink": [("ca.crt", False), ("server.pem", False), ("server.key", True)],
+        "client": [("ca.crt", False)],
+    }
     done = []
     for consumer, files in plan.items():
-        for source, name, private in files:
+        for name, private in files:
             target = targets / consumer / name
-            data = (authority / source).read_bytes()
+            data = (authority / name).read_bytes()
             if not target.exists() or target.read_bytes() != data:
                 _write(target, data, private)
                 done.append(f"{consumer}/{name}")

@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from flame.ops.certs import NODE_PUB, fingerprint, public_key
 from flame.settings import FlameSettings
 
 log = logging.getLogger("flame.ops.launch")
@@ -80,20 +81,38 @@ def register_key(
     )  # fmt: skip
 
 
-def register_nodes(superlink: str, keys: Path, root_certificates: Path) -> list[str]:
-    """Register every ``*.pub`` in ``keys`` with the SuperLink (a key already there is fine)."""
+def public_keys(paths: list[Path]) -> list[Path]:
+    """The public key files named by ``paths`` (files, or folders searched for ``*.pub``),
+    each checked to be an OpenSSH public key and not a private one."""
+    found = []
+    for path in paths:
+        found += sorted(path.rglob("*.pub")) if path.is_dir() else [path]
+    for key in found:
+        public_key(key)
+    if not found:
+        raise FileNotFoundError(f"no *.pub keys in {', '.join(map(str, paths))}")
+    return found
+
+
+def key_name(key: Path) -> str:
+    """A site's ``<region>/node.pub`` is named by its folder, a ``<region>.pub`` by its stem."""
+    return key.parent.name if key.name == NODE_PUB else key.stem
+
+
+def register_nodes(superlink: str, keys: list[Path], root_certificates: Path) -> list[str]:
+    """Register every public key in ``keys`` with the SuperLink (one already there is fine)."""
+    found = public_keys(keys)
     write_connection(superlink, root_certificates)
     done = []
-    for key in sorted(keys.glob("*.pub")):
+    for key in found:
         proc = register_key(key)
+        fingerprint_ = fingerprint(key.read_bytes())
         if proc.returncode == 0:
-            done.append(f"{key.stem}: registered")
+            done.append(f"{key_name(key)}: registered {fingerprint_}")
         elif "already in use" in proc.stdout + proc.stderr:
-            done.append(f"{key.stem}: already registered")
+            done.append(f"{key_name(key)}: already registered {fingerprint_}")
         else:
             raise RuntimeError(f"registering {key} failed: {(proc.stdout + proc.stderr)[-500:]}")
-    if not done:
-        raise FileNotFoundError(f"no *.pub keys in {keys}")
     return done
 
 

@@ -46,10 +46,14 @@ class LocalDeployment:
         supernode_args: list[str] | None = None,
         superlink_args: list[str] | None = None,
         certs: Path | None = None,
+        sites: Path | None = None,
     ) -> None:
-        """``certs``: a ``flame certs`` folder: TLS on every link and SuperNode authentication
-        (each region's key registered before its node starts). Without it: insecure HTTP."""
-        self.folder, self.settings = folder, settings
+        """``certs``: a ``flame certs`` folder: TLS on every link and SuperNode authentication,
+        with ``sites``: one ``flame keygen`` folder per region (``sites/<region>/node.key``),
+        whose ``node.pub`` is registered before its node starts. Without: insecure HTTP."""
+        if certs is not None and sites is None:
+            raise ValueError("a deployment with certs needs the sites' key folders (sites)")
+        self.folder, self.settings, self.sites = folder, settings, sites
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Flower's processes start `flower-superexec` / `flwr` by name: this Python's bin first
@@ -110,9 +114,10 @@ class LocalDeployment:
     ) -> subprocess.Popen[bytes]:
         region = self.settings.regions[index]
         port = free_port()
-        if self.certs is not None and extra is None:
+        if self.certs is not None and self.sites is not None and extra is None:
+            key = self.sites / region / "node.key"
             extra = ["--root-certificates", str(self.certs / "ca.crt"),
-                     "--auth-supernode-private-key", str(self.certs / "keys" / region)]  # fmt: skip
+                     "--auth-supernode-private-key", str(key)]  # fmt: skip
         command = [
             sys.executable, "-m", "flame.cli", "supernode", *self.security,
             "--superlink", self.address,
@@ -129,8 +134,8 @@ class LocalDeployment:
     def start(self) -> None:
         self.start_superlink()
         for index, region in enumerate(self.settings.regions):
-            if self.certs is not None:
-                done = self.register(self.certs / "keys" / f"{region}.pub")
+            if self.sites is not None:
+                done = self.register(self.sites / region / "node.pub")
                 if done.returncode != 0:
                     raise RuntimeError(f"registering {region} failed: {done.stderr or done.stdout}")
             self.start_node(index)
