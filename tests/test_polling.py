@@ -33,9 +33,10 @@ def test_apply_patches_flowers_polling_modules_and_caps_their_sleep(monkeypatch)
 def test_flame_supernode_passes_every_flag_to_flower_supernode() -> None:
     with patch("flame.ops.polling.supernode") as run:
         assert cli.main(["supernode", "--insecure", "--superlink", "x:8000", "--port", "1"]) == 0
-    argv, interval, warm = run.call_args.args
+    argv, interval, warm, trusted, commands = run.call_args.args
     assert argv == ["--insecure", "--superlink", "x:8000", "--port", "1"]
     assert interval == 0.25 and warm is True  # the warm ClientApp launcher is on by default
+    assert trusted == [] and commands is None  # any app (ClientApps only), commands made at start
 
 
 class _FakeGrid:
