@@ -23,6 +23,16 @@ if ! docker info >/dev/null 2>&1; then
   exit 2
 fi
 compose() { docker compose -p "$project" "$@"; }
+# MLflow answers only logins: the host-side checks read with flame-reader's, copied from its
+# volume into this script's environment (never a command line or the log)
+reader_login() {
+  local dir; dir=$(mktemp -d)
+  docker cp "$(compose ps -a -q mlflow-accounts)":/secrets/mlflow-reader/credentials "$dir/c" >/dev/null
+  MLFLOW_TRACKING_USERNAME=$(sed -n 's/^mlflow_tracking_username = //p' "$dir/c")
+  MLFLOW_TRACKING_PASSWORD=$(sed -n 's/^mlflow_tracking_password = //p' "$dir/c")
+  export MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+  rm -rf "$dir"
+}
 if ! "$python" -c "import flame" 2>/dev/null; then
   log "$python cannot import flame: run 'make setup' first (or set PYTHON)" >&2
   exit 2
@@ -50,6 +60,7 @@ code=$(docker inspect "$(compose ps -a -q launcher)" --format '{{.State.ExitCode
 compose logs --no-color launcher | grep -E "flame: (round|Run|Saved)" || true
 log "launcher exit code $code; up -> finished run $((t3 - t2)) s"
 [ "$code" = 0 ] || { log "the federated run failed; full logs: ${FLAME_E2E_LOG:-/tmp/flame-e2e.log}"; exit 1; }
+reader_login
 # the default run is a DP run; each region reports its ε every round, within its policy's cap
 # (the compose regions' FLAME_POLICY_MAX_EPSILON default, unless .env sets one)
 cap=$(compose config --format json | "$python" -c \

@@ -269,3 +269,41 @@ def test_no_password_or_key_in_any_output(stack: Stack) -> None:
     for secret in secrets:
         assert len(secret) >= 32
         assert not any(secret in text for text in outputs)
+
+
+def test_compose_gives_each_service_only_its_own_login() -> None:
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    LOGINS = ("mlflow-admin", "mlflow-writer", "mlflow-reader")
+
+    def mounts(service: dict) -> dict[str, bool]:
+        out = {}
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str):
+                source, target = volume.split(":")[:2]
+                out[source] = volume.endswith(":ro")
+            else:
+                source, target = volume["source"], volume["target"]
+                out[source] = bool(volume.get("read_only"))
+            assert source not in LOGINS or target == f"/secrets/{source}"
+        return {k: v for k, v in out.items() if k in LOGINS}
+
+    held = {name: mounts(s) for name, s in services.items() if mounts(s)}
+    assert held == {
+        "mlflow": {"mlflow-admin": False},
+        "mlflow-accounts": {"mlflow-admin": True, "mlflow-writer": False, "mlflow-reader": False},
+        "serverapp": {"mlflow-writer": True},
+        "launcher": {"mlflow-writer": True},
+        "scorer": {"mlflow-reader": True},
+    }
+    for name, role in (("serverapp", "writer"), ("launcher", "writer"), ("scorer", "reader")):
+        env = services[name]["environment"]
+        assert env["FLAME_MLFLOW_CREDENTIALS"] == f"/secrets/mlflow-{role}/credentials"
+        assert services[name]["depends_on"]["mlflow-accounts"] == {
+            "condition": "service_completed_successfully"
+        }
+    assert "--app-name basic-auth" in services["mlflow"]["command"]
+    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])  # open in basic-auth
+    example = (ROOT / ".env.example").read_text()
+    assert "# FLAME_MLFLOW_CREDENTIALS=\n" in example and "password =" not in example
