@@ -66,6 +66,28 @@ reader_login
 cap=$(compose config --format json | "$python" -c \
   'import json, sys; print(json.load(sys.stdin)["services"]["us-client"]["environment"]["FLAME_POLICY_MAX_EPSILON"])')
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
+# from the host, MLflow refuses to move @champion to an anonymous client and to the reader
+"$python" - <<'EOF'
+import base64, json, os, urllib.error, urllib.request
+
+def status(headers: dict) -> int:
+    body = json.dumps({"name": "flame-fraud", "alias": "champion", "version": "1"}).encode()
+    request = urllib.request.Request(
+        "http://127.0.0.1:5000/api/2.0/mlflow/registered-models/alias", data=body,
+        method="POST", headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return 200
+    except urllib.error.HTTPError as err:
+        return err.code
+
+login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
+reader = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
+got = (status({}), status(reader))
+assert got == (401, 403), f"moving @champion: anonymous {got[0]}, reader {got[1]}"
+print("compose-e2e: MLflow refuses @champion moves: anonymous 401, reader 403")
+EOF
 # regions joined through the gateway; from this host, the public port must refuse `flwr run`
 ca=$(mktemp -d)/ca.crt
 docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
