@@ -58,8 +58,10 @@ def _compose_regions(args: argparse.Namespace) -> None:
 
 def _launch(args: argparse.Namespace) -> int:
     from flame.ops.launch import launch
+    from flame.track.access import login
 
     settings = load_settings()
+    login(settings)
     return launch(settings, args.superlink or settings.superlink, args.app, args.root_certificates)
 
 
@@ -117,12 +119,48 @@ def _keygen(args: argparse.Namespace) -> None:
         print(f"keygen: public key copied to {args.publish}")
 
 
+def _mlflow_server(args: argparse.Namespace) -> None:
+    import os
+
+    from flame.ops.mlflow_server import auth_environment
+
+    argv = args.args[1:] if args.args[:1] == ["--"] else args.args
+    if not argv:
+        raise ValueError("flame mlflow-server: give the server's command, e.g. mlflow server ...")
+    extra, made = auth_environment(args.auth, args.auth_database)
+    print(f"mlflow-server: basic-auth configuration in {args.auth} "
+          f"{'made (new admin login)' if made else 'kept'}", flush=True)  # fmt: skip
+    os.execvpe(argv[0], argv, os.environ | extra)  # the secrets go in its environment only
+
+
+def _mlflow_accounts(args: argparse.Namespace) -> None:
+    from flame.ops.mlflow_server import READER, WRITER, admin_login, ensure_accounts
+    from flame.track.access import read_credentials
+    from flame.track.tracking import tracking_uri
+
+    accounts = {u: p for u, p in ((WRITER, args.writer), (READER, args.reader)) if p}
+    if args.show:  # for a person logging in to the UI: the logins, printed on request only
+        print(f"MLflow UI logins (username password):\n  {' '.join(admin_login(args.admin))}")
+        for path in accounts.values():
+            print(f"  {' '.join(read_credentials(path))}")
+        return
+    settings = load_settings()
+    uri = tracking_uri(settings.mlflow_tracking_uri)
+    lines = ensure_accounts(uri, args.admin, accounts, settings.mlflow_experiment,
+                            settings.mlflow_model_name)  # fmt: skip
+    for line in lines:
+        print(f"mlflow-accounts: {line}")
+
+
 def _backfill(args: argparse.Namespace) -> None:
     from flame.track.tracking import backfill
 
     if not (args.folder / "metrics.csv").exists():
         raise FileNotFoundError(f"{args.folder / 'metrics.csv'} does not exist")
+    from flame.track.access import login
+
     settings = load_settings()
+    login(settings)
     sent = backfill(settings, args.folder)
     print(f"mlflow-backfill: sent {sent} metric values to run folder {args.folder}'s MLflow run")
 
@@ -154,11 +192,15 @@ def _score(args: argparse.Namespace) -> None:
     if args.report and "isFraud" not in header(csv_files(args.input)[0]):
         raise ValueError(f"--report needs labels: {args.input} has no isFraud column")
     if ":/" in args.model:  # an MLflow model URI: models:/flame-fraud@champion, runs:/..., ...
-        from flame.settings import load_settings
+        from flame.track.access import check_access, login
         from flame.track.registry import model_file
         from flame.track.tracking import tracking_uri
 
-        args.model = model_file(args.model, tracking_uri(load_settings().mlflow_tracking_uri))
+        settings = load_settings()
+        login(settings)
+        uri = tracking_uri(settings.mlflow_tracking_uri)
+        check_access(uri)
+        args.model = model_file(args.model, uri)
     args.model = Path(args.model)
     scored = score_file(args.model, args.input, args.out)
     flagged = int(scored["is_fraud_predicted"].sum())
@@ -172,11 +214,14 @@ def _score(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from flame.ops.serve import serve
-    from flame.settings import load_settings
-    from flame.track.tracking import tracking_uri
+    from flame.track.access import check_access, login
+    from flame.track.tracking import mlflow_reachable, tracking_uri
 
     s = load_settings()
+    login(s)
     uri = tracking_uri(s.mlflow_tracking_uri)
+    if mlflow_reachable(uri):
+        check_access(uri)  # a refused login stops the scorer at start, in one line
     serve(uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload, s.serve_max_rows)
 
 
@@ -270,6 +315,31 @@ def parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="renew the key pair")
     keygen.add_argument("--publish", type=Path, help="also copy node.pub to this file")
     keygen.set_defaults(func=_keygen)
+
+    mlserver = sub.add_parser(
+        "mlflow-server", help="run an MLflow server command with basic-auth: its admin login "
+        "and Flask secret key are made in --auth on first start (kept after)",
+    )  # fmt: skip
+    mlserver.add_argument("--auth", type=Path, required=True, help="the server's own folder")
+    mlserver.add_argument(
+        "--auth-database", required=True, help="the user database (sqlite:////mlflow/...)"
+    )
+    mlserver.add_argument("args", nargs=argparse.REMAINDER, help="mlflow server --app-name ...")
+    mlserver.set_defaults(func=_mlflow_server)
+
+    accounts = sub.add_parser(
+        "mlflow-accounts", help="as MLflow's admin: Flame's experiment and registered model, "
+        "and the writer's and reader's logins (made once into their files, kept after)",
+    )  # fmt: skip
+    accounts.add_argument(
+        "--admin", type=Path, required=True, help="the server's basic_auth.ini (admin login)"
+    )
+    accounts.add_argument("--writer", type=Path, help="flame-writer's credentials file")
+    accounts.add_argument("--reader", type=Path, help="flame-reader's credentials file")
+    accounts.add_argument(
+        "--show", action="store_true", help="print the logins (to log in to the UI) and stop"
+    )
+    accounts.set_defaults(func=_mlflow_accounts)
 
     fill = sub.add_parser(
         "mlflow-backfill", help="log a run folder's metrics.csv values that MLflow is missing"

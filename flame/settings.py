@@ -294,6 +294,12 @@ class TrackingSettings(BaseModel):
         "it answers (make mlflow-ui), else the embedded store in ./mlflow-data, which "
         "make mlflow-ui shows.",
     )  # fmt: skip
+    mlflow_credentials: Path | None = Field(
+        None, description="File holding this process's MLflow login, in MLflow's credentials "
+        "format ([mlflow] mlflow_tracking_username, mlflow_tracking_password); read once at "
+        "start. Compose: each service's own file, made by flame mlflow-accounts. Unset = no "
+        "login (an unauthenticated server).",
+    )  # fmt: skip
     mlflow_public_url: str = Field(
         "", description="MLflow UI address in the links Flame prints (e.g. http://localhost:5000 "
         "when the tracking URI is a container name); unset = the tracking URI.",
@@ -329,7 +335,10 @@ class FlameSettings(
         env_prefix="FLAME_", env_file=".env", extra="ignore", validate_default=True
     )
 
-    @field_validator("data_path", "test_path", "out_dir", "dp_noise_multiplier", mode="before")
+    @field_validator(
+        "data_path", "test_path", "out_dir", "dp_noise_multiplier", "mlflow_credentials",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -23,6 +23,16 @@ if ! docker info >/dev/null 2>&1; then
   exit 2
 fi
 compose() { docker compose -p "$project" "$@"; }
+# MLflow answers only logins: the host-side checks read with flame-reader's, copied from its
+# volume into this script's environment (never a command line or the log)
+reader_login() {
+  local dir; dir=$(mktemp -d)
+  docker cp "$(compose ps -a -q mlflow-accounts)":/secrets/mlflow-reader/credentials "$dir/c" >/dev/null
+  MLFLOW_TRACKING_USERNAME=$(sed -n 's/^mlflow_tracking_username = //p' "$dir/c")
+  MLFLOW_TRACKING_PASSWORD=$(sed -n 's/^mlflow_tracking_password = //p' "$dir/c")
+  export MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+  rm -rf "$dir"
+}
 if ! "$python" -c "import flame" 2>/dev/null; then
   log "$python cannot import flame: run 'make setup' first (or set PYTHON)" >&2
   exit 2
@@ -50,11 +60,34 @@ code=$(docker inspect "$(compose ps -a -q launcher)" --format '{{.State.ExitCode
 compose logs --no-color launcher | grep -E "flame: (round|Run|Saved)" || true
 log "launcher exit code $code; up -> finished run $((t3 - t2)) s"
 [ "$code" = 0 ] || { log "the federated run failed; full logs: ${FLAME_E2E_LOG:-/tmp/flame-e2e.log}"; exit 1; }
+reader_login
 # the default run is a DP run; each region reports its ε every round, within its policy's cap
 # (the compose regions' FLAME_POLICY_MAX_EPSILON default, unless .env sets one)
 cap=$(compose config --format json | "$python" -c \
   'import json, sys; print(json.load(sys.stdin)["services"]["us-client"]["environment"]["FLAME_POLICY_MAX_EPSILON"])')
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
+# from the host, MLflow refuses to move @champion to an anonymous client and to the reader
+"$python" - <<'EOF'
+import base64, json, os, urllib.error, urllib.request
+
+def status(headers: dict) -> int:
+    body = json.dumps({"name": "flame-fraud", "alias": "champion", "version": "1"}).encode()
+    request = urllib.request.Request(
+        "http://127.0.0.1:5000/api/2.0/mlflow/registered-models/alias", data=body,
+        method="POST", headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return 200
+    except urllib.error.HTTPError as err:
+        return err.code
+
+login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
+reader = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
+got = (status({}), status(reader))
+assert got == (401, 403), f"moving @champion: anonymous {got[0]}, reader {got[1]}"
+print("compose-e2e: MLflow refuses @champion moves: anonymous 401, reader 403")
+EOF
 # regions joined through the gateway; from this host, the public port must refuse `flwr run`
 ca=$(mktemp -d)/ca.crt
 docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null

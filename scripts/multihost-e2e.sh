@@ -24,6 +24,16 @@ site_dir=$(mktemp -d)
 intruder_dir=$site_dir/intruder
 log() { echo "multihost-e2e: $*"; }
 hub_compose() { docker compose -p "$hub" "$@"; }
+# MLflow answers only logins: the host-side checks read with flame-reader's, copied from its
+# volume into this script's environment (never a command line or the log)
+reader_login() {
+  local dir; dir=$(mktemp -d)
+  docker cp "$(hub_compose ps -a -q mlflow-accounts)":/secrets/mlflow-reader/credentials "$dir/c" >/dev/null
+  MLFLOW_TRACKING_USERNAME=$(sed -n 's/^mlflow_tracking_username = //p' "$dir/c")
+  MLFLOW_TRACKING_PASSWORD=$(sed -n 's/^mlflow_tracking_password = //p' "$dir/c")
+  export MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+  rm -rf "$dir"
+}
 site_compose() {
   docker compose -p "$site" --project-directory "$site_dir" -f docker-compose.region.yml "$@"
 }
@@ -67,6 +77,7 @@ t2=$(date +%s)
 grep -E "flame: (round|Run|Saved)" "$site_dir/launcher.log" || true
 log "launcher exit code $code; run $((t2 - t1)) s"
 [ "$code" = 0 ] || { tail -40 "$site_dir/launcher.log"; exit 1; }
+reader_login
 # a DP run (the default), each region's ε every round within the site's cap
 cap=$(site_compose config --format json | "$python" -c \
   'import json, sys; print(json.load(sys.stdin)["services"]["region"]["environment"]["FLAME_POLICY_MAX_EPSILON"])')

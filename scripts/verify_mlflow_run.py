@@ -16,19 +16,32 @@ hides every fraud has none (the counts and F1 it always has are required instead
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
+import os
 import sys
 import urllib.parse
 import urllib.request
 from collections import Counter
 
 
+def login() -> dict[str, str]:
+    """MLflow's basic-auth header from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    (compose's MLflow answers only logins; the e2e scripts set the reader's), if set."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def call(uri: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        f"{uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
-    )
+        f"{uri}/api/2.0/mlflow/{path}", data=data,
+        headers={"Content-Type": "application/json"} | login(),
+    )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.load(reply)
 

@@ -12,12 +12,24 @@ registry's champion alias names now.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+
+def login() -> dict[str, str]:
+    """MLflow's basic-auth header from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    (compose's MLflow answers only logins; the e2e scripts set the reader's), if set."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def post(url: str, body: object) -> tuple[int, dict]:
@@ -37,7 +49,7 @@ def champion(mlflow: str, model: str) -> str:
     """The version the registry's champion alias names (MLflow REST API)."""
     query = urllib.parse.urlencode({"name": model, "alias": "champion"})
     url = f"{mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
-    with urllib.request.urlopen(url, timeout=30) as reply:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=login()), timeout=30) as reply:
         return str(json.load(reply)["model_version"]["version"])
 
 

@@ -45,17 +45,22 @@ def real_dir() -> Path:
 class MlflowServer:
     """A real MLflow tracking server on a loopback port; can be stopped and started again."""
 
-    def __init__(self, store: Path) -> None:
-        self.port, self.store = free_port(), store
+    def __init__(
+        self, store: Path, wrapper: list[str] | None = None, log: Path | None = None
+    ) -> None:
+        """``wrapper``: a command that runs the server's command line given after it (``flame
+        mlflow-server ...``); ``log``: the process's stdout and stderr go there."""
+        self.port, self.store, self.wrapper, self.log = free_port(), store, wrapper, log
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         store.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> MlflowServer:
+        server = mlflow_command("127.0.0.1", self.port, self.store, auth=self.wrapper is not None)
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            mlflow_command("127.0.0.1", self.port, self.store),
-            env=mlflow_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            [*(self.wrapper or []), *server], env=mlflow_environment(), stdout=out,
+            stderr=subprocess.STDOUT if self.log else subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
             wait_healthy(f"{self.uri}/health", self.proc, self.store, timeout=90)

@@ -40,6 +40,7 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
         )
     out = run_script("compose-e2e.sh", "FLAME_E2E_LOG", tmp_path / "compose.log", 2400)
     assert "MLflow run complete" in out
+    assert "MLflow refuses @champion moves: anonymous 401, reader 403" in out
     # the default run is a DP run the regions' default policy accepts: ε every round, capped
     assert "DP run: True" in out and "region us: ε per round" in out
     # the regions joined through the Fleet-only gateway; from the host, its port refuses

@@ -31,6 +31,7 @@ from flame.model.train import predict_logits
 from flame.ops import polling
 from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
 from flame.track import plots
+from flame.track.access import login
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
 
 log = logging.getLogger("flame.server")
@@ -111,7 +112,7 @@ def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -
 
 
 def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
-    params = settings.model_dump(mode="json", exclude={"mlflow_tracking_uri"})
+    params = settings.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_credentials"})
     params["data_source"] = str(settings.data_source() or "synthetic")
     params["test_rows"] = test_rows
     return params
@@ -139,6 +140,7 @@ class NothingTrainedError(RuntimeError):
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)
     setup_logging()
+    login(settings)  # this process's MLflow account (FLAME_MLFLOW_CREDENTIALS), read once
     torch.set_num_threads(settings.torch_threads)
     out = settings.resolved_out_dir().resolve()
     done = 0  # rounds completed before this run (resume)

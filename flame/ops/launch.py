@@ -58,6 +58,9 @@ def ensure_experiment(settings: FlameSettings) -> None:
         return
     from mlflow.tracking import MlflowClient
 
+    from flame.track.access import check_access
+
+    check_access(uri)  # a refused login stops the launch here, in one line
     experiment_id = tracking.ensure_experiment(MlflowClient(uri), settings.mlflow_experiment, uri)
     log.info("MLflow experiment %r (id %s)", settings.mlflow_experiment, experiment_id)
 

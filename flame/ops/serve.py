@@ -58,12 +58,15 @@ class Champion:
         from mlflow.exceptions import MlflowException
 
         from flame.model.score import load_scorer
+        from flame.track.access import short
         from flame.track.registry import CHAMPION, model_file
 
         mlflow.set_tracking_uri(self.tracking_uri)
         try:
             version = mlflow.MlflowClient().get_model_version_by_alias(self.name, CHAMPION).version
-        except MlflowException:
+        except MlflowException as err:
+            if "error code 401" in str(err) or "error code 403" in str(err):
+                log.warning("%s; serving version %s", short(err, self.tracking_uri), self.version)
             return  # no champion yet (or no such model): keep serving what we have
         except Exception as err:  # noqa: BLE001 - registry unreachable: keep the loaded model
             log.warning("registry unreachable (%s); serving version %s", err, self.version)

@@ -168,7 +168,9 @@ def model_file(uri: str, tracking_uri: str) -> Path:
     try:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
-        raise ValueError(f"--model {uri}: {err.message.splitlines()[0]}") from None
+        from flame.track.access import short
+
+        raise ValueError(f"--model {uri}: {short(err, tracking_uri)}") from None
     flavor = mlflow.models.Model.load(folder).flavors.get("python_function", {})
     artifact = flavor.get("artifacts", {}).get("model", {}).get("path")
     if artifact is None or not (folder / artifact).is_file():

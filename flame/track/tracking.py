@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flame.settings import TrackingSettings
+from flame.track.access import check_access, short
 
 if TYPE_CHECKING:
     from flame.model.net import ModelCard
@@ -183,6 +184,7 @@ class MlflowSink:
             return False
         from mlflow.tracking import MlflowClient
 
+        check_access(self.uri)  # a refused login: one line, and this sink switches off
         self.client = MlflowClient(self.uri)
         self.run_id, experiment_id, created = open_run(
             self.client, self.settings.mlflow_experiment, self.uri, self.folder
@@ -225,7 +227,8 @@ class MlflowSink:
         try:
             deliver(self.client, self.run_id, self.folder / "metrics.csv", self.delivered)
         except Exception as err:  # noqa: BLE001 - went down mid-delivery: the CSV keeps them
-            log.warning("MLflow delivery failed (%s); the rest waits in metrics.csv", err)
+            log.warning("MLflow delivery failed (%s); the rest waits in metrics.csv",
+                        short(err, self.uri))  # fmt: skip
             return False
         return True
 
@@ -315,6 +318,7 @@ def backfill(settings: TrackingSettings, folder: Path) -> int:
     uri = tracking_uri(settings.mlflow_tracking_uri)
     if not mlflow_reachable(uri):
         raise ConnectionError(f"MLflow at {uri} is unreachable")
+    check_access(uri)
     client = MlflowClient(uri)
     run_id, _, created = open_run(client, settings.mlflow_experiment, uri, folder)
     sent = set() if created else delivered(client, run_id)
@@ -364,7 +368,7 @@ class Tracker:
         try:
             self.sinks[name] = factory()
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
-            log.warning("%s tracking disabled: %s", name, err)
+            log.warning("%s tracking disabled: %s", name, short(err))
 
     def _each(self, method: str, *args: Any) -> None:
         for name, sink in list(self.sinks.items()):
@@ -372,7 +376,7 @@ class Tracker:
                 try:
                     getattr(sink, method)(*args)
                 except Exception as err:  # noqa: BLE001
-                    log.warning("%s tracking disabled after an error: %s", name, err)
+                    log.warning("%s tracking disabled after an error: %s", name, short(err))
                     self.sinks.pop(name)
 
     def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None:
