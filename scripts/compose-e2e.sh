@@ -4,7 +4,8 @@
 # launcher -> check through MLflow's REST API that the run finished with every round's server
 # metrics and both regions' client metrics, and that it is a DP run (the default: the regions
 # refuse any other) with each region's ε every round within their cap -> check from the host
-# that the public gateway port refuses `flwr run` (scripts/verify_gateway.py) -> a second run
+# that the public gateway port refuses `flwr run` (scripts/verify_gateway.py) -> the network
+# and limit boundaries (scripts/verify_boundaries.py) -> a second run
 # (`docker compose run --rm launcher`), checked the same way -> each region's privacy ledger
 # (`flame ledger` in its container) holds exactly the two runs -> the scoring service serves the
 # registered champion, version 1 or 2 (scripts/verify_scorer.py) -> `compose down -v`.
@@ -92,6 +93,11 @@ EOF
 ca=$(mktemp -d)/ca.crt
 docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
 "$python" scripts/verify_gateway.py --ca "$ca"
+# the trust boundaries on the same stack: from each region container only the gateway answers
+# (not the SuperLink's port, not MLflow), an unsigned SuperExec task request is refused, a 100 MB
+# body to the gateway gets 413 and a burst from one address 429 (scripts/verify_boundaries.py)
+regions=$("$python" -c 'from flame.settings import load_settings; print(*load_settings().regions)')
+"$python" scripts/verify_boundaries.py --project "$project" --ca "$ca" --regions "${regions// /,}"
 
 # a second run on the same stack: the regions' ledgers keep the first run's releases
 t4=$(date +%s)
@@ -103,7 +109,6 @@ log "second run: launcher exit code $code; $((t5 - t4)) s"
 [ "$code" = 0 ] || { tail -40 "$(dirname "$ca")/second.log"; log "the second run failed"; exit 1; }
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
 # each region's privacy ledger (its own state volume): exactly the two runs
-regions=$("$python" -c 'from flame.settings import load_settings; print(*load_settings().regions)')
 for region in $regions; do
   ledger=$(compose exec -T "$region-client" flame ledger 2>&1) \
     || { echo "$ledger"; log "flame ledger failed in $region-client"; exit 1; }

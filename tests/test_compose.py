@@ -46,6 +46,15 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     # the regions joined through the Fleet-only gateway; from the host, its port refuses
     # `flwr run` / `flwr ls` (HTTP 403) and no run was added
     assert "the public port refuses the Control API" in out
+    # segmented networks, played from inside each region container: only gateway:9443 answers;
+    # the SuperLink's port and MLflow are unreachable by name and by address
+    for region in ("us", "eu"):
+        assert f"{region}-client reaches only the gateway" in out
+    # SuperExec authentication: a task request without the shared secret's signature is refused
+    assert "the SuperLink refuses task requests without the SuperExec secret" in out
+    # limits at the public door: a 100 MB body gets 413 (a 5 MiB Fleet object passes), a burst 429
+    assert "the gateway refuses a 100 MB body with 413" in out
+    assert "the gateway rate-limits a burst from one address" in out
     # a second run: each region's ledger (its own state volume) holds both
     assert out.count("MLflow run complete") == 2
     for region in ("us", "eu"):

@@ -158,3 +158,44 @@ def test_flame_compose_regions_writes_the_file_for_flame_regions(
     assert (tmp_path / FILE).read_text() == render(["us", "eu", "apac"])
     assert main(["compose-regions"]) == 0
     assert "already up to date for us,eu,apac" in capsys.readouterr().out
+
+
+def _networks(service: dict[str, object]) -> set[str]:
+    if service.get("network_mode") == "none":
+        return set()
+    return set(service.get("networks", ["default"]))  # type: ignore[arg-type]
+
+
+def test_regions_share_a_network_with_the_gateway_only() -> None:
+    """The segmentation as written (the compose test plays it against the real stack)."""
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = main["services"] | yaml.safe_load(render(["us", "eu", "apac"]))["services"]
+    on = {name: _networks(service) for name, service in services.items()}
+    members = {net: {n for n, nets in on.items() if net in nets} for net in main["networks"]}
+    assert members == {
+        "fleet": {"gateway", "us-client", "eu-client", "apac-client"},
+        "control": {"superlink", "gateway", "serverapp", "launcher", "register"},
+        "tracking": {"mlflow", "serverapp", "launcher", "scorer"},
+    } | {f"{n}-port": {n} for n in ("superlink", "gateway", "mlflow", "scorer")}
+    assert all(main["networks"][n]["internal"] for n in ("fleet", "control", "tracking"))
+    # a host port needs a network that is not internal: one per published service, alone on it
+    published = {n for n, s in services.items() if s.get("ports")}
+    assert published == {"superlink", "gateway", "mlflow", "scorer"}
+    assert {n for n, nets in on.items() if not nets} == {"certs", "data-split", "state-folders"}
+    # SuperExec authentication: the secret only where Flower reads it
+    secret = {n for n, s in services.items()
+              if any((v["source"] if isinstance(v, dict) else v.split(":")[0]) == "superexec-secret"
+                     for v in s.get("volumes", []))}  # fmt: skip
+    assert secret == {"certs", "superlink", "serverapp"}
+    assert "--superexec-auth-secret-file" in services["superlink"]["command"]
+    assert "--superexec-auth-secret-file" in services["serverapp"]["command"]
+
+
+def test_every_compose_service_has_a_memory_and_a_process_limit() -> None:
+    site = yaml.safe_load((ROOT / "docker-compose.region.yml").read_text())["services"]
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    services = main | yaml.safe_load((ROOT / FILE).read_text())["services"] | site
+    for name, service in services.items():
+        assert re.fullmatch(r"\d+[mg]", service.get("mem_limit", "")), name
+        assert isinstance(service.get("pids_limit"), int), name
+    assert site["region"]["networks"] == ["site"]  # a remote site dials out on its own network

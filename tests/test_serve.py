@@ -1,7 +1,14 @@
-"""The scoring service against a real MLflow registry: champion served, reloaded, bad input 4xx."""
+"""The scoring service against a real MLflow registry: champion served, reloaded, bad input 4xx;
+and its limits on a real HTTP server: body size cap (413), malformed or nested JSON (400)."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -11,7 +18,7 @@ from fastapi.testclient import TestClient
 from flame.data.synth import generate
 from flame.model.net import build_model, new_card, save_model
 from flame.model.score import score_frame
-from flame.ops.serve import create_app
+from flame.ops.serve import create_app, max_body_bytes
 from flame.track import registry
 
 
@@ -66,3 +73,71 @@ def test_scorer_serves_the_champion_reloads_it_and_refuses_bad_requests(
         )
         assert sent.status_code == status, (name, sent.text)
         assert text in sent.json()["error"] and "\n" not in sent.json()["error"], name
+
+
+@pytest.fixture
+def scorer() -> Iterator[tuple[str, int]]:
+    """``flame serve``'s app in a real uvicorn server on a free port (no registry behind it:
+    every request below is refused before the champion is looked up)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app("http://127.0.0.1:9", "flame-fraud", reload_every=60.0, max_rows=50)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield sock.getsockname()
+    server.should_exit = True
+    thread.join(10)
+
+
+def _post(address: tuple[str, int], body: bytes, **headers: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection(*address, timeout=30)
+    connection.request("POST", "/predict", body=body, headers=headers)
+    reply = connection.getresponse()
+    return reply.status, json.loads(reply.read())["error"]
+
+
+def test_scorer_refuses_a_body_over_its_cap_before_reading_it(scorer: tuple[str, int]) -> None:
+    limit = max_body_bytes(50)
+    # declared larger than the cap: 413 after 1 KiB of the 100 MB has been sent
+    with socket.create_connection(scorer, timeout=30) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (100 * 2**20) + b" " * 1024
+        )
+        head = sock.recv(65536).decode()
+    assert head.startswith("HTTP/1.1 413"), head
+    assert f"at most {limit} per request" in head
+    # sent in chunks with no length: read up to the cap, then 413
+    chunks = (b'{"rows": [' + b'{"step": 1}, ' * 20_000 for _ in range(1))
+    connection = http.client.HTTPConnection(*scorer, timeout=30)
+    connection.request("POST", "/predict", body=chunks, encode_chunked=True)
+    reply = connection.getresponse()
+    assert reply.status == 413 and "\n" not in json.loads(reply.read())["error"]
+    # a body just under the cap is read (and refused for what it says, not for its size)
+    status, error = _post(scorer, b'{"rows": "' + b"a" * (limit - 20) + b'"}')
+    assert status == 400 and "non-empty list" in error
+
+
+def test_scorer_answers_malformed_or_deeply_nested_json_with_a_4xx(
+    scorer: tuple[str, int],
+) -> None:
+    row = {"step": 1, "type": "PAYMENT", "amount": 9839.64}
+    nested = json.dumps({"rows": [row | {"amount": [[[1]]]}]}).encode()
+    bad = {
+        "deep list": (b"[" * 20_000 + b"]" * 20_000, "nested too deeply"),
+        "deep in rows": (b'{"rows": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        "nested value": (nested, "'amount' must be a number or a string, not list"),
+        "object value": (json.dumps({"rows": [row | {"type": {"a": 1}}]}).encode(), "'type'"),
+        "huge integer": (b'{"rows": [{"step": ' + b"9" * 5000 + b"}]}", "not JSON"),
+        "not UTF-8": (b"\xff\xfe{", "not JSON"),
+        "truncated": (b'{"rows": [{"step": 1', "not JSON"),
+    }
+    for name, (body, text) in bad.items():
+        status, error = _post(scorer, body, **{"Content-Type": "application/json"})
+        assert status == 400, (name, status, error)
+        assert text in error and "\n" not in error, (name, error)

@@ -7,8 +7,10 @@ is accepted too; label columns are optional and ignored) answers
 the first champion exists). The champion alias is looked up at most every
 ``FLAME_SERVE_RELOAD`` seconds; when it has moved, the new version is loaded and served.
 
-A bad request (not JSON, no rows, a missing column, a value of the wrong type, more than
-``FLAME_SERVE_MAX_ROWS`` rows) gets a 4xx with a one-line reason; 503 until a champion exists.
+A bad request (not JSON, JSON nested deeper than a row, no rows, a missing column, a value of
+the wrong type, more than ``FLAME_SERVE_MAX_ROWS`` rows) gets a 4xx with a one-line reason; 503
+until a champion exists. A body larger than ``max_body_bytes(FLAME_SERVE_MAX_ROWS)`` (1 KiB a
+row: a PaySim row is about 250 bytes of JSON) gets 413 before more of it than that is read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ from fastapi.responses import JSONResponse
 from flame.model.net import FraudMLP, ModelCard
 
 log = logging.getLogger("flame.ops.serve")
+
+
+ROW_BYTES = 1024  # the body cap per allowed row; a PaySim row is ~250 bytes of JSON
+SCALARS = (str, int, float, bool, type(None))
+
+
+def max_body_bytes(max_rows: int) -> int:
+    """The largest request body the scorer reads: ``max_rows`` generous rows."""
+    return max_rows * ROW_BYTES + 1024
 
 
 class BadRequest(ValueError):
@@ -93,7 +104,38 @@ def rows_of(body: Any, max_rows: int) -> list[dict[str, Any]]:
         raise BadRequest(400, '"rows" must be a non-empty list of objects (one per transaction)')
     if len(rows) > max_rows:
         raise BadRequest(413, f"{len(rows)} rows; at most {max_rows} per request")
+    for number, row in enumerate(rows):
+        for column, value in row.items():
+            if not isinstance(value, SCALARS):
+                raise BadRequest(
+                    400, f"row {number}: {column!r} must be a number or a string, not "
+                    f"{type(value).__name__}",
+                )  # fmt: skip
     return rows
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, or a 413 BadRequest once it is longer than ``limit`` bytes (before
+    any of it is read when the client declares its length)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"the body is {int(declared)} bytes; at most {limit} per request")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"the body is over {limit} bytes; at most {limit} per request")
+    return bytes(body)
+
+
+def parse(body: bytes) -> Any:
+    """The body as JSON, or a 400 BadRequest (deep nesting included) in one line."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise BadRequest(400, "the body is JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, digits over Python's limit
+        raise BadRequest(400, "the body is not JSON") from None
 
 
 def predict(champion: Champion, body: Any, max_rows: int) -> dict[str, Any]:
@@ -119,6 +161,7 @@ def predict(champion: Champion, body: Any, max_rows: int) -> dict[str, Any]:
 def create_app(tracking_uri: str, name: str, reload_every: float, max_rows: int) -> Any:
     app = FastAPI(title="Flame scorer")
     champion = Champion(tracking_uri, name, reload_every)
+    limit = max_body_bytes(max_rows)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -128,10 +171,7 @@ def create_app(tracking_uri: str, name: str, reload_every: float, max_rows: int)
     @app.post("/predict")
     async def _predict(request: Request) -> JSONResponse:
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        try:
+            body = parse(await read_body(request, limit))
             return JSONResponse(predict(champion, body, max_rows))
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
