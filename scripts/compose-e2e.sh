@@ -5,7 +5,9 @@
 # metrics and both regions' client metrics, and that it is a DP run (the default: the regions
 # refuse any other) with each region's ε every round within their cap -> check from the host
 # that the public gateway port refuses `flwr run` (scripts/verify_gateway.py) -> the network
-# and limit boundaries (scripts/verify_boundaries.py) -> a second run
+# and limit boundaries (scripts/verify_boundaries.py) -> no coordinator volume holds a region's
+# private key -> a rogue AgentApp-only FAB runs on no region, and an install folder planted in
+# each region container is loaded by no run (scripts/verify_approval.py) -> a second run
 # (`docker compose run --rm launcher`), checked the same way -> each region's privacy ledger
 # (`flame ledger` in its container) holds exactly the two runs -> the scoring service serves the
 # registered champion, version 1 or 2 (scripts/verify_scorer.py) -> `compose down -v`.
@@ -98,6 +100,21 @@ docker cp "$(compose ps -a -q certs)":/certs/authority/ca.crt "$ca" >/dev/null
 # body to the gateway gets 413 and a burst from one address 429 (scripts/verify_boundaries.py)
 regions=$("$python" -c 'from flame.settings import load_settings; print(*load_settings().regions)')
 "$python" scripts/verify_boundaries.py --project "$project" --ca "$ca" --regions "${regions// /,}"
+# keys made where they are used: each region's key pair is in its own folder of region-keys
+# (which only its own services mount); no coordinator volume holds a node's private key
+for volume in $(docker volume ls -q --filter "label=com.docker.compose.project=$project"); do
+  case "$volume" in
+    *_region-keys) check="for r in $regions; do test -s /v/\$r/node.key || exit 1; done" ;;
+    *) check='! grep -rlqs "OPENSSH PRIVATE KEY" /v' ;;
+  esac
+  docker run --rm --network none -v "$volume:/v:ro" flame:latest sh -c "$check" \
+    || { log "FAILED: volume $volume (a region's key where it does not belong, or one missing)"; exit 1; }
+done
+log "each region's private key is in its own key folder only; no coordinator volume holds one"
+# a rogue FAB from the coordinator's host (a local user's reach): an AgentApp-only app runs on
+# no region; then a planted install folder of the approved app, loaded by no run
+"$python" scripts/verify_approval.py agentapp --project "$project" --ca "$ca" --regions "${regions// /,}"
+"$python" scripts/verify_approval.py plant --project "$project" --regions "${regions// /,}"
 
 # a second run on the same stack: the regions' ledgers keep the first run's releases
 t4=$(date +%s)
@@ -108,6 +125,7 @@ grep -E "flame: (round|Run|Saved)" "$(dirname "$ca")/second.log" || true
 log "second run: launcher exit code $code; $((t5 - t4)) s"
 [ "$code" = 0 ] || { tail -40 "$(dirname "$ca")/second.log"; log "the second run failed"; exit 1; }
 "$python" scripts/verify_mlflow_run.py --uri http://127.0.0.1:5000 --dp --max-epsilon "$cap"
+"$python" scripts/verify_approval.py planted --project "$project" --regions "${regions// /,}"
 # each region's privacy ledger (its own state volume): exactly the two runs
 for region in $regions; do
   ledger=$(compose exec -T "$region-client" flame ledger 2>&1) \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's multi-host path, on one machine: a coordinator stack with one local region and its
 # gateway published on 0.0.0.0, and the `eu` site as a separate compose project
-# (docker-compose.region.yml) that holds only its own ca.crt and node key and dials the
+# (docker-compose.region.yml) that makes its own node key (only its node.pub goes to the
+# coordinator, which registers it), holds only the CA's certificate besides, and dials the
 # coordinator's public port host.docker.internal:9443 (TLS, node authentication, Fleet API only).
 # The launcher then trains over both; exit 0 only if the run finished with both regions' metrics.
 # Both regions run the compose default policy (DP required, ε and δ caps, privatized evaluation)
@@ -63,11 +64,28 @@ t0=$(date +%s)
 FLAME_GATEWAY_BIND=0.0.0.0 hub_compose up -d --no-build --wait \
   mlflow superlink gateway serverapp us-client > "$site_dir/up.log" 2>&1 \
   || { tail -20 "$site_dir/up.log"; exit 1; }
-# the site receives only its own files (README: Multi-host)
-mkdir -p "$site_dir/certs" "$site_dir/data"
-docker cp "$(hub_compose ps -a -q certs)":/certs/regions/eu "$site_dir/certs/eu"
-chown -R 10001 "$site_dir/certs/eu"
+# keys are made where they are used (README: Multi-host): the site receives only the CA's
+# certificate, makes its own key pair in its own volume and sends out only node.pub, which
+# the coordinator registers; no coordinator volume ever holds the site's private key
+mkdir -p "$site_dir/certs" "$site_dir/data" "$site_dir/outbox"
+docker cp "$(hub_compose ps -a -q certs)":/certs/client/ca.crt "$site_dir/certs/ca.crt"
 printf 'FLAME_REGION=eu\nFLAME_SUPERLINK=host.docker.internal:9443\n' > "$site_dir/.env"
+site_compose run --rm --no-deps -T region \
+  sh -c 'flame keygen --out /keys >&2 && cat /keys/node.pub' > "$site_dir/outbox/eu.pub" \
+  2>> "$site_dir/up.log" || { tail -20 "$site_dir/up.log"; fail "the site could not make its key"; }
+grep -q "^ecdsa-sha2-nistp384 " "$site_dir/outbox/eu.pub" || fail "the site's node.pub is not a public key"
+hub_compose run --rm --no-deps -v "$site_dir/outbox:/incoming:ro" register flame register \
+  --superlink superlink:8000 --keys /incoming --root-certificates /certs/ca.crt \
+  >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; fail "registering the site's key failed"; }
+for volume in $(docker volume ls -q --filter "label=com.docker.compose.project=$hub"); do
+  case "$volume" in  # the local us region's own key folder aside, no private key at all
+    *_region-keys) check='! test -e /v/eu/node.key' ;;
+    *) check='! grep -rlqs "OPENSSH PRIVATE KEY" /v' ;;
+  esac
+  docker run --rm --network none -v "$volume:/v:ro" flame:latest sh -c "$check" \
+    || fail "the coordinator's volume $volume holds a site's private key"
+done
+log "passed: the site made its own key; no coordinator volume holds it"
 site_compose up -d --no-build --wait >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; exit 1; }
 t1=$(date +%s)
 log "coordinator and site up in $((t1 - t0)) s; the site dials host.docker.internal:9443"
@@ -100,12 +118,9 @@ after=$(site_state) || { echo "$after"; fail "no state in the re-created site co
 log "passed: the site's state volume survived its container's re-creation (same secret, same ledger)"
 
 # a site with the federation's CA and a well-formed key that was never registered: refused
-mkdir -p "$intruder_dir/certs/eu"
-cp "$site_dir/certs/eu/ca.crt" "$intruder_dir/certs/eu/ca.crt"
-"$python" -c 'import sys; from pathlib import Path; from flame.ops.certs import make_node_key
-make_node_key(Path(sys.argv[1]), "eu")' "$intruder_dir/new"
-cp "$intruder_dir/new/keys/eu" "$intruder_dir/certs/eu/node.key"
-chown -R 10001 "$intruder_dir/certs"
+# (it makes its own key pair on start, like any site, and nobody registers it)
+mkdir -p "$intruder_dir/certs"
+cp "$site_dir/certs/ca.crt" "$intruder_dir/certs/ca.crt"
 cp "$site_dir/.env" "$intruder_dir/.env"
 intruder_compose up -d --no-build >> "$site_dir/up.log" 2>&1 || { tail -20 "$site_dir/up.log"; exit 1; }
 for _ in $(seq 120); do

@@ -55,6 +55,13 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     # limits at the public door: a 100 MB body gets 413 (a 5 MiB Fleet object passes), a burst 429
     assert "the gateway refuses a 100 MB body with 413" in out
     assert "the gateway rate-limits a burst from one address" in out
+    # keys made where they are used: no coordinator volume holds a region's private key
+    assert "no coordinator volume holds one" in out
+    # a rogue FAB: an AgentApp-only app submitted from the coordinator's host is refused by
+    # every region before it runs; a planted install folder is loaded by no later run
+    for region in ("us", "eu"):
+        assert f"{region}-client refused the AgentApp-only FAB; it never ran" in out
+        assert f"{region}-client ran the approved app, not the planted folder" in out
     # a second run: each region's ledger (its own state volume) holds both
     assert out.count("MLflow run complete") == 2
     for region in ("us", "eu"):
@@ -64,15 +71,17 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
 
 @pytest.mark.compose
 def test_multihost_site_joins_through_the_gateway(tmp_path: Path) -> None:
-    """The README's multi-host path: a site in its own compose project, holding only its key
-    and ca.crt, trains through the coordinator's public (Fleet-only) port with TLS; then an
-    unregistered site is refused, and a run killed mid-way is resumed. Uses the image the test
-    above built."""
+    """The README's multi-host path: a site in its own compose project, holding only the key
+    it made itself and ca.crt, trains through the coordinator's public (Fleet-only) port with
+    TLS; then an unregistered site is refused, and a run killed mid-way is resumed. Uses the
+    image the test above built."""
     out = run_script("multihost-e2e.sh", "FLAME_MH_LOG", tmp_path / "mh.log", 1800)
     assert "the eu site trained through the gateway" in out
     assert "DP run: True" in out  # under the sites' default policy
     # the site's secret and ledger live in its own volume, kept when its container is re-made
     assert "the site's state volume survived its container's re-creation" in out
+    # the site made its own key pair; only node.pub went to the coordinator, which registered it
+    assert "the site made its own key; no coordinator volume holds it" in out
     # a remote site with the CA and a valid but unregistered key never joins
     assert "a site with an unregistered key is refused" in out
     # the ServerApp and SuperLink containers killed mid-run; the README's resume command

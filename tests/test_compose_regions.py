@@ -24,20 +24,51 @@ def test_the_committed_regions_file_is_the_template_for_the_default_regions() ->
 
 def test_a_third_region_is_a_service_that_sees_only_its_own_folders() -> None:
     services = yaml.safe_load(render(["us", "eu", "apac"]))["services"]
-    assert list(services) == ["state-folders", "us-client", "eu-client", "apac-client"]
+    assert list(services) == ["state-folders"] + [
+        f"{r}-{kind}" for r in ("us", "eu", "apac") for kind in ("key", "register", "client")
+    ]
     apac = services["apac-client"]
     assert apac["environment"]["FLAME_REGION"] == "apac"
     mounts = {m["source"]: m for m in apac["volumes"]}
     assert mounts["region-data"]["volume"]["subpath"] == "apac"
-    assert mounts["certs-regions"]["volume"]["subpath"] == "apac"
-    assert mounts["certs-regions"]["read_only"] is True
-    assert "gateway:9443" in apac["command"] and "register" in apac["depends_on"]
+    assert mounts["region-keys"]["volume"]["subpath"] == "apac"
+    assert mounts["region-keys"]["read_only"] is True
+    assert "/keys/node.key" in apac["command"]
+    assert "gateway:9443" in apac["command"] and "apac-register" in apac["depends_on"]
     # its private state (secret, ledger): its own folder of region-state, made before it starts
     assert mounts["region-state"]["volume"]["subpath"] == "apac"
     assert mounts["region-state"]["target"] == "/state/apac"
     assert apac["environment"]["FLAME_STATE_DIR"] == "/state"
     assert "state-folders" in apac["depends_on"]
     assert "/state/apac" in services["state-folders"]["command"][-1]
+
+
+def test_each_region_makes_its_own_key_and_only_its_public_key_travels() -> None:
+    """Keys made where they are used: no coordinator service mounts a region's key folder,
+    and the region's registration step sees its node.pub only."""
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = main["services"] | yaml.safe_load(render(["us", "eu", "apac"]))["services"]
+
+    def mounts(name: str) -> dict[str, dict[str, object]]:
+        found = [v if isinstance(v, dict) else {"source": v.split(":")[0]}
+                 for v in services[name].get("volumes", [])]  # fmt: skip
+        return {str(v["source"]): v for v in found}
+
+    holders = {n for n in services if "region-keys" in mounts(n)}
+    assert holders == {"state-folders"} | {f"{r}-{k}" for r in ("us", "eu", "apac")
+                                           for k in ("key", "client")}  # fmt: skip
+    key = services["apac-key"]
+    assert key["network_mode"] == "none"
+    assert key["command"][:4] == ["flame", "keygen", "--out", "/keys"]
+    assert mounts("apac-key")["region-keys"]["volume"] == {"subpath": "apac"}
+    register = mounts("apac-register")
+    assert set(register) == {"public-keys", "certs-client"}
+    assert register["public-keys"]["read_only"] is True
+    assert register["public-keys"]["volume"]["subpath"] == "apac"
+    assert "/keys/apac.pub" in services["apac-register"]["command"]
+    # the coordinator's credentials step makes no region key and hands none out
+    assert "certs-regions" not in main["volumes"]
+    assert "region-keys" not in mounts("certs")
 
 
 def test_no_coordinator_service_mounts_a_regions_state() -> None:
@@ -174,14 +205,17 @@ def test_regions_share_a_network_with_the_gateway_only() -> None:
     members = {net: {n for n, nets in on.items() if net in nets} for net in main["networks"]}
     assert members == {
         "fleet": {"gateway", "us-client", "eu-client", "apac-client"},
-        "control": {"superlink", "gateway", "serverapp", "launcher", "register"},
-        "tracking": {"mlflow", "serverapp", "launcher", "scorer"},
+        "control": {"superlink", "gateway", "serverapp", "launcher", "register"}
+        | {f"{r}-register" for r in ("us", "eu", "apac")},
+        "tracking": {"mlflow", "mlflow-accounts", "serverapp", "launcher", "scorer"},
     } | {f"{n}-port": {n} for n in ("superlink", "gateway", "mlflow", "scorer")}
     assert all(main["networks"][n]["internal"] for n in ("fleet", "control", "tracking"))
     # a host port needs a network that is not internal: one per published service, alone on it
     published = {n for n, s in services.items() if s.get("ports")}
     assert published == {"superlink", "gateway", "mlflow", "scorer"}
-    assert {n for n, nets in on.items() if not nets} == {"certs", "data-split", "state-folders"}
+    assert {n for n, nets in on.items() if not nets} == {
+        "certs", "data-split", "state-folders", "us-key", "eu-key", "apac-key",
+    }  # fmt: skip
     # SuperExec authentication: the secret only where Flower reads it
     secret = {n for n, s in services.items()
               if any((v["source"] if isinstance(v, dict) else v.split(":")[0]) == "superexec-secret"

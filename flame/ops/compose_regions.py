@@ -4,9 +4,13 @@
 (the repository holds the one for the default ``us,eu``), so adding a region is one line of
 ``.env`` and one command. Each region's SuperNode sees only its own partition, its own key and
 its own private state (secret noise seed and privacy ledger): the ``region-data``,
-``certs-regions`` and ``region-state`` volumes are mounted at that region's sub-folder
-(``region-state``'s folders are made by the one-shot ``state-folders`` service, owned by the
-image's user, since a sub-folder must exist before it can be mounted). The regions ship
+``region-keys`` and ``region-state`` volumes are mounted at that region's sub-folder (their
+folders are made by the one-shot ``state-folders`` service, owned by the image's user, since a
+sub-folder must exist before it can be mounted). Keys are made where they are used: the
+region's one-shot ``<region>-key`` (``flame keygen``, no network) makes its key pair in its
+own ``region-keys`` folder and copies only ``node.pub`` to its folder of ``public-keys``;
+the coordinator's one-shot ``<region>-register`` registers that public key with the
+SuperLink. No coordinator service mounts ``region-keys``. The regions ship
 private by default: DP-SGD required, per-run and lifetime ε caps, a δ cap and privatized,
 capped evaluation answers, each a ``${VAR:-default}`` a site's ``.env`` can change.
 Each region is on the ``fleet`` network only (docker-compose.yml: internal, shared with the
@@ -51,7 +55,7 @@ x-region: &region
   command: >-
     sh -c "flame data split --keep-existing --part $${{FLAME_REGION}}=/data/region.parquet &&
     exec flame supernode --superlink gateway:9443 --port 9094
-    --root-certificates /certs/ca.crt --auth-supernode-private-key /certs/node.key
+    --root-certificates /certs/ca.crt --auth-supernode-private-key /keys/node.key
     --node-config \\"region='$${{FLAME_REGION}}' data-path='/data/region.parquet'\\""
   healthcheck:
     test:
@@ -63,11 +67,6 @@ x-region: &region
     timeout: 5s
     retries: 30
     start_period: 10s
-  depends_on:
-    register: {{condition: service_completed_successfully}}
-    data-split: {{condition: service_completed_successfully}}
-    state-folders: {{condition: service_completed_successfully}}
-    gateway: {{condition: service_healthy}}
   restart: unless-stopped
 
 x-region-env: &region-env
@@ -93,12 +92,15 @@ x-region-env: &region-env
 
 services:
   state-folders:
-    # One-shot: one private folder per region in the region-state volume (mounted at /state,
-    # which the image's user owns, so the new volume is that user's), for each region's
-    # SuperNode to mount alone. Never mounted by the coordinator's services.
+    # One-shot: one private folder per region in the region-state and region-keys volumes and
+    # in public-keys (each mounted where the image's user owns the folder, so the new volume is
+    # that user's), for each region's services to mount alone. region-state and region-keys
+    # are never mounted by the coordinator's services.
     <<: *image
     volumes:
       - region-state:/state
+      - region-keys:/keys
+      - public-keys:/outbox
     command: ["sh", "-c", "umask 077 && mkdir -p {folders}"]
     network_mode: none
     mem_limit: 64m
@@ -107,6 +109,46 @@ services:
 {services}"""
 
 SERVICE = """\
+  {name}-key:
+    # One-shot, the region's own: its node key pair, made on first start in its own folder of
+    # region-keys (kept after); only node.pub is copied out, to its folder of public-keys
+    <<: *image
+    volumes:
+      - {{type: volume, source: region-keys, target: /keys, volume: {{subpath: {name}}}}}
+      - {{type: volume, source: public-keys, target: /outbox, volume: {{subpath: {name}}}}}
+    command: ["flame", "keygen", "--out", "/keys", "--publish", "/outbox/{name}.pub"]
+    network_mode: none
+    mem_limit: 256m
+    pids_limit: 32
+    depends_on:
+      state-folders: {{condition: service_completed_successfully}}
+    restart: "no"
+  {name}-register:
+    # One-shot, the coordinator's: registers the region's public key (the allow-list;
+    # idempotent). It sees node.pub only.
+    <<: *image
+    environment: {{HOME: /tmp, FLWR_HOME: /tmp/flwr}}
+    volumes:
+      - type: volume
+        source: public-keys
+        target: /keys
+        read_only: true
+        volume: {{nocopy: true, subpath: {name}}}
+      - type: volume
+        source: certs-client
+        target: /certs
+        read_only: true
+        volume: {{nocopy: true}}
+    command: >-
+      flame register --superlink superlink:8000 --keys /keys/{name}.pub
+      --root-certificates /certs/ca.crt
+    networks: [control]
+    mem_limit: 512m
+    pids_limit: 128
+    depends_on:
+      {name}-key: {{condition: service_completed_successfully}}
+      superlink: {{condition: service_healthy}}
+    restart: "no"
   {name}-client:
     <<: *region
     environment: {{<<: *region-env, FLAME_REGION: {name}}}
@@ -114,16 +156,26 @@ SERVICE = """\
       - {{type: volume, source: region-data, target: /data, volume: {{subpath: {name}}}}}
       - {{type: volume, source: region-state, target: /state/{name}, volume: {{subpath: {name}}}}}
       - type: volume
-        source: certs-regions
-        target: /certs
+        source: region-keys
+        target: /keys
         read_only: true
         volume: {{nocopy: true, subpath: {name}}}
+      - type: volume
+        source: certs-client
+        target: /certs
+        read_only: true
+        volume: {{nocopy: true}}
+    depends_on:
+      {name}-register: {{condition: service_completed_successfully}}
+      data-split: {{condition: service_completed_successfully}}
+      state-folders: {{condition: service_completed_successfully}}
+      gateway: {{condition: service_healthy}}
 """
 
 
 def render(regions: list[str]) -> str:
     services = "".join(SERVICE.format(name=r) for r in regions)
-    folders = " ".join(f"/state/{r}" for r in regions)
+    folders = " ".join(f"/{v}/{r}" for r in regions for v in ("state", "keys", "outbox"))
     return TEMPLATE.format(names=",".join(regions), services=services, folders=folders)
 
 

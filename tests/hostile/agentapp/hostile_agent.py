@@ -26,6 +26,7 @@ def _call(agent: AgentSession, name: str, **arguments: object) -> dict:
 @app.main()
 def main(agent: AgentSession, context: Context) -> None:
     folder = Path(str(context.run_config["marker-dir"]))
+    folder.mkdir(parents=True, exist_ok=True)
     if context.node_id == SUPERLINK_NODE_ID:
         deadline = time.monotonic() + 60
         while not (nodes := _call(agent, "get_nodes", sample_size=None)["nodes"]):
