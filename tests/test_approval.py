@@ -4,10 +4,12 @@ tests/test_security.py and tests/test_trust_boundaries.py)."""
 from __future__ import annotations
 
 import subprocess
+import tomllib
 import types
 from pathlib import Path
 
 import pytest
+from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.constant import TaskType
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
@@ -15,6 +17,8 @@ from flwr.supernode import start_client_internal
 from flwr.supernode.nodestate import NodeStateFactory
 
 from flame.ops import approval
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(kind: str = TaskType.SERVER_APP, fab_hash: str = "ab" * 32) -> Run:
@@ -50,9 +54,23 @@ def test_only_approved_serverapp_runs_get_a_task() -> None:
     assert "is a flwr-agentapp run" in str(approval.refusal(run(TaskType.AGENT_APP), None))
     assert "is a untyped run" in str(approval.refusal(run(""), approved))
     assert "not in FLAME_TRUSTED_APPS" in str(approval.refusal(run(fab_hash="cd" * 32), approved))
-    content = b"the FAB's bytes"
-    assert approval.fab_refusal(content, run(fab_hash=approval.fab_hash(content))) is None
-    assert "do not have the run's hash" in str(approval.fab_refusal(content, run()))
+    assert "do not have the run's hash" in str(approval.fab_refusal(b"bytes", run()))
+    junk = b"not a FAB"
+    assert "no readable pyproject.toml" in str(
+        approval.fab_refusal(junk, run(fab_hash=approval.fab_hash(junk)))
+    )
+
+
+def test_a_run_must_name_the_app_and_version_its_fab_holds() -> None:
+    """Flower builds the ClientApp's folder from the run's app id and version: a run info that
+    names another (a hostile SuperLink's ``0.1.0/../..``) is refused."""
+    content = build_fab_from_disk(ROOT)
+    genuine = run(fab_hash=approval.fab_hash(content))
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    genuine.fab_id, genuine.fab_version = "flame/flame", version
+    assert approval.fab_refusal(content, genuine) is None
+    genuine.fab_version = f"{version}.{genuine.fab_hash[:8]}/../../planted/flame.flame.{version}"
+    assert "names app 'flame/flame' version" in str(approval.fab_refusal(content, genuine))
 
 
 def test_the_node_state_creates_clientapp_tasks_only() -> None:

@@ -93,14 +93,18 @@ def check(content: bytes, allowed: set[str]) -> None:
 
 def guard(allowed: set[str] | None, home: Path) -> None:
     """Make Flower's ClientApp runner check every FAB before it installs it (``allowed`` None:
-    any app) and install it into ``home``, a fresh folder of this task's own (Flower would
-    reuse any folder already at the app's install path), and tell the task which app it runs
-    (``FLAME_APP_HASH``, for the region's privacy ledger)."""
+    any app), install it into ``home``, a fresh folder of this task's own (Flower would
+    reuse any folder already at the app's install path), and load the ClientApp from the
+    folder it just installed (Flower would build that path from the run's id and version,
+    which the SuperLink sends); and tell the task which app it runs (``FLAME_APP_HASH``, for
+    the region's privacy ledger)."""
     from flwr.supernode.runtime import run_clientapp
 
-    install: Callable[..., object] = run_clientapp.install_from_fab
+    install: Callable[..., Any] = run_clientapp.install_from_fab
+    loader: Callable[..., Any] = run_clientapp.get_load_client_app_fn
+    installed: list[Path] = []
 
-    def checked_install(content: bytes, *args: object, **kwargs: object) -> object:
+    def checked_install(content: bytes, *args: object, **kwargs: object) -> Any:
         if allowed is not None:
             check(content, allowed)
         if any(home.iterdir()):
@@ -108,9 +112,17 @@ def guard(allowed: set[str] | None, home: Path) -> None:
         # this task process's own settings: Flower installs to and loads from FLWR_HOME/apps
         os.environ["FLWR_HOME"] = str(home)
         os.environ[APP_HASH_ENV] = fab_hash(content)
-        return install(content, *args, **kwargs)
+        path = install(content, *args, **kwargs)
+        installed.append(Path(path))
+        return path
+
+    def installed_loader(default_app_ref: str, app_path: str | None, multi_app: bool) -> Any:
+        if len(installed) != 1:
+            raise UntrustedAppError("refused: the task has no single checked FAB to load")
+        return loader(default_app_ref, str(installed[0]), multi_app)
 
     run_clientapp.install_from_fab = checked_install  # type: ignore[assignment]
+    run_clientapp.get_load_client_app_fn = installed_loader  # type: ignore[assignment]
 
 
 def refusal(run: Run, allowed: set[str] | None) -> str | None:
@@ -129,8 +141,21 @@ def refusal(run: Run, allowed: set[str] | None) -> str | None:
 
 
 def fab_refusal(content: bytes, run: Run) -> str | None:
+    """Why the FAB's bytes do not belong to ``run``: another hash, or another app id or version
+    than the run names (Flower builds the ClientApp's folder from the run's)."""
+    from flwr.common.config import get_fab_config, get_metadata_from_config
+
     if fab_hash(content) != run.fab_hash.lower():
         return f"refused: run {run.run_id}'s FAB bytes do not have the run's hash"
+    try:
+        own = get_metadata_from_config(get_fab_config(content))
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with a FAB, it is refused
+        return f"refused: run {run.run_id}'s FAB has no readable pyproject.toml ({err})"
+    if own != (run.fab_id, run.fab_version):
+        return (
+            f"refused: run {run.run_id} names app {run.fab_id!r} version "
+            f"{run.fab_version!r}, its FAB is {own[0]!r} version {own[1]!r}"
+        )
     return None
 
 
@@ -147,6 +172,11 @@ def enforcement_problems(module: types.ModuleType) -> list[str]:
         problems.append(f"{module.__name__}.start_client_internal no longer calls {PULL}")
     if not callable(getattr(module, "_insert_message", None)):
         problems.append(f"{module.__name__}._insert_message is gone")
+    from flwr.supernode.runtime import run_clientapp
+
+    for name in ("install_from_fab", "get_load_client_app_fn"):
+        if not callable(getattr(run_clientapp, name, None)):
+            problems.append(f"{run_clientapp.__name__}.{name} is gone")
     return problems
 
 
