@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from flame.data.features import type_codes
+from flame.data.encode import type_codes
 from flame.data.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
 
 log = logging.getLogger("flame.data.loader")

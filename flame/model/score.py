@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from flame.data.features import FEATURE_VERSION, build_features
+from flame.data.history import History
 from flame.data.loader import csv_files, header, read_paysim_file
 from flame.data.schema import LABELS
 from flame.files import atomic_file, writable_folder
@@ -36,8 +37,11 @@ def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return score_with(*load_scorer(model_path), frame)
 
 
-def score_with(model: FraudMLP, card: ModelCard, frame: pd.DataFrame) -> pd.DataFrame:
-    x = torch.from_numpy(build_features(frame, card.drop_balance_features))
+def score_with(
+    model: FraudMLP, card: ModelCard, frame: pd.DataFrame, history: History | None = None
+) -> pd.DataFrame:
+    """``history``: the party's earlier rows (a scorer's store); None = ``frame`` is all."""
+    x = torch.from_numpy(build_features(frame, card.drop_balance_features, history))
     probability = fm.sigmoid(predict_logits(model, x))
     return frame.assign(
         fraud_probability=probability,
