@@ -47,13 +47,17 @@ def mix(z: np.ndarray | np.uint64) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def type_codes(kinds: pd.Series) -> np.ndarray:
+def type_codes(kinds: pd.Series | pd.Categorical | np.ndarray) -> np.ndarray:
     """Index of each row's type in TYPES (-1 if unknown)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(kinds.dtype, pd.CategoricalDtype):
-        return kinds.cat.set_categories(TYPES).cat.codes.to_numpy(dtype=np.int64)
+    if isinstance(kinds, pd.Series) and isinstance(kinds.dtype, pd.CategoricalDtype):
+        kinds = kinds.array
+    if isinstance(kinds, pd.Categorical):
+        same = tuple(kinds.categories) == TYPES  # the schema's own: no re-mapping needed
+        return (kinds if same else kinds.set_categories(TYPES)).codes.astype(np.int64)
+    kinds = kinds if hasattr(kinds, "dtype") else np.asarray(kinds, dtype=object)
     codes = pc.index_in(pa.array(kinds, type=pa.string()), value_set=pa.array(TYPES))
     return pc.fill_null(codes, -1).to_numpy().astype(np.int64)

@@ -41,7 +41,8 @@ are the last columns, so the cached arrays serve both feature sets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,16 +84,17 @@ def merchant(names: pd.Series) -> np.ndarray:
 
 
 def build_features(
-    frame: pd.DataFrame, drop_balances: bool = False, history: History | None = None
+    frame: Mapping[str, Any], drop_balances: bool = False, history: History | None = None
 ) -> np.ndarray:
-    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame.
+    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame
+    (or the columns ``check_columns`` returns).
 
     ``history`` carries the history features' state from earlier batches of the same party's
     rows; without it the frame is taken as everything the party holds.
     """
     codes = type_codes(frame["type"])
-    amount = frame["amount"].to_numpy(dtype=np.float64)
-    hour = frame["step"].to_numpy() % 24
+    amount = np.asarray(frame["amount"], dtype=np.float64)
+    hour = np.asarray(frame["step"]) % 24
     angle = 2 * np.pi * hour / 24
     risky = np.isin(codes, [TYPES.index(t) for t in RISKY])
     columns = [
@@ -113,7 +115,7 @@ def build_features(
         (history or History()).features(frame),
     ]
     if not drop_balances:
-        old_o, new_o, old_d, new_d = (frame[b].to_numpy(dtype=np.float64) for b in BALANCES)
+        old_o, new_o, old_d, new_d = (np.asarray(frame[b], dtype=np.float64) for b in BALANCES)
         columns.append(
             np.column_stack(
                 [

@@ -13,7 +13,7 @@ then it remembers the batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from flame.data.encode import name_hash, type_codes
 from flame.data.schema import TYPES
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from collections.abc import Mapping
 
 HISTORY = ("dest_prior_log", "dest_seen", "cashout_after_transfer")
 COUNT_SCALE = 5.0
@@ -104,23 +104,22 @@ class History:
     def __init__(self, store: HistoryStore | None = None) -> None:
         self.store = store if store is not None else MemoryStore()
 
-    def features(self, frame: pd.DataFrame) -> np.ndarray:
+    def features(self, frame: Mapping[str, Any]) -> np.ndarray:
         """The history columns of ``frame``'s rows (in frame order); then remembers them.
 
         Rows are taken in step order (stably): a row sees the rows of earlier steps and the
         rows of its own step before it.
         """
-        import pandas as pd
-
-        if not len(frame):
+        steps = np.asarray(frame["step"], dtype=np.int64)
+        if not len(steps):
             return np.zeros((0, len(HISTORY)), dtype=np.float32)
-        steps = frame["step"].to_numpy(dtype=np.int64)
         self.store.check_order(int(steps.min()))
         order = np.argsort(steps, kind="stable")
         dest = name_hash(frame["nameDest"], 0)[order]
         payees, inverse, adds = np.unique(dest, return_inverse=True, return_counts=True)
         codes = type_codes(frame["type"])[order]
-        cents = np.round(frame["amount"].to_numpy(dtype=np.float64)[order] * 100).astype(np.int64)
+        amount = np.asarray(frame["amount"], dtype=np.float64)[order]
+        cents = np.round(amount * 100).astype(np.int64)
         key = steps[order] * STEP_KEY + cents
         is_transfer = codes == TYPES.index("TRANSFER")
         is_cashout = codes == TYPES.index("CASH_OUT")
@@ -128,12 +127,23 @@ class History:
         stored, seen = self.store.exchange(
             payees, adds, asked, np.unique(key[is_transfer]), int(steps.max())
         )
-        within = pd.Series(dest).groupby(dest, sort=False).cumcount().to_numpy()
+        within = _running(dest, np.ones(len(dest), dtype=np.int64)) - 1
         prior = within + stored[inverse]
-        earlier = pd.Series(is_transfer.astype(np.int64)).groupby(key).cumsum().to_numpy()
+        earlier = _running(key, is_transfer.astype(np.int64))
         was_transfer = np.zeros(len(key), dtype=bool)
         was_transfer[is_cashout] = seen[np.searchsorted(asked, key[is_cashout])]
         paired = is_cashout & (((earlier - is_transfer) > 0) | was_transfer)
-        out = np.empty((len(frame), len(HISTORY)), dtype=np.float32)
+        out = np.empty((len(steps), len(HISTORY)), dtype=np.float32)
         out[order] = np.column_stack([np.log1p(prior) / COUNT_SCALE, prior > 0, paired])
         return out
+
+
+def _running(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The running sum of ``values`` within each group, in row order (inclusive)."""
+    order = np.argsort(groups, kind="stable")
+    total = np.cumsum(values[order])
+    starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
+    before = np.repeat(total[starts] - values[order][starts], np.diff(np.r_[starts, len(order)]))
+    out = np.empty_like(total)
+    out[order] = total - before
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from flame.data.history import STEP_KEY, HistoryStore
+from flame.data.history import STEP_KEY, HistoryStore, MemoryStore
 
 SWEEP_EVERY = 60.0  # seconds between SQLite's deletions of expired rows
 
@@ -167,9 +167,12 @@ class SQLiteStore:
 
 def open_store(url: str, region: str, state_dir: Path, ttl: int) -> HistoryStore:
     """Redis at ``url`` (redis://, rediss:// or unix://), or SQLite under ``state_dir`` when
-    ``url`` is empty; keys named for ``region``."""
+    ``url`` is empty; keys named for ``region``. ``memory://`` keeps it in the process only
+    (lost on restart, not shared, rows in step order): for benchmarks and tests."""
     if not url:
         return SQLiteStore(state_dir / region / "history.sqlite3", ttl)
+    if url == "memory://":
+        return MemoryStore()
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(
             f"FLAME_HISTORY_URL={url!r}: give redis://host:port/db (or empty for SQLite in "

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -149,34 +150,50 @@ def parse(body: bytes) -> Any:
         raise BadRequest(400, "the body is not JSON") from None
 
 
+def columns_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request's rows as checked PaySim columns (labels, when absent, as 0: never used)."""
+    from flame.data.loader import check_columns
+    from flame.data.schema import COLUMNS, LABELS
+    from flame.track.registry import INPUTS
+
+    missing = [c for c in INPUTS if not any(c in row for row in rows)]
+    if missing:
+        raise BadRequest(400, f"input rows lack the PaySim column(s) {', '.join(missing)}")
+    columns = {
+        c: np.array([row.get(c, 0 if c in LABELS else None) for row in rows], dtype=object)
+        for c in COLUMNS
+    }
+    return check_columns(columns, "<request>")
+
+
 def predict(
     champion: Champion, history: History, monitor: Monitor, body: Any, max_rows: int
 ) -> dict[str, Any]:
-    import pandas as pd
-
     from flame.data.history import StepOrderError
     from flame.data.loader import PaySimFormatError
-    from flame.model.score import score_with
+    from flame.model.score import probabilities
     from flame.ops.history_store import HistoryUnavailable
-    from flame.track.registry import paysim_frame
 
     rows = rows_of(body, max_rows)
     version, model = champion.current()
     if model is None:
         raise BadRequest(503, f"no champion yet: no version of {champion.name!r} has the alias")
     try:
-        frame = paysim_frame(pd.DataFrame.from_records(rows))
+        columns = columns_of(rows)
     except (PaySimFormatError, ValueError, TypeError) as err:
         raise BadRequest(400, str(err).splitlines()[0]) from None
     try:
-        scored = score_with(*model, frame, history)
+        scores = probabilities(*model, columns, history)
     except HistoryUnavailable as err:
         raise BadRequest(503, str(err).splitlines()[0]) from None
     except StepOrderError as err:
         raise BadRequest(409, str(err)) from None
-    monitor.scored(scored["fraud_probability"].to_numpy(), model[1], version)
-    out = scored[["fraud_probability", "is_fraud_predicted"]]
-    return {"model_version": version, "predictions": out.to_dict("records")}
+    monitor.scored(scores, model[1], version)
+    threshold = model[1].threshold
+    predictions = [
+        {"fraud_probability": p, "is_fraud_predicted": int(p >= threshold)} for p in scores.tolist()
+    ]
+    return {"model_version": version, "predictions": predictions}
 
 
 def create_app(
