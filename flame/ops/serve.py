@@ -43,7 +43,7 @@ log = logging.getLogger("flame.ops.serve")
 
 
 ROW_BYTES = 1024  # the body cap per allowed row; a PaySim row is ~250 bytes of JSON
-SCALARS = (str, int, float, bool, type(None))
+SCALARS = {str, int, float, bool, type(None)}  # what a JSON row's value may be
 
 
 def max_body_bytes(max_rows: int) -> int:
@@ -116,14 +116,17 @@ def rows_of(body: Any, max_rows: int) -> list[dict[str, Any]]:
         raise BadRequest(400, '"rows" must be a non-empty list of objects (one per transaction)')
     if len(rows) > max_rows:
         raise BadRequest(413, f"{len(rows)} rows; at most {max_rows} per request")
-    for number, row in enumerate(rows):
-        for column, value in row.items():
-            if not isinstance(value, SCALARS):
-                raise BadRequest(
-                    400, f"row {number}: {column!r} must be a number or a string, not "
-                    f"{type(value).__name__}",
-                )  # fmt: skip
     return rows
+
+
+def scalars(column: str, values: list[Any]) -> np.ndarray:
+    """``values`` as an object array, or a 400 naming the first row whose value is not a
+    number, a string or null."""
+    if not set(map(type, values)) <= SCALARS:
+        number = next(i for i, v in enumerate(values) if type(v) not in SCALARS)
+        raise BadRequest(400, f"row {number}: {column!r} must be a number or a string, not "
+                         f"{type(values[number]).__name__}")  # fmt: skip
+    return np.array(values, dtype=object)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -156,13 +159,12 @@ def columns_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from flame.data.schema import COLUMNS, LABELS
     from flame.track.registry import INPUTS
 
+    columns = {
+        c: scalars(c, [row.get(c, 0 if c in LABELS else None) for row in rows]) for c in COLUMNS
+    }
     missing = [c for c in INPUTS if not any(c in row for row in rows)]
     if missing:
         raise BadRequest(400, f"input rows lack the PaySim column(s) {', '.join(missing)}")
-    columns = {
-        c: np.array([row.get(c, 0 if c in LABELS else None) for row in rows], dtype=object)
-        for c in COLUMNS
-    }
     return check_columns(columns, "<request>")
 
 
@@ -174,14 +176,15 @@ def predict(
     from flame.model.score import probabilities
     from flame.ops.history_store import HistoryUnavailable
 
-    rows = rows_of(body, max_rows)
+    try:
+        columns = columns_of(rows_of(body, max_rows))
+    except BadRequest:
+        raise
+    except (PaySimFormatError, ValueError, TypeError) as err:
+        raise BadRequest(400, str(err).splitlines()[0]) from None
     version, model = champion.current()
     if model is None:
         raise BadRequest(503, f"no champion yet: no version of {champion.name!r} has the alias")
-    try:
-        columns = columns_of(rows)
-    except (PaySimFormatError, ValueError, TypeError) as err:
-        raise BadRequest(400, str(err).splitlines()[0]) from None
     try:
         scores = probabilities(*model, columns, history)
     except HistoryUnavailable as err:
@@ -240,8 +243,10 @@ def serve(
     max_rows: int,
     store: HistoryStore,
 ) -> None:
+    import torch
     import uvicorn
 
+    torch.set_num_threads(1)  # small batches: a second thread only contends with the server
     log.info("Scoring %s@champion from %s on http://%s:%d, history in %s", name, tracking_uri,
              host, port, store.describe())  # fmt: skip
     app = create_app(tracking_uri, name, reload_every, max_rows, store)
