@@ -325,7 +325,8 @@ class ServingSettings(BaseModel):
     serve_max_rows: int = Field(10_000, ge=1, description="flame serve: most rows per request.")
     history_url: str = Field(
         "", description="flame serve: the region's transaction history store, "
-        "redis://host:port/db; empty = SQLite in FLAME_STATE_DIR/<region>/history.sqlite3."
+        "redis://host:port/db; empty = SQLite in FLAME_STATE_DIR/<region>/history.sqlite3; "
+        "memory:// = this process only (benchmarks, tests)."
     )  # fmt: skip
     history_ttl: int = Field(
         35 * 24 * 3600, ge=60, description="flame serve: seconds a payee's history is kept after "
