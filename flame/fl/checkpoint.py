@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ class Checkpoint:
     selected_round: int = 0  # the best round so far by validation (its weights: selected.npz)
     selected_threshold: float = 0.5
     selected_val_pr_auc: float = float("nan")
+    selected_val_counts: list[float] = field(default_factory=list)  # its validation histogram
 
 
 def fixed_settings(settings: FlameSettings) -> dict[str, object]:

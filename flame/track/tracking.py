@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
     "time", "kind", "round", "stage", "threshold", "num_examples", "loss", "precision",
-    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
+    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn",
+    "precision_at_budget", "recall_at_budget", "alert_rate_at_budget", "recall_at_1pct_fpr",
+    "amount_recall", "epsilon",
     "bytes_sent", "bytes_received", "regions", "missing",
 ]  # fmt: skip
 NUMERIC = CSV_COLUMNS[4:-1]  # "missing" is text
