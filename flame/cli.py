@@ -353,11 +353,17 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--seed", type=int)
     base.add_argument("--rounds", type=int, help="as many step blocks as federated rounds")
     base.add_argument(
-        "--with-balances", action="store_const", const=False, dest="drop_balance_features",
+        "--with-balances",
+        action="store_const",
+        const=False,
+        dest="drop_balance_features",
         help="keep the balance columns (default: left out)",
     )
     base.add_argument(  # the old flag: leaving them out is the default now
-        "--drop-balances", action="store_const", const=True, dest="drop_balance_features",
+        "--drop-balances",
+        action="store_const",
+        const=True,
+        dest="drop_balance_features",
         help=argparse.SUPPRESS,
     )
     base.add_argument("--split", choices=["hash", "time"], help="server test set (FLAME_SPLIT)")

@@ -32,6 +32,10 @@ LOGIT_RANGE = 40.0
 BINS = 1600
 EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
 COUNTS = ("tp", "fp", "fn", "tn")
+ALERT_FIGURES = [
+    "precision_at_budget", "recall_at_budget", "alert_rate_at_budget", "recall_at_1pct_fpr",
+    "amount_recall",
+]  # fmt: skip
 FPR_CAP = 0.01  # recall_at_1pct_fpr: the recall where at most this share of non-frauds alert
 
 
