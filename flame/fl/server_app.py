@@ -49,12 +49,13 @@ class ServerEvaluator:
         self.test_digest = test_set_digest(self.x.numpy(), self.y, shared)
         self.amounts = amounts(self.x.numpy())
 
-    def score(self, arrays: ArrayRecord, threshold: float) -> dict[str, float]:
+    def score(self, arrays: ArrayRecord, threshold: float, budget: bool = True) -> dict[str, float]:
         """Test-set metrics of ``arrays``, alert figures included (its logits kept in
-        ``self.logits``)."""
+        ``self.logits``); the figures at the budget only when ``threshold`` was chosen for it."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         self.logits = predict_logits(self.model, self.x)
-        alerts = fm.exact_alerts(self.logits, self.y, self.amounts, threshold, self.alert_rate)
+        rate = self.alert_rate if budget else 0.0
+        alerts = fm.exact_alerts(self.logits, self.y, self.amounts, threshold, rate)
         return fm.exact_metrics(self.logits, self.y, threshold) | alerts
 
 
@@ -89,7 +90,9 @@ class RoundEnd:
     def log_round(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         """Score round ``rnd``'s model on the test set at its own threshold, and log it."""
         threshold, clients = self.strategy.scored.get(rnd, (self.strategy.threshold, None))
-        scored = self.evaluator.score(arrays, threshold)
+        # round 0 (or a run whose regions never score): no threshold was chosen for the budget
+        chosen = self.strategy.auto_threshold and clients is not None
+        scored = self.evaluator.score(arrays, threshold, budget=chosen)
         self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
         log.info(_summary(rnd, scored, clients if rnd else None))
         return MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
@@ -286,7 +289,8 @@ def finish(
         )  # fmt: skip
     else:
         card.threshold = strategy.threshold
-    card.metrics = {k: float(v) for k, v in evaluator.score(arrays, card.threshold).items()}
+    scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
+    card.metrics = {k: float(v) for k, v in scored.items()}
     model.load_state_dict(arrays.to_torch_state_dict())
     save_model(out / "model.pt", model, card)
     tracker.log(SELECTED, card.selected_round, "evaluate", card.metrics)
