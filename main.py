@@ -33,7 +33,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "asks)",
     )  # fmt: skip
     p.add_argument(  # the old flag: leaving them out is the default now
-        "--drop-balances", action="store_const", const=True, dest="drop_balance_features",
+        "--drop-balances",
+        action="store_const",
+        const=True,
+        dest="drop_balance_features",
         help=argparse.SUPPRESS,
     )
     p.add_argument(
