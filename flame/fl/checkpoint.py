@@ -23,7 +23,7 @@ FOLDER = "checkpoint"
 # settings a resumed run must share with the run it continues
 FIXED = (
     "regions", "hidden_sizes", "drop_balance_features", "aggregation", "codec", "seed",
-    "pretrain_rows", "evaluate_in_train",
+    "pretrain_rows", "evaluate_in_train", "alert_rate",
 )  # fmt: skip
 
 
