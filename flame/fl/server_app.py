@@ -119,6 +119,11 @@ def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -
         )
 
     text = f"round {rnd} | server test: {part(server)} @ threshold {server['threshold']:.6f}"
+    if "precision_at_budget" in server:
+        text += (
+            f" (alert budget: P {server['precision_at_budget']:.3f} R "
+            f"{server['recall_at_budget']:.3f}, alerts {server['alert_rate_at_budget']:.2%})"
+        )
     return text + (f" | clients (pooled val): {part(clients)}" if clients else "")
 
 
