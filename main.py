@@ -28,7 +28,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", dest="data_path", help="PaySim CSV file or folder of CSVs")
     p.add_argument("--partitioning", choices=["customer", "non-iid"])
     p.add_argument(
-        "--drop-balances", action="store_const", const=True, dest="drop_balance_features"
+        "--with-balances", action="store_const", const=False, dest="drop_balance_features",
+        help="keep the four balance columns (the default leaves them out, as the data's owner "
+        "asks)",
+    )  # fmt: skip
+    p.add_argument(  # the old flag: leaving them out is the default now
+        "--drop-balances",
+        action="store_const",
+        const=True,
+        dest="drop_balance_features",
+        help=argparse.SUPPRESS,
     )
     p.add_argument(
         "--split", choices=["hash", "time"], help="server test set: hash, or the last steps"

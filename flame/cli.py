@@ -171,7 +171,7 @@ def _baseline(args: argparse.Namespace) -> None:
 
     overrides = {
         "data_path": args.data, "synth_rows": args.rows, "seed": args.seed,
-        "drop_balance_features": args.drop_balances or None, "split": args.split,
+        "drop_balance_features": args.drop_balance_features, "split": args.split,
         "num_server_rounds": args.rounds, "out_dir": args.out,
     }  # fmt: skip
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -355,7 +355,20 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--rows", type=int, help="synthetic rows when no data file is used")
     base.add_argument("--seed", type=int)
     base.add_argument("--rounds", type=int, help="as many step blocks as federated rounds")
-    base.add_argument("--drop-balances", action="store_true", help="no balance columns")
+    base.add_argument(
+        "--with-balances",
+        action="store_const",
+        const=False,
+        dest="drop_balance_features",
+        help="keep the balance columns (default: left out)",
+    )
+    base.add_argument(  # the old flag: leaving them out is the default now
+        "--drop-balances",
+        action="store_const",
+        const=True,
+        dest="drop_balance_features",
+        help=argparse.SUPPRESS,
+    )
     base.add_argument("--split", choices=["hash", "time"], help="server test set (FLAME_SPLIT)")
     base.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
     base.set_defaults(func=_baseline)

@@ -53,8 +53,10 @@ class DataSettings(BaseModel):
         "FLAME_TEST_FRACTION of steps (regions train on earlier steps).",
     )  # fmt: skip
     drop_balance_features: bool = Field(
-        False, description="Drop the four balance columns (the data owner's leakage note)."
-    )
+        True, description="Leave out the four balance columns, as the data's owner asks "
+        "(fraudulent transactions are cancelled, so they leak the label); false = keep them "
+        "(--with-balances).",
+    )  # fmt: skip
 
 
 class TrainingSettings(BaseModel):
@@ -97,8 +99,15 @@ class TrainingSettings(BaseModel):
         0.0,
         ge=0,
         lt=1,
-        description="Decision threshold; 0 = F1-optimal on the pooled client validation scores.",
+        description="Decision threshold; 0 = chosen on the pooled client validation scores "
+        "(for FLAME_ALERT_RATE, else F1-optimal).",
     )
+    alert_rate: float = Field(
+        0.005, ge=0, lt=1, description="Alert budget: the share of transactions a region's "
+        "analysts can review; the threshold is the one whose pooled validation alert rate is "
+        "closest to it, and every round reports precision and recall at it. 0 = the "
+        "F1-optimal threshold.",
+    )  # fmt: skip
     pretrain_rows: int = Field(
         300_000, ge=0, description="Warm start: the initial model is trained on this many "
         "synthetic PaySim rows (public data: no region's rows, no privacy cost); 0 = random "
@@ -257,6 +266,12 @@ class PolicySettings(BaseModel):
         0.0, ge=0, description="Region policy: Gaussian noise (std, in rows) on evaluation "
         "histograms, charged to the ledger; every figure is derived from them. 0 = exact "
         "answers (not covered by ε); with FLAME_POLICY_REQUIRE_DP it must be above 0.",
+    )  # fmt: skip
+    policy_amount_clip: float = Field(
+        0.0, ge=0, description="Region policy: a privatized evaluation answer carries the "
+        "per-bin sums of its fraud rows' amounts, each amount clipped to this, with the same "
+        "Gaussian noise (the answer is charged as two releases); 0 = privatized answers carry "
+        "no amount sums. Exact answers carry exact sums.",
     )  # fmt: skip
     policy_codecs: Annotated[list[Literal["none", "fp16", "int8", "topk"]], NoDecode] = Field(
         default=[], description="Region policy: comma-separated update codecs it sends; "
@@ -434,6 +449,15 @@ class FlameSettings(
             raise ValueError(
                 f"FLAME_AGGREGATION={self.aggregation} needs more than 2 x FLAME_NUM_MALICIOUS + 2 "
                 f"= {2 * f + 2} regions; FLAME_REGIONS has {n}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_threshold_rule(self) -> FlameSettings:
+        if self.threshold and self.alert_rate:
+            raise ValueError(
+                f"FLAME_THRESHOLD={self.threshold:g} and FLAME_ALERT_RATE={self.alert_rate:g} "
+                "both choose the threshold: set FLAME_ALERT_RATE=0 to fix it"
             )
         return self
 

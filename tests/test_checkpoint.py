@@ -26,7 +26,7 @@ def test_save_replaces_atomically_and_loads_back(tmp_path: Path) -> None:
     (tmp_path / ".checkpoint.0badc0de.tmp").mkdir()  # a ServerApp SIGKILLed while saving
     _save(tmp_path, 2, 2.0)
     state, arrays, _ = checkpoint.load(tmp_path)
-    assert state.round == 2 and state.threshold == 0.3
+    assert state.round == 2 and state.threshold == 0.3 and state.selected_val_counts == []
     assert np.array_equal(arrays["net.0.weight"], np.full((2, 2), 2.0, np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
@@ -59,6 +59,8 @@ def test_resume_refuses_changed_model_settings_and_dp(tmp_path: Path) -> None:
     checkpoint.check_compatible(state, load_settings(), tmp_path)
     with pytest.raises(SettingsError, match="FLAME_HIDDEN_SIZES"):
         checkpoint.check_compatible(state, load_settings(hidden_sizes="8"), tmp_path)
+    with pytest.raises(SettingsError, match="FLAME_ALERT_RATE"):  # the threshold's rule
+        checkpoint.check_compatible(state, load_settings(alert_rate=0.01), tmp_path)
     with pytest.raises(SettingsError, match="FLAME_DP"):
         dp = load_settings(dp=True, dp_noise_multiplier=1.0, hidden_sizes="64,32")
         checkpoint.check_compatible(state, dp, tmp_path)
@@ -99,3 +101,12 @@ def test_resumed_csv_keeps_a_checkpointed_rounds_training_until_its_model_is_sco
     assert list(zip(table["round"], table["stage"], strict=True)) == [
         (1, "train"), (2, "train"), (1, "evaluate"),
     ]  # fmt: skip
+
+
+def test_the_selected_models_validation_histogram_survives_a_resume(tmp_path: Path) -> None:
+    fixed = checkpoint.fixed_settings(load_settings())
+    state = checkpoint.Checkpoint(3, 0.4, fixed, 2, 0.45, 0.7, [5.0, 0.0, 2.0])
+    weights = {"net.0.weight": np.ones((2, 2), np.float32)}
+    checkpoint.save(tmp_path, state, weights, weights)
+    loaded, _, selected = checkpoint.load(tmp_path)
+    assert loaded.selected_val_counts == [5.0, 0.0, 2.0] and selected is not None

@@ -11,6 +11,7 @@ import pytest
 from flame.cli import main
 from flame.data.schema import COLUMNS
 from flame.data.synth import generate, write_csv
+from flame.model import metrics as fm
 from flame.model.net import load_model
 
 
@@ -41,7 +42,8 @@ def test_baseline_writes_a_run_folder_that_flame_score_uses(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "central"
-    assert main(["baseline", "--rows", "20000", "--rounds", "2", "--out", str(out)]) == 0
+    command = ["baseline", "--rows", "20000", "--rounds", "2", "--with-balances", "--out", str(out)]
+    assert main(command) == 0
     printed = capsys.readouterr().out
     result = json.loads(printed[: printed.rindex("}") + 1])
     assert result["roc_auc"] > 0.95 and result["selected_round"] in (1, 2)
@@ -54,6 +56,13 @@ def test_baseline_writes_a_run_folder_that_flame_score_uses(
     assert card.selected_round == result["selected_round"]
     assert card.pretrained_rows == 20_000  # central starts from the same warm start
     assert card.threshold == pytest.approx(result["threshold"])
+    assert not card.drop_balance_features  # --with-balances
+    # the default alert budget: the threshold is the selected round's validation cut closest
+    # to 0.5 % alerts, the same rule as a federated run's
+    counts = card.validation_score_counts
+    assert card.alert_rate == 0.005 and len(card.validation_score_edges) == len(counts) + 1
+    assert card.threshold == fm.budget_threshold(counts, [0] * len(counts), 0.005)
+    assert 0 < result["alert_rate_at_budget"] < 0.05 and "amount_recall" in result
     csv = tmp_path / "fresh.csv"
     write_csv(generate(3_000, seed=5, fraud_rate=0.05), csv)
     assert main(["score", str(csv), "--model", str(out / "model.pt"), "--out",

@@ -3,6 +3,7 @@ from its own environment: a region's .env need not mirror the server's."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -25,7 +26,8 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def _task(
     settings: FlameSettings | None, kind: str = "train", evaluate_first: bool = False
 ) -> Message:
-    model = FraudMLP(len(feature_names(False)), (settings or load_settings()).hidden_sizes)
+    run = settings or load_settings()
+    model = FraudMLP(len(feature_names(run.drop_balance_features)), run.hidden_sizes)
     config = {"server-round": 2, "threshold": 0.5, EVALUATE_FIRST: evaluate_first}
     if settings is not None:
         config[RUN_SETTINGS_KEY] = run_settings(settings)
@@ -82,3 +84,41 @@ def test_a_train_task_scores_the_model_it_received_before_training_it_when_asked
     alone = client_app.evaluate(tasks[2], _context())
     assert dict(both.content[VALIDATION_KEY]) == dict(alone.content["metrics"])
     assert both.content["metrics"]["train_loss"] == plain.content["metrics"]["train_loss"]
+
+
+@pytest.mark.parametrize(
+    ("noise", "clip", "charged"),
+    [("0", "0", 0.0), ("8", "0", 8.0), ("8", "1000000", 8.0 / 2**0.5)],
+)
+def test_fraud_amount_sums_travel_only_as_the_regions_policy_allows(
+    monkeypatch: pytest.MonkeyPatch, noise: str, clip: str, charged: float
+) -> None:
+    """Exact answers carry exact sums; a privatized answer carries them only with a clip, noised
+    like its counts and charged as the second release it is (noise multiplier σ/√2); without a
+    clip it leaves them out. Never an exact sum beside noisy counts."""
+    from flame.data.features import amounts
+    from flame.fl.client_app import region_arrays
+    from flame.fl.ledger import Ledger
+    from flame.fl.region_secret import region_folder
+    from flame.model import metrics as fm
+
+    monkeypatch.setenv("FLAME_POLICY_EVAL_NOISE", noise)
+    monkeypatch.setenv("FLAME_POLICY_AMOUNT_CLIP", clip)
+    server = load_settings(synth_rows=4000, synth_fraud_rate=0.05)
+    answer = client_app.evaluate(_task(server, "evaluate"), _context()).content["metrics"]
+    settings = client_app.task_settings(_task(server))
+    with Ledger(region_folder(settings.state_dir, "us")) as ledger:
+        (release,) = ledger.releases()
+    assert release.noise == pytest.approx(charged)
+    if clip == "0" and noise != "0":
+        assert "hist_amount" not in answer
+        return
+    x, y = region_arrays(settings.model_dump_json(), "us", "")["val"]
+    money = amounts(x)[y == 1]
+    if noise == "0":  # the exact sum of the fraud rows' amounts, bin by bin
+        assert sum(answer["hist_amount"]) == pytest.approx(money.sum(), rel=1e-6)
+    else:  # noisy, in the clip's units: not the exact sum, same bins as the counts
+        assert len(answer["hist_amount"]) == len(answer["hist_pos"])
+        assert sum(answer["hist_amount"]) != pytest.approx(np.minimum(money, 1e6).sum())
+        return
+    assert 0 <= fm.alert_figures(answer, 0.5, 0.0)["amount_recall"] <= 1

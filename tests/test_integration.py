@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flame.data.synth import generate
+from flame.model import metrics as fm
 from flame.model.net import load_model
 from flame.model.score import score_frame
 from flame.ops.local_deployment import free_port
@@ -63,6 +64,18 @@ def test_two_round_simulation_on_synthetic_data(tmp_path: Path) -> None:
     server_best = rows[(rows["kind"] == "server") & (rows["round"] == best)].iloc[0]
     assert selected["round"] == best and selected["pr_auc"] == pytest.approx(server_best["pr_auc"])
     assert card.metrics["pr_auc"] == pytest.approx(selected["pr_auc"])
+    # the alert budget (FLAME_ALERT_RATE's default): the stored threshold is the cut of the
+    # selected model's pooled validation histogram (kept in its card) closest to 0.5 % alerts
+    assert card.alert_rate == 0.005 and card.drop_balance_features  # the defaults
+    counts = card.validation_score_counts
+    assert len(card.validation_score_edges) == len(counts) + 1 == fm.BINS + 1
+    assert sum(counts) == rows.loc[(rows["kind"] == "client_aggregate") & (rows["round"] == best),
+                                   "num_examples"].iloc[0]  # fmt: skip
+    assert card.threshold == fm.budget_threshold(counts, [0] * len(counts), 0.005)
+    for kind in ("server", "client_aggregate", "client:us", "selected"):
+        figures = rows.loc[(rows["kind"] == kind) & (rows["round"] >= 1), fm.ALERT_FIGURES]
+        assert figures.notna().all().all(), kind
+    assert card.metrics["precision_at_budget"] == pytest.approx(selected["precision_at_budget"])
 
     scored = tmp_path / "scored.csv"
     data = tmp_path / "fresh.csv"
@@ -74,9 +87,10 @@ def test_two_round_simulation_on_synthetic_data(tmp_path: Path) -> None:
 
 
 def test_federated_run_on_real_paysim_rows(tmp_path: Path, real_dir: Path) -> None:
-    """The three real samples, pooled and split into us/eu with a held-out test set."""
+    """The three real samples, pooled and split into us/eu with a held-out test set (the
+    model with the balance columns: the one that separates fraud almost perfectly)."""
     out = tmp_path / "real"
-    run_main(["--rounds", "3", "--data", str(real_dir), "--out", str(out)])
+    run_main(["--rounds", "3", "--data", str(real_dir), "--with-balances", "--out", str(out)])
     rows = evaluate_rows(out)
     final = rows[(rows["kind"] == "server") & (rows["round"] == 3)].iloc[0]
     assert final["num_examples"] > 2000

@@ -114,3 +114,101 @@ def test_a_privatized_answer_is_derived_from_its_noisy_histograms_only() -> None
     assert again == answers[0]  # the noise is the generator's: reproducible by its holder
     # empty bins stay empty (no phantom rows): the figures stay usable for model selection
     assert np.mean([a["pr_auc"] for a in answers]) == pytest.approx(exact["pr_auc"], abs=0.05)
+
+
+def test_budget_threshold_is_the_cut_whose_alert_rate_is_closest() -> None:
+    """10 bins; from the top, 7 then 3 then 4 rows: a 1 % budget of 1,010 rows (10.1 alerts)
+    flags the top two bins, whose lower edge is logit 24."""
+    neg = [500, 300, 100, 50, 30, 10, 5, 3, 1, 1]
+    pos = [0, 0, 0, 0, 0, 0, 1, 1, 2, 6]
+    threshold = fm.budget_threshold(pos, neg, 0.01)
+    assert threshold == pytest.approx(fm.sigmoid(24.0))
+    figures = fm.alert_figures({"hist_pos": pos, "hist_neg": neg}, threshold, 0.01)
+    assert figures["precision_at_budget"] == pytest.approx(8 / 10)
+    assert figures["recall_at_budget"] == pytest.approx(8 / 10)
+    assert figures["alert_rate_at_budget"] == pytest.approx(10 / 1010)
+    # 8.5 alerts lie as close to 7 as to 10: the smaller alert load wins
+    assert fm.budget_threshold(pos, neg, 8.5 / 1010) == pytest.approx(fm.sigmoid(32.0))
+    assert fm.budget_threshold(pos, neg, 0.5) < fm.budget_threshold(pos, neg, 0.05)
+
+
+def test_alert_figures_at_a_fixed_threshold_and_without_a_budget() -> None:
+    record = {"hist_pos": [0, 0, 1, 3], "hist_neg": [90, 5, 1, 0], "hist_amount": [0, 0, 50, 150]}
+    figures = fm.alert_figures(record, fm.sigmoid(20.0), 0.0)  # the top bin only
+    assert figures == {"recall_at_1pct_fpr": 0.75, "amount_recall": 0.75}
+    # at 1 % FPR: one false alert of 96 is 1.04 %, so only the top bin counts
+    assert fm.recall_at_fpr([0, 0, 1, 3], [90, 5, 1, 0], 0.0105) == 1.0
+
+
+def test_pooled_alert_figures_match_the_raw_scores(
+    regions: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Two regions' 1,600-bin answers, pooled, against scikit-learn on the pooled raw scores:
+    exact at the bin-edge threshold the budget picks, recall at 1 % FPR within one bin."""
+    from sklearn.metrics import precision_score, recall_score, roc_curve
+
+    rng = np.random.default_rng(1)
+    amounts = [rng.lognormal(10, 2, len(y)) for _, y in regions]
+    answers = [
+        fm.region_metrics(z, y, 0.5, amounts=fm.Amounts(a))
+        for (z, y), a in zip(regions, amounts, strict=True)
+    ]
+    pooled = fm.pool(answers)
+    threshold = fm.chosen_threshold(pooled, 0.02)
+    figures = fm.alert_figures(pooled, threshold, 0.02)
+    z, y = np.concatenate([r[0] for r in regions]), np.concatenate([r[1] for r in regions])
+    amount = np.concatenate(amounts)
+    predicted = fm.sigmoid(z) >= threshold
+    assert figures["alert_rate_at_budget"] == pytest.approx(predicted.mean(), abs=1e-12)
+    assert abs(figures["alert_rate_at_budget"] - 0.02) < 0.005  # the bins allow this close
+    assert figures["precision_at_budget"] == pytest.approx(precision_score(y, predicted))
+    assert figures["recall_at_budget"] == pytest.approx(recall_score(y, predicted))
+    caught = amount[predicted & (y == 1)].sum() / amount[y == 1].sum()
+    assert figures["amount_recall"] == pytest.approx(caught, rel=1e-9)
+    fpr, tpr, _ = roc_curve(y, z)
+    exact = tpr[fpr <= 0.01].max()
+    assert exact - 0.02 <= figures["recall_at_1pct_fpr"] <= exact
+    raw = fm.exact_alerts(z, y, amount, threshold, 0.02)
+    for key, value in figures.items():
+        assert raw[key] == pytest.approx(value, abs=0.02), key
+
+
+def test_amount_recall_is_the_share_of_fraud_money_caught() -> None:
+    z = np.array([5.0, -5.0, 5.0, -5.0, 5.0])
+    y = np.array([1.0, 1.0, 0.0, 0.0, 1.0])
+    amount = np.array([900.0, 100.0, 7.0, 3.0, 0.0])
+    exact = fm.exact_alerts(z, y, amount, 0.5, 0.0)
+    assert exact["amount_recall"] == pytest.approx(0.9)  # 900 of 1,000 caught, 2 of 3 frauds
+    answer = fm.region_metrics(z, y, 0.5, bins=25, amounts=fm.Amounts(amount))
+    assert fm.alert_figures(answer, 0.5, 0.0)["amount_recall"] == pytest.approx(0.9)
+    clipped = fm.region_metrics(z, y, 0.5, bins=25, amounts=fm.Amounts(amount, clip=100.0))
+    assert sum(clipped["hist_amount"]) == pytest.approx(200.0)  # each fraud counts up to 100
+    assert fm.alert_figures(clipped, 0.5, 0.0)["amount_recall"] == pytest.approx(0.5)
+
+
+def test_privatized_amount_sums_are_noised_in_units_of_their_clip() -> None:
+    z = np.r_[np.full(40, 6.0), np.full(60, -6.0)]
+    y = np.r_[np.ones(40), np.zeros(60)]
+    amounts = fm.Amounts(np.full(100, 5_000.0), clip=1_000.0)
+    zero = fm.region_metrics(z, y, 0.5, 25, 2.0, np.zeros, amounts)  # noise drawn as 0
+    assert sum(zero["hist_amount"]) == pytest.approx(40 * 1_000.0)
+    draws = [
+        fm.region_metrics(z, y, 0.5, 25, 2.0, np.random.default_rng(s).standard_normal, amounts)
+        for s in range(200)
+    ]
+    fraud_bin = int(np.argmax(zero["hist_amount"]))
+    sums = np.array([d["hist_amount"][fraud_bin] for d in draws]) / 1_000.0
+    assert sums.std() == pytest.approx(2.0, rel=0.2)  # the counts' noise, in clip units
+    assert sums.mean() == pytest.approx(40, abs=0.5)
+    assert all(d["hist_amount"][0] == 0 for d in draws)  # empty bins stay empty (suppressed)
+
+
+def test_pooled_amounts_only_when_every_region_sent_them(
+    regions: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    (z1, y1), (z2, y2) = regions
+    with_sums = fm.region_metrics(z1, y1, 0.5, amounts=fm.Amounts(np.ones(len(y1))))
+    without = fm.region_metrics(z2, y2, 0.5)
+    assert "hist_amount" not in fm.pool([with_sums, without])
+    assert "amount_recall" not in fm.alert_figures(fm.pool([with_sums, without]), 0.5, 0.0)
+    assert len(fm.pool([with_sums, with_sums])["hist_amount"]) == fm.BINS

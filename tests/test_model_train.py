@@ -95,3 +95,17 @@ def test_numpy_scoring_equals_the_torch_model_in_eval_mode() -> None:
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     expected = predict_logits(model, x)
     assert np.allclose(mlp_logits(state, x.numpy(), batch_size=300), expected, atol=1e-5)
+
+
+def test_a_card_from_before_the_alert_budget_still_loads(tmp_path: Path) -> None:
+    import torch
+
+    model = build_model(card(), seed=0)
+    save_model(tmp_path / "model.pt", model, card())
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    new_fields = ("alert_rate", "validation_score_edges", "validation_score_counts")
+    old = {k: v for k, v in saved["card"].items() if k not in new_fields}
+    torch.save(saved | {"card": old}, tmp_path / "old.pt")
+    _, loaded = load_model(tmp_path / "old.pt")
+    assert loaded.alert_rate == 0.0
+    assert loaded.validation_score_edges == [] and loaded.validation_score_counts == []

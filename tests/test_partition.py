@@ -83,7 +83,9 @@ def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
 
 
 def test_drop_balances_is_a_column_slice_of_the_cache() -> None:
-    full = region_arrays(load_settings(synth_rows=5_000), "us")["train"][0]
+    with_balances = load_settings(synth_rows=5_000, drop_balance_features=False)
+    full = region_arrays(with_balances, "us")["train"][0]
+    assert full.shape[1] == len(feature_names(False))
     dropped = region_arrays(load_settings(synth_rows=5_000, drop_balance_features=True), "us")
     assert dropped["train"][0].shape[1] == len(feature_names(True))
     assert np.array_equal(dropped["train"][0], full[:, : len(feature_names(True))])

@@ -14,11 +14,36 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_env_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLAME_REGIONS", "us, eu ,apac")
     monkeypatch.setenv("FLAME_HIDDEN_SIZES", "32,16")
-    monkeypatch.setenv("FLAME_DROP_BALANCE_FEATURES", "true")
+    monkeypatch.setenv("FLAME_DROP_BALANCE_FEATURES", "false")
+    monkeypatch.setenv("FLAME_ALERT_RATE", "0.01")
     settings = load_settings()
     assert settings.regions == ["us", "eu", "apac"]
     assert settings.hidden_sizes == [32, 16]
-    assert settings.drop_balance_features
+    assert not settings.drop_balance_features and settings.alert_rate == 0.01
+
+
+def test_defaults_are_the_data_owners_model_and_an_alert_budget() -> None:
+    settings = load_settings()
+    assert settings.drop_balance_features  # the balance columns are opted into, not out of
+    assert settings.alert_rate == 0.005 and settings.threshold == 0
+    assert load_settings(alert_rate=0).alert_rate == 0  # 0: the F1-optimal threshold
+    assert load_settings({"alert-rate": 0.02}).alert_rate == 0.02  # a run setting
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1", "1.5", "x"])
+def test_an_alert_rate_outside_0_to_1_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("FLAME_ALERT_RATE", value)
+    with pytest.raises(SettingsError, match=r"^invalid setting: FLAME_ALERT_RATE: ") as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
+def test_a_fixed_threshold_and_an_alert_budget_are_refused_together() -> None:
+    with pytest.raises(SettingsError, match=r"FLAME_THRESHOLD=0\.7 and FLAME_ALERT_RATE=0\.005"):
+        load_settings(threshold=0.7)
+    assert load_settings(threshold=0.7, alert_rate=0).threshold == 0.7
 
 
 def test_run_config_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:

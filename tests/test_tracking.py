@@ -28,6 +28,19 @@ def test_csv_and_tensorboard(tmp_path: Path) -> None:
     assert any((tmp_path / "tensorboard").iterdir())
 
 
+def test_the_alert_figures_are_columns_of_metrics_csv(tmp_path: Path) -> None:
+    figures = {
+        "precision_at_budget": 0.4, "recall_at_budget": 0.6, "alert_rate_at_budget": 0.005,
+        "recall_at_1pct_fpr": 0.8, "amount_recall": 0.7,
+    }  # fmt: skip
+    tracker = Tracker(load_settings(tensorboard=False), tmp_path, {})
+    tracker.log("server", 1, "evaluate", figures | {"hist_amount": [1.0, 2.0]})
+    tracker.close()
+    row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
+    assert {k: row[k] for k in figures} == figures
+    assert "hist_amount" not in row
+
+
 def test_unreachable_mlflow_does_not_break(tmp_path: Path) -> None:
     settings = load_settings(mlflow=True, mlflow_tracking_uri="http://127.0.0.1:9")
     tracker = Tracker(settings, tmp_path, {})
@@ -49,7 +62,8 @@ def test_real_mlflow_server_receives_metrics(tmp_path: Path, mlflow_server: str)
     settings = load_settings(mlflow=True, mlflow_tracking_uri=mlflow_server)
     tracker = Tracker(settings, tmp_path / "run1", {"seed": 3})
     tracker.log("server", 1, "evaluate", {"pr_auc": 0.9})
-    tracker.log("server", 2, "evaluate", {"pr_auc": 0.95})
+    tracker.log("server", 2, "evaluate", {"pr_auc": 0.95, "precision_at_budget": 0.4})
+    tracker.log("client_aggregate", 2, "evaluate", {"amount_recall": 0.7, "hist_pos": [1, 2]})
     (tmp_path / "a.txt").write_text("x")
     tracker.artifacts([tmp_path / "a.txt"])
     run_id = tracker.sinks["mlflow"].run_id
@@ -59,6 +73,8 @@ def test_real_mlflow_server_receives_metrics(tmp_path: Path, mlflow_server: str)
     with urllib.request.urlopen(query) as reply:
         history = json.load(reply)["metrics"]
     assert [(m["step"], m["value"]) for m in history] == [(1, 0.9), (2, 0.95)]
+    assert _history(mlflow_server, run_id, "server/precision_at_budget") == [(2, 0.4)]
+    assert _history(mlflow_server, run_id, "client_aggregate/amount_recall") == [(2, 0.7)]
     with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run_id}") as r:
         run = json.load(r)["run"]
     assert run["info"]["status"] == "FINISHED"
@@ -191,3 +207,20 @@ def test_values_count_as_delivered_only_once_mlflow_took_them(tmp_path: Path) ->
     assert deliver(client, "run", tmp_path / "metrics.csv", sent) == 2
     assert sorted(client.logged) == [("server/loss", 1, 0.1), ("server/pr_auc", 1, 0.5)]
     assert deliver(client, "run", tmp_path / "metrics.csv", sent) == 0
+
+
+def test_the_pr_curve_marks_the_alert_budgets_operating_point(tmp_path: Path) -> None:
+    import numpy as np
+
+    from flame.track import plots
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.05).astype(float)
+    logits = rng.normal(0, 1, 2000) + 3 * y
+    point = plots.OperatingPoint(recall=0.4, precision=0.8, budget=0.005, realised=0.0049)
+    assert point.label == "alert budget 0.50% (realised 0.49%): P 0.800, R 0.400"
+    plain = plots.curves(logits, y, tmp_path / "plain", "t")
+    marked = plots.curves(logits, y, tmp_path / "marked", "t", point)
+    assert [p.name for p in marked] == ["roc_curve.png", "pr_curve.png"]
+    assert marked[0].read_bytes() == plain[0].read_bytes()  # the ROC curve has no marker
+    assert marked[1].read_bytes() != plain[1].read_bytes()

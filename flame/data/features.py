@@ -65,6 +65,13 @@ def signed_log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x)) / LOG_SCALE
 
 
+def amounts(x: np.ndarray) -> np.ndarray:
+    """Each row's amount, read back from its ``log_amount`` feature (PaySim amounts are >= 0;
+    float32 features keep it to about 1e-6 relative)."""
+    column = feature_names().index("log_amount")
+    return np.expm1(np.abs(x[:, column].astype(np.float64)) * LOG_SCALE)
+
+
 def feature_names(drop_balances: bool = False) -> list[str]:
     names = [f"type_{t}" for t in TYPES] + ["log_amount", "hour_sin", "hour_cos"]
     names += ["dest_is_merchant", *AMOUNT_FLAGS]

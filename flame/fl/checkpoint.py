@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ FOLDER = "checkpoint"
 # settings a resumed run must share with the run it continues
 FIXED = (
     "regions", "hidden_sizes", "drop_balance_features", "aggregation", "codec", "seed",
-    "pretrain_rows", "evaluate_in_train",
+    "pretrain_rows", "evaluate_in_train", "alert_rate",
 )  # fmt: skip
 
 
@@ -35,6 +35,7 @@ class Checkpoint:
     selected_round: int = 0  # the best round so far by validation (its weights: selected.npz)
     selected_threshold: float = 0.5
     selected_val_pr_auc: float = float("nan")
+    selected_val_counts: list[float] = field(default_factory=list)  # its validation histogram
 
 
 def fixed_settings(settings: FlameSettings) -> dict[str, object]:

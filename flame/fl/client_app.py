@@ -29,6 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
+from flame.data.features import amounts
 from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.packing import packed_arrays
@@ -302,8 +303,10 @@ def validation(msg: Message, context: Context) -> MetricRecord:
     started = time.perf_counter()
     settings, region, (x_val, y_val) = _setup(msg, context, "val")
     state = RegionState.of_task(msg, settings, region)
-    noise = settings.policy_eval_noise
-    _, key = state.charge(EVALUATE, noise, 1.0, 1)  # one Gaussian answer, L2 sensitivity 1
+    noise, amounts = settings.policy_eval_noise, fraud_amounts(settings, x_val)
+    # with amount sums a privatized answer is two Gaussian releases of sensitivity 1 at σ:
+    # charged as one of sensitivity √2, i.e. noise multiplier σ/√2
+    _, key = state.charge(EVALUATE, noise / math.sqrt(2) if amounts else noise, 1.0, 1)
     received: ArrayRecord = msg.content["arrays"]
     logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
     threshold = float(msg.content["config"]["threshold"])
@@ -311,7 +314,7 @@ def validation(msg: Message, context: Context) -> MetricRecord:
 
     normal = SecretStream(key).normal if noise else None
     bins = settings.policy_histogram_bins
-    record = fm.region_metrics(logits, y_val, threshold, bins, noise, normal)
+    record = fm.region_metrics(logits, y_val, threshold, bins, noise, normal, amounts)
     record["threshold"] = threshold
     log.info(
         "%s evaluate: %d rows in %.2f s (process up %.2f s), PR-AUC %.4f%s",
@@ -319,6 +322,21 @@ def validation(msg: Message, context: Context) -> MetricRecord:
         f" (privatized, noise {noise:g})" if noise else "",
     )  # fmt: skip
     return MetricRecord(record)  # type: ignore[arg-type]
+
+
+def fraud_amounts(settings: FlameSettings, x_val: np.ndarray) -> fm.Amounts | None:
+    """The validation rows' amounts for the per-bin fraud amount sums, as this region's policy
+    allows: exact answers carry exact sums; privatized ones only with FLAME_POLICY_AMOUNT_CLIP
+    (each amount clipped to it, noised like the counts), else none."""
+    if not settings.policy_eval_noise:
+        return fm.Amounts(amounts(x_val))
+    if not settings.policy_amount_clip:
+        log.info(
+            "evaluate: no fraud amount sums in this privatized answer "
+            "(region policy: FLAME_POLICY_AMOUNT_CLIP=0)"
+        )
+        return None
+    return fm.Amounts(amounts(x_val), settings.policy_amount_clip)
 
 
 @app.evaluate()

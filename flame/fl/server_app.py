@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from flame.data.features import feature_names
+from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
 from flame.fl.packing import PackedGrid
@@ -41,16 +41,22 @@ app = ServerApp()
 class ServerEvaluator:
     """Scores a global model on the server's held-out test set."""
 
-    def __init__(self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray]) -> None:
-        self.model, (self.x, self.y) = model, test
+    def __init__(
+        self, model: FraudMLP, test: tuple[torch.Tensor, np.ndarray], alert_rate: float = 0.0
+    ) -> None:
+        self.model, (self.x, self.y), self.alert_rate = model, test, alert_rate
         shared = len(feature_names(drop_balances=True))  # columns every model variant has
         self.test_digest = test_set_digest(self.x.numpy(), self.y, shared)
+        self.amounts = amounts(self.x.numpy())
 
-    def score(self, arrays: ArrayRecord, threshold: float) -> dict[str, float]:
-        """Test-set metrics of ``arrays`` (its logits kept in ``self.logits``)."""
+    def score(self, arrays: ArrayRecord, threshold: float, budget: bool = True) -> dict[str, float]:
+        """Test-set metrics of ``arrays``, alert figures included (its logits kept in
+        ``self.logits``); the figures at the budget only when ``threshold`` was chosen for it."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         self.logits = predict_logits(self.model, self.x)
-        return fm.exact_metrics(self.logits, self.y, threshold)
+        rate = self.alert_rate if budget else 0.0
+        alerts = fm.exact_alerts(self.logits, self.y, self.amounts, threshold, rate)
+        return fm.exact_metrics(self.logits, self.y, threshold) | alerts
 
 
 class RoundEnd:
@@ -84,7 +90,9 @@ class RoundEnd:
     def log_round(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         """Score round ``rnd``'s model on the test set at its own threshold, and log it."""
         threshold, clients = self.strategy.scored.get(rnd, (self.strategy.threshold, None))
-        scored = self.evaluator.score(arrays, threshold)
+        # round 0 (or a run whose regions never score): no threshold was chosen for the budget
+        chosen = self.strategy.auto_threshold and clients is not None
+        scored = self.evaluator.score(arrays, threshold, budget=chosen)
         self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
         log.info(_summary(rnd, scored, clients if rnd else None))
         return MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
@@ -94,7 +102,10 @@ class RoundEnd:
         chosen, selected = self.strategy.selected, None
         if chosen is not None:
             state.selected_round, state.selected_threshold = chosen.round, chosen.threshold
-            state.selected_val_pr_auc = chosen.val_pr_auc
+            state.selected_val_pr_auc, state.selected_val_counts = (
+                chosen.val_pr_auc,
+                chosen.val_counts,
+            )
             selected = {k: chosen.arrays[k].numpy() for k in chosen.arrays}
         checkpoint.save(self.folder, state, {k: arrays[k].numpy() for k in arrays}, selected)
 
@@ -108,6 +119,11 @@ def _summary(rnd: int, server: dict[str, float], clients: MetricRecord | None) -
         )
 
     text = f"round {rnd} | server test: {part(server)} @ threshold {server['threshold']:.6f}"
+    if "precision_at_budget" in server:
+        text += (
+            f" (alert budget: P {server['precision_at_budget']:.3f} R "
+            f"{server['recall_at_budget']:.3f}, alerts {server['alert_rate_at_budget']:.2%})"
+        )
     return text + (f" | clients (pooled val): {part(clients)}" if clients else "")
 
 
@@ -162,6 +178,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info(privacy_line(settings))
 
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
+    card.alert_rate = settings.alert_rate
     model = initial_model(
         card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,
         settings.cache_dir, warm=resumed is None,
@@ -171,7 +188,7 @@ def main(grid: Grid, context: Context) -> None:
     resume_after = done if settings.resume else None
     tracker = Tracker(settings, out, params, resume_after, evaluated_through=logged)
     strategy = build_strategy(settings, tracker)
-    evaluator = ServerEvaluator(model, (x_test, y_test))
+    evaluator = ServerEvaluator(model, (x_test, y_test), settings.alert_rate)
     round_end = RoundEnd(evaluator, strategy, out, checkpoint.fixed_settings(settings))
     if not settings.resume:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
@@ -181,8 +198,9 @@ def main(grid: Grid, context: Context) -> None:
         if selected is not None:
             weights = ArrayRecord({k: torch.from_numpy(v) for k, v in selected.items()})
             strategy.selected = Selected(
-                state.selected_round, weights, state.selected_threshold, state.selected_val_pr_auc
-            )
+                state.selected_round, weights, state.selected_threshold,
+                state.selected_val_pr_auc, state.selected_val_counts,
+            )  # fmt: skip
     sent = ConfigRecord({RUN_SETTINGS_KEY: run_settings(settings)})  # every task carries them
     initial = ArrayRecord(model.state_dict())
     runner: Strategy = strategy
@@ -243,6 +261,16 @@ def model_tags(digest: str, settings: FlameSettings, epsilon: float) -> dict[str
     return tags
 
 
+def operating_point(card: ModelCard) -> plots.OperatingPoint | None:
+    """The alert budget's point on the test set's PR curve (a run with FLAME_ALERT_RATE)."""
+    if not card.alert_rate or "precision_at_budget" not in card.metrics:
+        return None
+    m = card.metrics
+    return plots.OperatingPoint(
+        m["recall_at_budget"], m["precision_at_budget"], card.alert_rate, m["alert_rate_at_budget"]
+    )
+
+
 def finish(
     out: Path,
     model: FraudMLP,
@@ -258,18 +286,23 @@ def finish(
     chosen = strategy.selected
     if chosen is not None:
         arrays, card.threshold, card.selected_round = chosen.arrays, chosen.threshold, chosen.round
+        card.validation_score_counts = chosen.val_counts
+        card.validation_score_edges = fm.probability_edges(len(chosen.val_counts))
         log.info(
             "Selected round %d: pooled client validation PR-AUC %.4f",
             chosen.round, chosen.val_pr_auc,
         )  # fmt: skip
     else:
         card.threshold = strategy.threshold
-    card.metrics = {k: float(v) for k, v in evaluator.score(arrays, card.threshold).items()}
+    scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
+    card.metrics = {k: float(v) for k, v in scored.items()}
     model.load_state_dict(arrays.to_torch_state_dict())
     save_model(out / "model.pt", model, card)
     tracker.log(SELECTED, card.selected_round, "evaluate", card.metrics)
     artifacts = [out / "model.pt"]
-    artifacts += plots.curves(evaluator.logits, evaluator.y, out, "server test set")
+    artifacts += plots.curves(
+        evaluator.logits, evaluator.y, out, "server test set", operating_point(card)
+    )
     if (table := tracker.close_csv()) is not None:
         artifacts += [table, plots.rounds(table, out)]
     tracker.artifacts(artifacts)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -79,6 +80,7 @@ class Selected:
     arrays: ArrayRecord
     threshold: float
     val_pr_auc: float
+    val_counts: list[float] = field(default_factory=list)  # its pooled validation histogram
 
 
 class FlameStrategy(FedAvg):
@@ -86,8 +88,11 @@ class FlameStrategy(FedAvg):
 
     Used as a mixin in front of the chosen aggregator (see ``build_strategy``).
 
-    With ``threshold == 0`` the threshold is re-chosen every round as the F1-optimal cut of the
-    pooled client *validation* scores; the server's test set is never used to choose it.
+    With ``threshold == 0`` the threshold is re-chosen every round on the pooled client
+    *validation* scores: the cut whose alert rate is closest to ``alert_rate``, or with
+    ``alert_rate == 0`` the F1-optimal cut; the server's test set is never used to choose it.
+    Every client row of round r carries the alert figures at the threshold round r chose
+    (``flame.model.metrics.alert_figures``).
 
     ``selected`` is the model to save: with ``select_best`` the round with the highest pooled
     client validation PR-AUC (ties: the earlier round), else the last evaluated round.
@@ -107,6 +112,7 @@ class FlameStrategy(FedAvg):
         select_best: bool = True,
         evaluate_in_train: bool = False,
         last_round: int = 0,
+        alert_rate: float = 0.0,
         **kwargs: object,
     ) -> None:
         super().__init__(  # type: ignore[call-arg]
@@ -119,6 +125,7 @@ class FlameStrategy(FedAvg):
         self.round_arrays: ArrayRecord | None = None
         self.auto_threshold = threshold == 0.0
         self.threshold = threshold or 0.5
+        self.alert_rate = alert_rate
         self.regions = list(regions)
         self.offset = 0  # rounds completed before this run started (resume)
         self.select_best = select_best
@@ -252,30 +259,36 @@ class FlameStrategy(FedAvg):
     ) -> MetricRecord | None:
         """Log each region's and the pooled validation metrics of round ``server_round``'s
         model, tune the threshold on them and consider the model for saving."""
-        for region, metrics in scored:
-            record = dict(metrics) | fm.from_confusion(*(metrics[k] for k in fm.COUNTS))
-            self.tracker.log(client_kind(region), server_round, "evaluate", record)
         records = [RecordDict({"metrics": metrics}) for _, metrics in scored]
         pooled = pooled_evaluate(records, self.weighted_by_key) if records else None
+        sent = self.threshold  # the threshold the regions scored at
+        if pooled is not None and self.auto_threshold:
+            self.threshold = fm.chosen_threshold(pooled, self.alert_rate)
+        for region, metrics in scored:
+            record = dict(metrics) | fm.from_confusion(*(metrics[k] for k in fm.COUNTS))
+            alerts = fm.alert_figures(metrics, self.threshold, self.alert_rate)
+            self.tracker.log(client_kind(region), server_round, "evaluate", record | alerts)
         if pooled is None:
             self.tracker.log(CLIENTS, server_round, "evaluate", roll)
         else:
-            row = dict(pooled) | {"threshold": self.threshold} | roll
+            alerts = fm.alert_figures(pooled, self.threshold, self.alert_rate)
+            row = dict(pooled) | alerts | {"threshold": sent} | roll
             self.tracker.log(CLIENTS, server_round, "evaluate", row)
-            if self.auto_threshold:
-                self.threshold = fm.best_threshold(pooled["hist_pos"], pooled["hist_neg"])
-            self.consider(server_round, float(pooled["pr_auc"]))
+            counts = [float(v) for v in np.add(pooled["hist_pos"], pooled["hist_neg"])]
+            self.consider(server_round, float(pooled["pr_auc"]), counts)
         self.scored[server_round] = (self.threshold, pooled)
         return pooled
 
-    def consider(self, server_round: int, val_pr_auc: float) -> None:
+    def consider(self, server_round: int, val_pr_auc: float, val_counts: list[float]) -> None:
         """Keep this round's model if it is the one to save (see the class docstring)."""
         if self.eval_arrays is None:
             return
         best = self.selected
         better = best is None or math.isnan(best.val_pr_auc) or val_pr_auc > best.val_pr_auc
         if not self.select_best or better:
-            self.selected = Selected(server_round, self.eval_arrays, self.threshold, val_pr_auc)
+            self.selected = Selected(
+                server_round, self.eval_arrays, self.threshold, val_pr_auc, val_counts
+            )
 
 
 class ClippedNoisy(DifferentialPrivacyServerSideFixedClipping):
@@ -336,6 +349,6 @@ def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
         tracker, settings.threshold, settings.codec, settings.regions,
         select_best=settings.model_selection == "best-val",
         evaluate_in_train=one_message_per_round(settings), last_round=settings.num_server_rounds,
-        **kwargs,
+        alert_rate=settings.alert_rate, **kwargs,
     )  # fmt: skip
     return strategy  # type: ignore[return-value]

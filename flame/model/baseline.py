@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flame.data.features import amounts
 from flame.data.partition import heldout_arrays, region_arrays
 from flame.model import metrics as fm
 from flame.model.net import new_card, save_model
@@ -52,27 +53,35 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
     )  # fmt: skip
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
     csv = CsvSink(out / "metrics.csv") if out is not None else None
-    best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+    best: tuple[float, int, float, dict[str, torch.Tensor], list[float]] | None = None
     for rnd in range(1, plan.rounds + 1):
         loss = train_steps(
             model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
             pos_weight=pos_weight, seed=settings.seed + rnd, desc=f"central round {rnd}",
         )  # fmt: skip
         val_logits = predict_logits(model, x_val)
-        threshold = settings.threshold or fm.best_threshold(
-            *fm.histograms(val_logits, y_val.numpy())
+        pos, neg = fm.histograms(val_logits, y_val.numpy())
+        chosen = fm.chosen_threshold({"hist_pos": pos, "hist_neg": neg}, settings.alert_rate)
+        threshold = settings.threshold or chosen
+        val = fm.exact_metrics(val_logits, y_val.numpy(), threshold) | fm.exact_alerts(
+            val_logits, y_val.numpy(), amounts(x_val.numpy()), threshold, settings.alert_rate
         )
-        val = fm.exact_metrics(val_logits, y_val.numpy(), threshold)
         if csv is not None:
             csv.log(CENTRAL, rnd, "train", {"loss": loss, "num_examples": len(y)})
             csv.log(CENTRAL, rnd, "evaluate", val)
         last = settings.model_selection == "last"
         if last or best is None or math.isnan(best[0]) or val["pr_auc"] > best[0]:
-            best = (val["pr_auc"], rnd, threshold, copy.deepcopy(model.state_dict()))
+            counts = np.add(pos, neg).astype(float).tolist()
+            best = (val["pr_auc"], rnd, threshold, copy.deepcopy(model.state_dict()), counts)
     assert best is not None
-    _, card.selected_round, card.threshold, state = best
+    _, card.selected_round, card.threshold, state, card.validation_score_counts = best
+    card.validation_score_edges = fm.probability_edges(fm.BINS)
+    card.alert_rate = settings.alert_rate
     model.load_state_dict(state)
-    result = fm.exact_metrics(predict_logits(model, x_test), y_test.numpy(), card.threshold)
+    test_logits = predict_logits(model, x_test)
+    result = fm.exact_metrics(test_logits, y_test.numpy(), card.threshold) | fm.exact_alerts(
+        test_logits, y_test.numpy(), amounts(x_test.numpy()), card.threshold, settings.alert_rate
+    )
     result |= {"steps": plan.total, "selected_round": card.selected_round}
     card.metrics = {k: float(v) for k, v in result.items()}
     if out is not None and csv is not None:

@@ -12,12 +12,19 @@ server pools at the coarsest) or privatized ones (``FLAME_POLICY_EVAL_NOISE``: G
 on every bin, every other figure of the answer derived from the noisy histograms). Each region's
 own ROC-AUC and PR-AUC (from its own histograms, so a ClientApp never imports scikit-learn) are
 reported on its own row, never combined. The server's test-set metrics are exact (scikit-learn).
+
+Alert figures (``alert_figures``): with an alert budget (the share of rows analysts can review)
+the threshold is the bin edge whose pooled validation alert rate is closest to it
+(``budget_threshold``); precision, recall and alert rate at it, recall at 1 % false-positive
+rate and the amount-weighted recall (share of fraud money caught, from per-bin sums of the fraud
+rows' amounts, ``hist_amount``) come from the same histograms.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +32,11 @@ LOGIT_RANGE = 40.0
 BINS = 1600
 EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
 COUNTS = ("tp", "fp", "fn", "tn")
+ALERT_FIGURES = [
+    "precision_at_budget", "recall_at_budget", "alert_rate_at_budget", "recall_at_1pct_fpr",
+    "amount_recall",
+]  # fmt: skip
+FPR_CAP = 0.01  # recall_at_1pct_fpr: the recall where at most this share of non-frauds alert
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray:
@@ -72,6 +84,30 @@ def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[s
     }
 
 
+def exact_alerts(
+    logits: np.ndarray, y: np.ndarray, amount: np.ndarray, threshold: float, alert_rate: float
+) -> dict[str, float]:
+    """The alert figures on one dataset's rows (see ``alert_figures``), exactly."""
+    from sklearn.metrics import roc_curve
+
+    pred, truth = sigmoid(logits) >= threshold, y.astype(bool)
+    out = {"amount_recall": _share(amount[pred & truth].sum(), amount[truth].sum())}
+    if 0 < truth.sum() < len(y):
+        fpr, tpr, _ = roc_curve(y, logits)
+        out["recall_at_1pct_fpr"] = float(tpr[fpr <= FPR_CAP].max())
+    if alert_rate:
+        out |= {
+            "precision_at_budget": _share((pred & truth).sum(), pred.sum()),
+            "recall_at_budget": _share((pred & truth).sum(), truth.sum()),
+            "alert_rate_at_budget": _share(pred.sum(), len(y)),
+        }
+    return out
+
+
+def _share(part: float, whole: float) -> float:
+    return float(part / whole) if whole else math.nan
+
+
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean unweighted binary cross-entropy of logits (numerically stable)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -80,16 +116,21 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 def region_metrics(
     logits: np.ndarray, y: np.ndarray, threshold: float, bins: int = BINS, noise: float = 0.0,
-    normal: Callable[[int], np.ndarray] | None = None,
+    normal: Callable[[int], np.ndarray] | None = None, amounts: Amounts | None = None,
 ) -> dict[str, object]:  # fmt: skip
     """What a region sends after evaluation: loss, counts, ``bins``-bin histograms and its own
-    AUCs; with ``noise``, all of them from histograms with Gaussian noise of that std (``normal``
-    draws standard normals) on every bin: one Gaussian release of L2 sensitivity 1."""
+    AUCs, and with ``amounts`` the per-bin sums of its fraud rows' amounts; with ``noise``, all
+    of them from histograms with Gaussian noise of that std (``normal`` draws standard normals)
+    on every bin: one Gaussian release of L2 sensitivity 1 per histogram (the amount sums in
+    units of their clip, so one row moves them by at most 1)."""
     pos, neg = (coarsen(h, bins) for h in histograms(logits, y))
+    sums = {} if amounts is None else {"hist_amount": amount_sums(logits, y, amounts, bins)}
     if noise:
         assert normal is not None
         pos, neg = (privatized(h, noise, normal) for h in (pos, neg))
-        return histogram_metrics(pos, neg, threshold)
+        if amounts is not None:
+            sums = {"hist_amount": privatized_sums(sums["hist_amount"], amounts, noise, normal)}
+        return histogram_metrics(pos, neg, threshold) | sums
     return {
         "loss": log_loss(logits, y),
         **from_histograms(pos, neg),
@@ -97,7 +138,37 @@ def region_metrics(
         "hist_pos": pos,
         "hist_neg": neg,
         "num_examples": len(y),
-    }
+    } | sums
+
+
+@dataclass(frozen=True)
+class Amounts:
+    """Each validation row's amount, and the clip one row's amount counts up to (0: none)."""
+
+    values: np.ndarray
+    clip: float = 0.0
+
+
+def amount_sums(logits: np.ndarray, y: np.ndarray, amounts: Amounts, bins: int) -> list[float]:
+    """Per-bin sums of the fraud rows' amounts (each clipped to ``amounts.clip``, if set)."""
+    truth = y.astype(bool)
+    values = amounts.values[truth]
+    if amounts.clip:
+        values = np.minimum(values, amounts.clip)
+    clipped = np.clip(logits[truth], -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
+    sums, _ = np.histogram(clipped, bins=np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins + 1),
+                           weights=values)  # fmt: skip
+    return sums.tolist()
+
+
+def privatized_sums(
+    sums: list[float], amounts: Amounts, noise: float, normal: Callable[[int], np.ndarray]
+) -> list[float]:
+    """The Gaussian mechanism on the amount sums in units of their clip (sensitivity 1), with
+    the same post-processing as the counts (no rounding)."""
+    noisy = np.asarray(sums, dtype=float) / amounts.clip + noise * normal(len(sums))
+    noisy[noisy < SUPPRESS * noise] = 0.0
+    return (noisy * amounts.clip).tolist()
 
 
 def histograms(logits: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int]]:
@@ -111,10 +182,15 @@ def histograms(logits: np.ndarray, y: np.ndarray) -> tuple[list[int], list[int]]
 
 def coarsen(hist: Iterable[float], bins: int) -> list[int]:
     """A histogram summed down to ``bins`` equal bins over the same logit range."""
-    h = np.asarray(list(hist))
+    return summed(hist, bins).astype(int).tolist()
+
+
+def summed(hist: Iterable[float], bins: int) -> np.ndarray:
+    """``hist`` (counts or sums) summed down to ``bins`` equal bins over the same logit range."""
+    h = np.asarray(list(hist), dtype=float)
     if len(h) % bins:
         raise ValueError(f"cannot coarsen a {len(h)}-bin histogram to {bins} bins")
-    return h.reshape(bins, -1).sum(axis=1).astype(int).tolist()
+    return h.reshape(bins, -1).sum(axis=1)
 
 
 SUPPRESS = 3.0  # noisy counts below this many noise stds are read as 0
@@ -234,7 +310,11 @@ def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
     pos = np.sum([coarsen(r["hist_pos"], bins) for r in records], axis=0, dtype=float)  # type: ignore[arg-type]
     neg = np.sum([coarsen(r["hist_neg"], bins) for r in records], axis=0, dtype=float)  # type: ignore[arg-type]
     loss = sum(float(r["loss"]) * float(r["num_examples"]) for r in records) / max(examples, 1)  # type: ignore[arg-type]
-    return {
+    amounts = {}  # only when every region sent them: a partial sum would understate the money
+    if all("hist_amount" in r for r in records):
+        pooled = np.sum([summed(r["hist_amount"], bins) for r in records], axis=0)  # type: ignore[arg-type]
+        amounts = {"hist_amount": pooled.tolist()}
+    return amounts | {
         "loss": loss,
         **from_histograms(pos, neg),
         **counts,
@@ -243,3 +323,77 @@ def pool(records: Iterable[Mapping[str, object]]) -> dict[str, float]:
         "hist_pos": pos.tolist(),
         "hist_neg": neg.tolist(),
     }
+
+
+def edge_threshold(bins: int, cut: int) -> float:
+    """The probability threshold that flags the top ``cut`` of ``bins`` logit bins."""
+    edges = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins + 1)
+    return float(sigmoid(edges[bins - cut]))
+
+
+def flagged_bins(threshold: float, bins: int) -> int:
+    """How many top bins a row at the bin's centre is flagged in at ``threshold`` (compared in
+    logit space: the sigmoid of the top centres rounds to 1.0)."""
+    if threshold <= 0:
+        return bins
+    cut = math.inf if threshold >= 1 else math.log(threshold) - math.log1p(-threshold)
+    return int((centres(bins) >= cut).sum())
+
+
+def budget_threshold(pos: Iterable[float], neg: Iterable[float], alert_rate: float) -> float:
+    """The bin-edge threshold whose alert rate (rows at or above it, of all rows) is closest to
+    ``alert_rate``; between two equally close, the one with fewer alerts."""
+    p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
+    rows = p.sum() + n.sum()
+    if rows == 0:
+        return 0.5
+    tp, fp = _cumulative(p, n)
+    cut = int(np.argmin(np.abs((tp + fp) / rows - alert_rate)))  # the first: fewest alerts
+    return edge_threshold(len(p), cut)
+
+
+def recall_at_fpr(pos: Iterable[float], neg: Iterable[float], max_fpr: float = FPR_CAP) -> float:
+    """Recall at the lowest bin-edge threshold whose false-positive rate is at most
+    ``max_fpr``."""
+    p, n = np.asarray(list(pos), dtype=float), np.asarray(list(neg), dtype=float)
+    if p.sum() == 0 or n.sum() == 0:
+        return math.nan
+    tp, fp = _cumulative(p, n)
+    return float(tp[fp / n.sum() <= max_fpr + 1e-12].max() / p.sum())
+
+
+def alert_figures(
+    record: Mapping[str, object], threshold: float, alert_rate: float
+) -> dict[str, float]:
+    """The alert figures of an evaluation record (its histograms) at ``threshold``: recall at
+    1 % FPR, the amount-weighted recall when it carries amount sums, and with an
+    ``alert_rate`` precision, recall and alert rate at ``threshold`` (the budget's)."""
+    p = np.asarray(record["hist_pos"], dtype=float)  # type: ignore[arg-type]
+    n = np.asarray(record["hist_neg"], dtype=float)  # type: ignore[arg-type]
+    top = len(p) - flagged_bins(threshold, len(p))
+    out = {"recall_at_1pct_fpr": recall_at_fpr(p, n)}
+    if "hist_amount" in record:
+        money = np.asarray(record["hist_amount"], dtype=float)  # type: ignore[arg-type]
+        out["amount_recall"] = _share(money[top:].sum(), money.sum())
+    if alert_rate:
+        tp, alerts = p[top:].sum(), p[top:].sum() + n[top:].sum()
+        out |= {
+            "precision_at_budget": _share(tp, alerts),
+            "recall_at_budget": _share(tp, p.sum()),
+            "alert_rate_at_budget": _share(alerts, p.sum() + n.sum()),
+        }
+    return out
+
+
+def chosen_threshold(record: Mapping[str, object], alert_rate: float) -> float:
+    """The threshold a round chooses on its pooled validation histograms: the alert budget's,
+    else the F1-optimal one."""
+    pos, neg = record["hist_pos"], record["hist_neg"]
+    if alert_rate:
+        return budget_threshold(pos, neg, alert_rate)  # type: ignore[arg-type]
+    return best_threshold(pos, neg)  # type: ignore[arg-type]
+
+
+def probability_edges(bins: int) -> list[float]:
+    """The edges of ``bins`` logit bins, in probability space (``bins + 1`` of them)."""
+    return sigmoid(np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins + 1)).tolist()

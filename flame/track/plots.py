@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,29 @@ def _pyplot() -> pyplot:  # type: ignore[valid-type]
     return plt
 
 
-def curves(logits: np.ndarray, y: np.ndarray, folder: Path, title: str) -> list[Path]:
-    """Write roc_curve.png and pr_curve.png for one scored dataset; returns their paths."""
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where the alert budget puts the model: recall and precision at its threshold."""
+
+    recall: float
+    precision: float
+    budget: float  # the alert rate asked for
+    realised: float  # the alert rate at the threshold on the plotted rows
+
+    @property
+    def label(self) -> str:
+        return (
+            f"alert budget {self.budget:.2%} (realised {self.realised:.2%}): "
+            f"P {self.precision:.3f}, R {self.recall:.3f}"
+        )
+
+
+def curves(
+    logits: np.ndarray, y: np.ndarray, folder: Path, title: str,
+    point: OperatingPoint | None = None,
+) -> list[Path]:  # fmt: skip
+    """Write roc_curve.png and pr_curve.png for one scored dataset (the PR curve marks
+    ``point``, the alert budget's operating point); returns their paths."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     fpr, tpr, _ = roc_curve(y, logits)
@@ -37,6 +59,9 @@ def curves(logits: np.ndarray, y: np.ndarray, folder: Path, title: str) -> list[
     ):
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.plot(xs, ys)
+        if point is not None and name == "pr_curve.png":
+            ax.plot([point.recall], [point.precision], "o", color="tab:red", label=point.label)
+            ax.legend(fontsize=7, loc="lower left")
         ax.set(xlabel=xl, ylabel=yl, title=f"{title}: {name[:-10].upper()} curve")
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -1,6 +1,8 @@
 """The run's model in MLflow: a logged pyfunc model on raw PaySim rows, registered as a new
 version of ``FLAME_MLFLOW_MODEL_NAME``; the alias ``champion`` moves to a new version only when its
-server test PR-AUC beats the champion's on the same test set.
+server test PR-AUC beats the champion's on the same test set and, for a model with an alert
+budget (``FLAME_ALERT_RATE``), its test precision at the budget beats the champion's too (both
+at the same budget).
 
 ``mlflow.pyfunc.load_model(uri).predict(frame)`` takes PaySim rows (a DataFrame with the PaySim
 columns; the label columns are optional and ignored) and returns ``fraud_probability`` and
@@ -116,13 +118,12 @@ def register(model_uri: str, name: str, card: ModelCard, tags: dict[str, str]) -
 
     client = MlflowClient()
     new = mlflow.register_model(model_uri, name)
-    pr_auc = card.metrics.get("pr_auc", float("nan"))
-    tags = tags | {"server_test_pr_auc": f"{pr_auc:.6f}"}
+    tags = tags | scores(card)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    decision = champion_decision(pr_auc, tags["test_set"], champion)
+    decision = champion_decision(tags, champion)
     if decision.startswith("champion"):
         client.set_registered_model_alias(name, CHAMPION, new.version)
     for key, value in (tags | {"champion_decision": decision}).items():
@@ -130,24 +131,58 @@ def register(model_uri: str, name: str, card: ModelCard, tags: dict[str, str]) -
     log.info("Registered %s version %s: %s", name, new.version, decision)
 
 
-def champion_decision(pr_auc: float, test_set: str, champion: Any) -> str:
-    """Why the new version does or does not become the champion (one line)."""
+PR_AUC, PRECISION, BUDGET = "server_test_pr_auc", "server_test_precision_at_budget", "alert_rate"
+
+
+def scores(card: ModelCard) -> dict[str, str]:
+    """The figures a version is judged by, as stored in its tags (6 decimals)."""
+    out = {
+        PR_AUC: f"{card.metrics.get('pr_auc', float('nan')):.6f}",
+        BUDGET: f"{card.alert_rate:g}",
+    }
+    if card.alert_rate:
+        out[PRECISION] = f"{card.metrics.get('precision_at_budget', float('nan')):.6f}"
+    return out
+
+
+def champion_decision(new: dict[str, str], champion: Any) -> str:
+    """Why the new version (its tags: ``test_set`` and ``scores``) does or does not become the
+    champion (one line): it must beat the champion's test PR-AUC and, with an alert budget,
+    its precision at the budget, on the same test set at the same budget."""
+    pr_auc = float(new[PR_AUC])
     if not np.isfinite(pr_auc):
         return "not champion: its test PR-AUC is undefined (no fraud in the test set?)"
     if champion is None:
         return f"champion: the first version with a test PR-AUC ({pr_auc:.4f})"
-    held = champion.tags.get("server_test_pr_auc")
-    if champion.tags.get("test_set") != test_set:
+    held, version = champion.tags, champion.version
+    if held.get("test_set") != new["test_set"]:
         return (
-            f"not champion: version {champion.version} was scored on a different test set, "
+            f"not champion: version {version} was scored on a different test set, "
             "so the two PR-AUCs are not comparable"
         )
-    if held is None or round(pr_auc, 6) <= float(held):  # compared as stored: 1e-16 is no gain
+    if held.get(BUDGET, "0") != new[BUDGET]:
         return (
-            f"not champion: test PR-AUC {pr_auc:.4f} does not beat version "
-            f"{champion.version}'s {held}"
+            f"not champion: version {version} was chosen for alert budget "
+            f"{held.get(BUDGET, '0')}, this one for {new[BUDGET]}: not comparable"
         )
-    return f"champion: test PR-AUC {pr_auc:.4f} beats version {champion.version}'s {held}"
+    figures = [("test PR-AUC", PR_AUC)] + ([("precision at the budget", PRECISION)]
+                                           if PRECISION in new else [])  # fmt: skip
+    for what, key in figures:
+        if not beats(new.get(key), held.get(key)):
+            return (
+                f"not champion: {what} {float(new[key]):.4f} does not beat version "
+                f"{version}'s {held.get(key)}"
+            )
+    both = " and ".join(f"{what} {float(new[key]):.4f}" for what, key in figures)
+    return f"champion: {both} beat version {version}'s"
+
+
+def beats(new: str | None, held: str | None) -> bool:
+    """Whether ``new`` is above ``held``, as stored (6 decimals: 1e-16 is no gain)."""
+    if new is None or held is None:
+        return False
+    value = float(new)
+    return bool(np.isfinite(value)) and value > float(held)
 
 
 def entry(folder: Path) -> Path:

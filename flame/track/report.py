@@ -7,11 +7,15 @@ from pathlib import Path
 import pandas as pd
 
 SHOWN = ["round", "kind", "threshold", "loss", "roc_auc", "pr_auc", "precision", "recall", "f1"]
+# the alert figures, under short headers (shown when the run has them)
+ALERTS = {"precision_at_budget": "P@budget", "recall_at_budget": "R@budget",
+          "alert_rate_at_budget": "alerts", "amount_recall": "amount_R"}  # fmt: skip
 
 
 def rounds_table(metrics_csv: Path) -> pd.DataFrame:
     table = pd.read_csv(metrics_csv)
-    table = table[table["stage"] == "evaluate"][SHOWN]
+    shown = SHOWN + [c for c in ALERTS if c in table and table[c].notna().any()]
+    table = table[table["stage"] == "evaluate"][shown].rename(columns=ALERTS)
     return table.sort_values(["round", "kind"], kind="stable").reset_index(drop=True)
 
 

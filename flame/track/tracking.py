@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flame.model.metrics import ALERT_FIGURES
 from flame.settings import TrackingSettings
 from flame.track.access import check_access, short
 
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
     "time", "kind", "round", "stage", "threshold", "num_examples", "loss", "precision",
-    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", "epsilon",
-    "bytes_sent", "bytes_received", "regions", "missing",
+    "recall", "f1", "roc_auc", "pr_auc", "accuracy", "tp", "fp", "fn", "tn", *ALERT_FIGURES,
+    "epsilon", "bytes_sent", "bytes_received", "regions", "missing",
 ]  # fmt: skip
 NUMERIC = CSV_COLUMNS[4:-1]  # "missing" is text
 SERVER, CLIENTS = "server", "client_aggregate"
