@@ -286,3 +286,21 @@ def test_each_region_scores_its_own_rows_with_its_own_history() -> None:
         assert held == ({name.removesuffix("-redis") + "-history"} if name.endswith("-redis")
                         else set()), name  # fmt: skip
     assert "scorer" not in main  # the coordinator scores no rows
+
+
+def test_a_remote_site_scores_its_own_rows_beside_its_node() -> None:
+    """docker-compose.region.yml: the site's scorer and Redis (profile scoring) read the
+    champion from the coordinator's MLflow with the reader's login the coordinator hands over;
+    the SuperNode shares no network with either, and Redis is on the scorer's network alone."""
+    compose = yaml.safe_load((ROOT / "docker-compose.region.yml").read_text())
+    site, networks = compose["services"], compose["networks"]
+    scorer, redis = site["scorer"], site["redis"]
+    assert scorer["profiles"] == redis["profiles"] == ["scoring"]
+    assert "exec flame serve" in scorer["command"][-1]
+    assert "FLAME_MLFLOW_TRACKING_URI:?" in scorer["command"][-1]  # from the site's .env
+    assert scorer["environment"]["FLAME_HISTORY_URL"] == "redis://redis:6379/0"
+    assert scorer["environment"]["FLAME_MLFLOW_CREDENTIALS"] == "/secrets/mlflow-reader/credentials"
+    assert "./secrets/mlflow-reader:/secrets/mlflow-reader:ro" in scorer["volumes"]
+    assert redis["networks"] == ["scoring"] and networks["scoring"] == {"internal": True}
+    assert not set(scorer["networks"]) & set(site["region"]["networks"])
+    assert redis["volumes"] == ["region-history:/data"] and "region-history" in compose["volumes"]
