@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint mlflow-ui flwr-run
+.PHONY: setup run test lint services mlflow-ui flwr-run
 setup: $(STAMP)
 
 # torch first and explicitly: letting pip choose may pull a multi-GB CUDA build.
@@ -22,7 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# the tests start real services: Debian's redis-server (scripts/install-redis.sh, first time)
+services:
+	@scripts/install-redis.sh
+
+test: lint services
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 mlflow-ui: $(STAMP)

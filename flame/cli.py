@@ -213,6 +213,7 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from flame.ops.history_store import open_store
     from flame.ops.serve import serve
     from flame.track.access import check_access, login
     from flame.track.tracking import mlflow_reachable, tracking_uri
@@ -222,7 +223,9 @@ def _serve(args: argparse.Namespace) -> None:
     uri = tracking_uri(s.mlflow_tracking_uri)
     if mlflow_reachable(uri):
         check_access(uri)  # a refused login stops the scorer at start, in one line
-    serve(uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload, s.serve_max_rows)
+    store = open_store(s.history_url, s.region or "local", s.state_dir, s.history_ttl)
+    serve(uri, s.mlflow_model_name, s.serve_host, s.serve_port, s.serve_reload, s.serve_max_rows,
+          store)  # fmt: skip
 
 
 def _ledger(args: argparse.Namespace) -> None:

@@ -323,6 +323,14 @@ class ServingSettings(BaseModel):
         30.0, gt=0, description="flame serve: seconds between looks at the champion alias."
     )
     serve_max_rows: int = Field(10_000, ge=1, description="flame serve: most rows per request.")
+    history_url: str = Field(
+        "", description="flame serve: the region's transaction history store, "
+        "redis://host:port/db; empty = SQLite in FLAME_STATE_DIR/<region>/history.sqlite3."
+    )  # fmt: skip
+    history_ttl: int = Field(
+        35 * 24 * 3600, ge=60, description="flame serve: seconds a payee's history is kept after "
+        "its last transaction (35 days: longer than PaySim's 743 hourly steps)."
+    )  # fmt: skip
 
 
 class FlameSettings(

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,4 +82,50 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real MLflow tracking server on a free loopback port."""
     server = MlflowServer(tmp_path / "mlflow").start()
     yield server.uri
+    server.stop()
+
+
+class RedisServer:
+    """A real redis-server (Debian's, on PATH) on a loopback port, with an append-only file in
+    ``folder``; can be stopped and started again on the same data."""
+
+    def __init__(self, folder: Path) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on PATH: `make test` installs it (apt-get)")
+        self.folder, self.port = folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> RedisServer:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis server on a free loopback port."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
     server.stop()

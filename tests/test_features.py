@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame.data.features import HISTORY, History, StepOrderError, build_features, feature_names
+from flame.data.features import HISTORY, build_features, feature_names
+from flame.data.history import History, StepOrderError
 from flame.data.synth import generate
 
 

@@ -1,25 +1,37 @@
 """The scoring service against a real MLflow registry: champion served, reloaded, bad input 4xx;
-and its limits on a real HTTP server: body size cap (413), malformed or nested JSON (400)."""
+its limits on a real HTTP server: body size cap (413), malformed or nested JSON (400); and a
+region's scorer processes with their history in a real Redis, fed one transaction per request,
+matching ``flame score`` on the whole file through a restart."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from flame.data.history import MemoryStore
 from flame.data.synth import generate
 from flame.model.net import build_model, new_card, save_model
-from flame.model.score import score_frame
+from flame.model.score import load_scorer, score_frame, score_with
+from flame.ops.history_store import SQLiteStore
+from flame.ops.local_deployment import free_port, wait_healthy
 from flame.ops.serve import create_app, max_body_bytes
 from flame.track import registry
+from tests.conftest import RedisServer
 
 
 def _register(folder: Path, client: mlflow.MlflowClient, experiment: str, seed: int) -> Path:
@@ -38,7 +50,8 @@ def test_scorer_serves_the_champion_reloads_it_and_refuses_bad_requests(
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("serve-test")
-    app = TestClient(create_app(mlflow_server, "flame-fraud", reload_every=0.0, max_rows=50))
+    store = SQLiteStore(tmp_path / "history.sqlite3", 3600)  # takes late rows, as Redis does
+    app = TestClient(create_app(mlflow_server, "flame-fraud", 0.0, 50, store))
     assert app.get("/health").json()["model_version"] is None
     frame = generate(40, seed=3, fraud_rate=0.1)
     rows = frame.assign(type=frame["type"].astype(str)).to_dict("records")
@@ -83,7 +96,7 @@ def scorer() -> Iterator[tuple[str, int]]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app("http://127.0.0.1:9", "flame-fraud", reload_every=60.0, max_rows=50)
+    app = create_app("http://127.0.0.1:9", "flame-fraud", 60.0, 50, MemoryStore())
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -141,3 +154,64 @@ def test_scorer_answers_malformed_or_deeply_nested_json_with_a_4xx(
         status, error = _post(scorer, body, **{"Content-Type": "application/json"})
         assert status == 400, (name, status, error)
         assert text in error and "\n" not in error, (name, error)
+
+
+def _scorer_process(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flame.cli", "serve"], env=os.environ | env | {
+            "FLAME_SERVE_PORT": str(port)}, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, timeout=120)
+    return proc
+
+
+def _score_one(port: int, row: dict[str, object]) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", "/predict", json.dumps({"rows": [row]}),
+                       {"Content-Type": "application/json"})  # fmt: skip
+    reply = connection.getresponse()
+    body = json.loads(reply.read())
+    assert reply.status == 200, body
+    return float(body["predictions"][0]["fraud_probability"])
+
+
+def test_a_region_scorer_fed_one_row_at_a_time_matches_flame_score_on_the_whole_file(
+    tmp_path: Path, mlflow_server: str, redis_server: RedisServer
+) -> None:
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    _register(tmp_path, client, client.create_experiment("stream"), 1)
+    frame = generate(3_000, seed=21, fraud_rate=0.05).sort_values("step", kind="stable")
+    frame = frame.head(240).reset_index(drop=True)  # the first steps: payees seen again, pairs
+    csv = tmp_path / "eu.csv"
+    frame.to_csv(csv, index=False)  # a PaySim-format file, labels included
+    cli = [sys.executable, "-m", "flame.cli"]
+    env = {"FLAME_MLFLOW_TRACKING_URI": mlflow_server, "FLAME_REGION": "eu",
+           "FLAME_HISTORY_URL": redis_server.url, "FLAME_MLFLOW": "true"}  # fmt: skip
+    subprocess.run([*cli, "score", str(csv), "--model", "models:/flame-fraud@champion", "--out",
+                    str(tmp_path / "batch.csv")], env=os.environ | env, check=True)  # fmt: skip
+    expected = pd.read_csv(tmp_path / "batch.csv")["fraud_probability"].to_numpy()
+    model, card = load_scorer(tmp_path / "model1.pt")
+    alone = [score_with(model, card, frame.iloc[[i]])["fraud_probability"].iloc[0]
+             for i in range(len(frame))]  # fmt: skip
+    rows = pd.read_csv(csv).drop(columns=["isFraud", "isFlaggedFraud"]).to_dict("records")
+    ports = [free_port(), free_port()]
+    scorers = [_scorer_process(p, env, tmp_path / f"scorer{i}.log") for i, p in enumerate(ports)]
+    got = []
+    try:
+        for i, row in enumerate(rows):
+            if i == len(rows) // 2:  # one replica dies mid-stream and comes back
+                scorers[0].kill()
+                scorers[0].wait()
+                scorers[0] = _scorer_process(ports[0], env, tmp_path / "scorer0.log")
+            got.append(_score_one(ports[i % 2], row))  # two replicas share the region's store
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/metrics").read().decode()
+    finally:
+        for proc in scorers:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert np.abs(np.array(got) - expected).max() <= 1e-6
+    assert np.abs(np.array(alone) - expected).max() > 1e-3  # the history changes the scores
+    assert f"flame_scorer_rows_total {len(rows) // 2}.0" in metrics
+    assert 'flame_scorer_requests_total{status="200"}' in metrics
+    assert "flame_scorer_score_psi" in metrics

@@ -41,10 +41,13 @@ are the last columns, so the cached arrays serve both feature sets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flame.data.encode import type_codes
+from flame.data.history import HISTORY, History
 from flame.data.schema import TYPES
 
 if TYPE_CHECKING:
@@ -52,16 +55,10 @@ if TYPE_CHECKING:
 
 FEATURE_VERSION = 2
 LOG_SCALE = 20.0
-COUNT_SCALE = 5.0
 TEN_MILLION = 10_000_000.0
 BALANCES = ("oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbalanceDest")
 AMOUNT_FLAGS = ("amount_round_1k", "amount_whole_million", "amount_10m", "amount_no_cents")
-HISTORY = ("dest_prior_log", "dest_seen", "cashout_after_transfer")
 RISKY = ("TRANSFER", "CASH_OUT")
-
-
-class StepOrderError(ValueError):
-    """Streamed rows went back in time across batches, so history would read later rows."""
 
 
 def signed_log(x: np.ndarray) -> np.ndarray:
@@ -79,18 +76,6 @@ def feature_names(drop_balances: bool = False) -> list[str]:
     return names
 
 
-def type_codes(kinds: pd.Series) -> np.ndarray:
-    """Index of each row's type in TYPES (-1 if unknown)."""
-    import pandas as pd  # here, so feature_names() stays importable without pandas/pyarrow
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(kinds.dtype, pd.CategoricalDtype):
-        return kinds.cat.set_categories(TYPES).cat.codes.to_numpy(dtype=np.int64)
-    codes = pc.index_in(pa.array(kinds, type=pa.string()), value_set=pa.array(TYPES))
-    return pc.fill_null(codes, -1).to_numpy().astype(np.int64)
-
-
 def merchant(names: pd.Series) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -98,74 +83,18 @@ def merchant(names: pd.Series) -> np.ndarray:
     return pc.starts_with(pa.array(names, type=pa.string()), "M").to_numpy(zero_copy_only=False)
 
 
-class History:
-    """What a party has seen so far: rows per destination, and the TRANSFER amounts of the
-    latest step (for ``cashout_after_transfer``). Memory: 16 bytes per distinct destination."""
-
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, dtype=np.uint64)  # sorted destination hashes
-        self.counts = np.zeros(0, dtype=np.int64)
-        self.last_step = -1
-        self.transfers = np.zeros(0, dtype=np.int64)  # (step, cents) keys of last_step
-
-    def features(self, frame: pd.DataFrame) -> np.ndarray:
-        """The history columns of ``frame``'s rows (in frame order); then remembers them."""
-        import pandas as pd
-
-        from flame.data.partition import name_hash
-
-        steps = frame["step"].to_numpy(dtype=np.int64)
-        if len(steps) and steps.min() < self.last_step:
-            raise StepOrderError(
-                f"rows are not in step order: step {steps.min()} comes after step "
-                f"{self.last_step} in an earlier block; sort the file by step"
-            )
-        order = np.argsort(steps, kind="stable")
-        dest = name_hash(frame["nameDest"], 0)[order]
-        within = pd.Series(dest).groupby(dest, sort=False).cumcount().to_numpy()
-        prior = within + self._count(dest)
-        codes = type_codes(frame["type"])[order]
-        cents = np.round(frame["amount"].to_numpy(dtype=np.float64)[order] * 100).astype(np.int64)
-        key = steps[order] * np.int64(10**13) + cents
-        is_transfer = codes == TYPES.index("TRANSFER")
-        earlier = pd.Series(is_transfer.astype(np.int64)).groupby(key).cumsum().to_numpy()
-        earlier = earlier - is_transfer + np.isin(key, self.transfers)
-        paired = (codes == TYPES.index("CASH_OUT")) & (earlier > 0)
-        out = np.empty((len(frame), len(HISTORY)), dtype=np.float32)
-        out[order] = np.column_stack([np.log1p(prior) / COUNT_SCALE, prior > 0, paired])
-        self._remember(dest, steps[order], key[is_transfer], steps[order][is_transfer])
-        return out
-
-    def _count(self, dest: np.ndarray) -> np.ndarray:
-        at = np.minimum(np.searchsorted(self.keys, dest), max(len(self.keys) - 1, 0))
-        if not len(self.keys):
-            return np.zeros(len(dest), dtype=np.int64)
-        return np.where(self.keys[at] == dest, self.counts[at], 0)
-
-    def _remember(
-        self, dest: np.ndarray, steps: np.ndarray, transfers: np.ndarray, t_steps: np.ndarray
-    ) -> None:
-        keys, inverse = np.unique(np.concatenate([self.keys, dest]), return_inverse=True)
-        weights = np.concatenate([self.counts, np.ones(len(dest), dtype=np.int64)])
-        self.keys, self.counts = keys, np.bincount(inverse, weights=weights).astype(np.int64)
-        if len(steps):
-            last = int(steps[-1])
-            kept = self.transfers if last == self.last_step else self.transfers[:0]
-            self.transfers = np.concatenate([kept, transfers[t_steps == last]])
-            self.last_step = last
-
-
 def build_features(
-    frame: pd.DataFrame, drop_balances: bool = False, history: History | None = None
+    frame: Mapping[str, Any], drop_balances: bool = False, history: History | None = None
 ) -> np.ndarray:
-    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame.
+    """float32 matrix (rows x len(feature_names(drop_balances))) for a validated PaySim frame
+    (or the columns ``check_columns`` returns).
 
     ``history`` carries the history features' state from earlier batches of the same party's
     rows; without it the frame is taken as everything the party holds.
     """
     codes = type_codes(frame["type"])
-    amount = frame["amount"].to_numpy(dtype=np.float64)
-    hour = frame["step"].to_numpy() % 24
+    amount = np.asarray(frame["amount"], dtype=np.float64)
+    hour = np.asarray(frame["step"]) % 24
     angle = 2 * np.pi * hour / 24
     risky = np.isin(codes, [TYPES.index(t) for t in RISKY])
     columns = [
@@ -186,7 +115,7 @@ def build_features(
         (history or History()).features(frame),
     ]
     if not drop_balances:
-        old_o, new_o, old_d, new_d = (frame[b].to_numpy(dtype=np.float64) for b in BALANCES)
+        old_o, new_o, old_d, new_d = (np.asarray(frame[b], dtype=np.float64) for b in BALANCES)
         columns.append(
             np.column_stack(
                 [

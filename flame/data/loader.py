@@ -8,16 +8,19 @@ Rows numbered in errors are 1-based data rows (the header is row 0).
 from __future__ import annotations
 
 import csv
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from flame.data.features import type_codes
+from flame.data.encode import type_codes
 from flame.data.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
 
 log = logging.getLogger("flame.data.loader")
@@ -243,39 +246,70 @@ def validate(frame: pd.DataFrame, path: Path | str = "<frame>", offset: int = 0)
 
     ``offset`` is the number of data rows before this frame (for row numbers in errors).
     """
+    return pd.DataFrame(check_columns(frame, path, offset), columns=list(COLUMNS))
+
+
+def check_columns(
+    columns: Mapping[str, Any], path: Path | str = "<rows>", offset: int = 0
+) -> dict[str, Any]:
+    """``validate`` for columns of any array type (a frame, or a scorer's arrays built from
+    its request): the checked columns with the schema's dtypes, the type as a Categorical."""
     path = Path(path)
 
     def _first_bad(column: str, bad: np.ndarray, problem: str) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise PaySimFormatError(path, problem, column, offset + i + 1, frame[column].iloc[i])
+            value = np.asarray(columns[column], dtype=object)[i]
+            raise PaySimFormatError(path, problem, column, offset + i + 1, value)
 
+    numbers = {}
     for column in _NUMERIC:
-        values = frame[column].to_numpy(dtype="float64", na_value=np.nan)
-        _first_bad(column, ~np.isfinite(values), "missing or not finite")
+        numbers[column] = _floats(columns[column])
+        _first_bad(column, ~np.isfinite(numbers[column]), "missing or not finite")
     for column in MONEY:
-        _first_bad(column, frame[column].to_numpy() < 0, "negative amount")
-    step = frame["step"].to_numpy()
+        _first_bad(column, numbers[column] < 0, "negative amount")
+    step = numbers["step"]
     _first_bad("step", (step != np.round(step)) | (step < 0), "step is not an hour index")
     _first_bad("step", step > MAX_STEP_INDEX, f"step beyond {MAX_STEP_INDEX:,}")
     for column in LABELS:
-        label = frame[column].to_numpy()
+        label = numbers[column]
         _first_bad(column, (label != 0) & (label != 1), "label is not 0 or 1")
-    codes = type_codes(frame["type"])
+    codes = type_codes(columns["type"])
     _first_bad("type", codes < 0, f"unknown type (expected {TYPES})")
+    names = {}
     for column in NAMES:
-        blank = (frame[column].astype("str").str.strip() == "").to_numpy()
+        names[column], text = _strings(columns[column])
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True)
+        blank = blank.to_numpy(zero_copy_only=False)
         _first_bad(column, blank, "empty account name")
-        length = frame[column].str.len().to_numpy()
+        length = pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
         _first_bad(column, length > MAX_NAME, f"account name longer than {MAX_NAME} characters")
-    out = pd.DataFrame(
-        {
-            "step": step.astype("int32"),
-            "type": pd.Categorical.from_codes(codes, categories=TYPES),
-            **{c: frame[c].to_numpy(dtype="float64") for c in MONEY},
-            **{c: frame[c].astype("str") for c in NAMES},
-            **{c: frame[c].to_numpy().astype("int8") for c in LABELS},
-        },
-        columns=list(COLUMNS),
-    )
-    return out
+    return {
+        "step": step.astype("int32"),
+        "type": pd.Categorical.from_codes(codes, dtype=type_dtype()),
+        **{c: numbers[c] for c in MONEY},
+        **names,
+        **{c: numbers[c].astype("int8") for c in LABELS},
+    }
+
+
+@functools.cache
+def type_dtype() -> pd.CategoricalDtype:
+    return pd.CategoricalDtype(TYPES)
+
+
+def _floats(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    return np.asarray(values, dtype="float64")  # None -> nan; a string -> ValueError
+
+
+def _strings(values: Any) -> tuple[np.ndarray, pa.Array]:
+    """Each name as a str (object array), and the same as an Arrow string array."""
+    names = np.asarray(values, dtype=object)
+    try:
+        text = pa.array(names, type=pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # numbers, bytes, ...: as pandas shows them
+        names = pd.Series(names).astype("str").to_numpy(dtype=object)
+        text = pa.array(names, type=pa.string())
+    return names, text

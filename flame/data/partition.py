@@ -28,14 +28,9 @@ from tqdm import tqdm
 
 from flame.data.arrays import SPLITS, SplitWriter, load_split
 from flame.data.cache import file_folder, load_all, partition_folder, partition_key, width
-from flame.data.features import (
-    History,
-    StepOrderError,
-    build_features,
-    feature_names,
-    labels,
-    type_codes,
-)
+from flame.data.encode import mix, name_hash, type_codes
+from flame.data.features import build_features, feature_names, labels
+from flame.data.history import History, StepOrderError
 from flame.data.loader import iter_paysim, read_paysim
 from flame.data.schema import MAX_STEP, TYPES
 from flame.data.synth import generate
@@ -46,43 +41,11 @@ log = logging.getLogger(__name__)
 TEST = -1
 
 
-def name_hash(names: pd.Series, seed: int) -> np.ndarray:
-    """Seeded 64-bit hash of each name (FNV-1a over the UTF-8 bytes, then a splitmix64 mix).
-
-    Vectorised over the Arrow string buffers: ~50 ns per name, where pandas' SipHash of strings
-    costs ~600 ns. Stable across processes, platforms and versions (it is our own code).
-    """
-    arr = pa.array(names, type=pa.large_string())
-    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed column of pooled frames
-        arr = arr.combine_chunks()
-    if arr.null_count:
-        raise ValueError("account names must not be missing")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
-        arr.offset : arr.offset + len(arr) + 1
-    ]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if len(arr) else np.zeros(1, np.uint8)
-    lengths = np.diff(offsets)
-    h = np.full(len(arr), 0xCBF29CE484222325 ^ _mix(np.uint64(seed)), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(int(lengths.max(initial=0))):
-            byte = data[np.minimum(offsets[:-1] + j, len(data) - 1)].astype(np.uint64)
-            h = np.where(j < lengths, (h ^ byte) * np.uint64(0x100000001B3), h)
-        return _mix(h ^ lengths.astype(np.uint64))
-
-
-def _mix(z: np.ndarray | np.uint64) -> np.ndarray:
-    """splitmix64 finaliser."""
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def _unit(h: np.ndarray, stream: int) -> np.ndarray:
     """An independent uniform in [0, 1) per row for each ``stream`` (test, region, validation)."""
     with np.errstate(over="ignore"):
         return (
-            _mix(h + np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
+            mix(h + np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
         ) / 2.0**53
 
 

@@ -39,6 +39,11 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     selected_round: int = 0  # the round whose global model this is (0: initial / central)
     pretrained_rows: int = 0  # synthetic rows of the warm start (0: random initial weights)
+    alert_rate: float = 0.0  # the alert budget the threshold was chosen for (0: F1-optimal)
+    # the selected model's pooled validation score histogram (probability edges, counts): the
+    # scorer's drift reference
+    validation_score_edges: list[float] = field(default_factory=list)
+    validation_score_counts: list[float] = field(default_factory=list)
 
 
 def new_card(drop_balances: bool, hidden_sizes: list[int], threshold: float) -> ModelCard:

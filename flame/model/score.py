@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from flame.data.features import FEATURE_VERSION, build_features
+from flame.data.history import History
 from flame.data.loader import csv_files, header, read_paysim_file
 from flame.data.schema import LABELS
 from flame.files import atomic_file, writable_folder
@@ -36,9 +39,19 @@ def score_frame(model_path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return score_with(*load_scorer(model_path), frame)
 
 
-def score_with(model: FraudMLP, card: ModelCard, frame: pd.DataFrame) -> pd.DataFrame:
-    x = torch.from_numpy(build_features(frame, card.drop_balance_features))
-    probability = fm.sigmoid(predict_logits(model, x))
+def probabilities(
+    model: FraudMLP, card: ModelCard, rows: Mapping[str, Any], history: History | None = None
+) -> np.ndarray:
+    """Fraud probability of each of ``rows`` (a validated frame or checked columns);
+    ``history``: the party's earlier rows (a scorer's store); None = ``rows`` are all."""
+    x = torch.from_numpy(build_features(rows, card.drop_balance_features, history))
+    return fm.sigmoid(predict_logits(model, x))
+
+
+def score_with(
+    model: FraudMLP, card: ModelCard, frame: pd.DataFrame, history: History | None = None
+) -> pd.DataFrame:
+    probability = probabilities(model, card, frame, history)
     return frame.assign(
         fraud_probability=probability,
         is_fraud_predicted=(probability >= card.threshold).astype(np.int8),

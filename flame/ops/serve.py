@@ -1,4 +1,13 @@
-"""The scoring service: the registry's champion model over HTTP, on raw PaySim rows.
+"""A region's scoring service: the registry's champion model over HTTP, on the region's raw
+PaySim rows, with the history features kept in the region's own store.
+
+The scorer runs in the region, beside its data: only the champion's weights and card come from
+the coordinator's registry; no row leaves. Every row it scores is remembered in the region's
+history store (``flame.ops.history_store``: Redis, or SQLite in ``FLAME_STATE_DIR``), so
+transactions sent one per request, in step order, get the probabilities ``flame score`` gives
+the whole file. ``GET /metrics`` is Prometheus text: requests, latency, rows, alerts, scores,
+and ``flame_scorer_score_psi``, the population stability index of the last ``DRIFT_WINDOW``
+scores against the champion's validation scores (``flame.ops.monitor``).
 
 ``POST /predict`` with ``{"rows": [{<PaySim columns>}, ...]}`` (MLflow's ``dataframe_records``
 is accepted too; label columns are optional and ignored) answers
@@ -22,10 +31,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from flame.data.history import History, HistoryStore
 from flame.model.net import FraudMLP, ModelCard
+from flame.ops.monitor import Monitor
 
 log = logging.getLogger("flame.ops.serve")
 
@@ -138,52 +150,99 @@ def parse(body: bytes) -> Any:
         raise BadRequest(400, "the body is not JSON") from None
 
 
-def predict(champion: Champion, body: Any, max_rows: int) -> dict[str, Any]:
-    import pandas as pd
+def columns_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request's rows as checked PaySim columns (labels, when absent, as 0: never used)."""
+    from flame.data.loader import check_columns
+    from flame.data.schema import COLUMNS, LABELS
+    from flame.track.registry import INPUTS
 
+    missing = [c for c in INPUTS if not any(c in row for row in rows)]
+    if missing:
+        raise BadRequest(400, f"input rows lack the PaySim column(s) {', '.join(missing)}")
+    columns = {
+        c: np.array([row.get(c, 0 if c in LABELS else None) for row in rows], dtype=object)
+        for c in COLUMNS
+    }
+    return check_columns(columns, "<request>")
+
+
+def predict(
+    champion: Champion, history: History, monitor: Monitor, body: Any, max_rows: int
+) -> dict[str, Any]:
+    from flame.data.history import StepOrderError
     from flame.data.loader import PaySimFormatError
-    from flame.model.score import score_with
-    from flame.track.registry import paysim_frame
+    from flame.model.score import probabilities
+    from flame.ops.history_store import HistoryUnavailable
 
     rows = rows_of(body, max_rows)
     version, model = champion.current()
     if model is None:
         raise BadRequest(503, f"no champion yet: no version of {champion.name!r} has the alias")
     try:
-        frame = paysim_frame(pd.DataFrame.from_records(rows))
+        columns = columns_of(rows)
     except (PaySimFormatError, ValueError, TypeError) as err:
         raise BadRequest(400, str(err).splitlines()[0]) from None
-    scored = score_with(*model, frame)
-    out = scored[["fraud_probability", "is_fraud_predicted"]]
-    return {"model_version": version, "predictions": out.to_dict("records")}
+    try:
+        scores = probabilities(*model, columns, history)
+    except HistoryUnavailable as err:
+        raise BadRequest(503, str(err).splitlines()[0]) from None
+    except StepOrderError as err:
+        raise BadRequest(409, str(err)) from None
+    monitor.scored(scores, model[1], version)
+    threshold = model[1].threshold
+    predictions = [
+        {"fraud_probability": p, "is_fraud_predicted": int(p >= threshold)} for p in scores.tolist()
+    ]
+    return {"model_version": version, "predictions": predictions}
 
 
-def create_app(tracking_uri: str, name: str, reload_every: float, max_rows: int) -> Any:
+def create_app(
+    tracking_uri: str, name: str, reload_every: float, max_rows: int, store: HistoryStore
+) -> Any:
+    from fastapi.responses import Response
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     app = FastAPI(title="Flame scorer")
     champion = Champion(tracking_uri, name, reload_every)
+    history, monitor = History(store), Monitor()
     limit = max_body_bytes(max_rows)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         version, _ = champion.current()
-        return {"status": "ok", "model": name, "model_version": version}
+        where = store.describe()
+        return {"status": "ok", "model": name, "model_version": version, "history": where}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/predict")
     async def _predict(request: Request) -> JSONResponse:
+        started = time.perf_counter()
         try:
             body = parse(await read_body(request, limit))
-            return JSONResponse(predict(champion, body, max_rows))
+            reply = JSONResponse(predict(champion, history, monitor, body, max_rows))
         except BadRequest as err:
-            return JSONResponse({"error": str(err)}, status_code=err.status)
+            reply = JSONResponse({"error": str(err)}, status_code=err.status)
+        monitor.request(reply.status_code, time.perf_counter() - started)
+        return reply
 
     return app
 
 
 def serve(
-    tracking_uri: str, name: str, host: str, port: int, reload_every: float, max_rows: int
+    tracking_uri: str,
+    name: str,
+    host: str,
+    port: int,
+    reload_every: float,
+    max_rows: int,
+    store: HistoryStore,
 ) -> None:
     import uvicorn
 
-    log.info("Scoring %s@champion from %s on http://%s:%d", name, tracking_uri, host, port)
-    app = create_app(tracking_uri, name, reload_every, max_rows)
+    log.info("Scoring %s@champion from %s on http://%s:%d, history in %s", name, tracking_uri,
+             host, port, store.describe())  # fmt: skip
+    app = create_app(tracking_uri, name, reload_every, max_rows, store)
     uvicorn.run(app, host=host, port=port, log_level="warning")
