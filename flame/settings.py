@@ -491,7 +491,8 @@ CONCERNS = (*RUN_CONCERNS, NodeSettings, PolicySettings, TrackingSettings, Servi
 NOT_SETTINGS = frozenset(
     {"FLAME_BASE_IMAGE", "FLAME_PIP_SOURCE", "FLAME_GATEWAY_BIND", "FLAME_E2E_PROJECT",
      "FLAME_WARM_SOCKET", "FLAME_REAL_DATA_DIR",
-     "FLAME_E2E_LOG", "FLAME_MH_PROJECT", "FLAME_MH_LOG"}
+     "FLAME_E2E_LOG", "FLAME_MH_PROJECT", "FLAME_MH_LOG", "FLAME_HISTORY_MAXMEMORY",
+     "FLAME_SCORER_PORT"}
 )  # fmt: skip
 _warned: set[str] = set()
 
@@ -578,6 +579,11 @@ def env_example() -> str:
         "# Host address the gateway's port 9443 (Fleet API only) is published on; 0.0.0.0 for",
         "# remote regions (the SuperLink's own port 8000 stays on 127.0.0.1)",
         "# FLAME_GATEWAY_BIND=127.0.0.1",
+        "# Each region's Redis (its scorer's history): maxmemory in MB; at the cap the least",
+        "# recently used expiring keys go first (volatile-lru)",
+        "# FLAME_HISTORY_MAXMEMORY=512",
+        "# A remote site's scorer (docker-compose.region.yml, profile scoring): its host port",
+        "# FLAME_SCORER_PORT=8081",
     ]
     return "\n".join(lines) + "\n"
 

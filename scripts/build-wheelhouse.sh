@@ -15,6 +15,14 @@ if ! "$python" -m pip wheel --quiet --wheel-dir wheelhouse -c constraints.txt \
   exit 1
 fi
 grep -v "^WARNING: Location" "$log" || true
+# The offline base image's Python is Debian 12's 3.11.2: redis needs async-timeout below
+# 3.11.3, which a resolve on a newer host Python leaves out
+if ! "$python" -m pip wheel --quiet --no-deps --wheel-dir wheelhouse -c constraints.txt \
+  async-timeout > "$log" 2>&1; then
+  cat "$log" >&2
+  echo "build-wheelhouse: pip wheel async-timeout failed; the wheelhouse is incomplete" >&2
+  exit 1
+fi
 if ! compgen -G 'wheelhouse/torch-2.13.0*.whl' >/dev/null; then
   echo "build-wheelhouse: no torch 2.13.0 wheel in wheelhouse/" >&2
   exit 1

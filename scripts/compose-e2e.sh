@@ -9,8 +9,11 @@
 # private key -> a rogue AgentApp-only FAB runs on no region, and an install folder planted in
 # each region container is loaded by no run (scripts/verify_approval.py) -> a second run
 # (`docker compose run --rm launcher`), checked the same way -> each region's privacy ledger
-# (`flame ledger` in its container) holds exactly the two runs -> the scoring service serves the
-# registered champion, version 1 or 2 (scripts/verify_scorer.py) -> `compose down -v`.
+# (`flame ledger` in its container) holds exactly the two runs -> each region's own scorer
+# serves the registered champion (version 1 or 2) on rows streamed one per request, with their
+# history in the region's Redis, matching `flame score` on the whole file to 1e-6 across a
+# restart of the scorer; only its scorer reaches a region's Redis
+# (scripts/verify_region_scorer.py) -> `compose down -v`.
 # Needs a running Docker engine (scripts/install-docker.sh). Exit 0 only if all of that holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +57,8 @@ compose build
 t2=$(date +%s)
 log "image $(docker image inspect flame:latest --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}'), build $((t2 - t1)) s"
 
-trap 'compose logs --no-color > "${FLAME_E2E_LOG:-/tmp/flame-e2e.log}" 2>&1; compose --profile serve down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
-compose --profile serve down -v --remove-orphans >/dev/null 2>&1 || true
+trap 'compose logs --no-color > "${FLAME_E2E_LOG:-/tmp/flame-e2e.log}" 2>&1; compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d
 compose wait launcher >/dev/null || true
 t3=$(date +%s)
@@ -137,9 +140,9 @@ for region in $regions; do
     || { log "FAILED: the $region ledger shows $runs run lines, not 2 (header: $header)"; exit 1; }
   log "the $region ledger holds both runs"
 done
-# the scoring service (profile serve) serves the registered champion from the host: version 1
-# or 2 (the alias moves to the second run's model only if it beat the first on the test set)
-compose --profile serve up -d --wait scorer
-"$python" scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1,2 \
-  --mlflow http://127.0.0.1:5000
+# each region's own scorer (up since `compose up`) serves the registered champion: version 1
+# or 2 (the alias moves to the second run's model only if it beat the first on the test set);
+# rows streamed one per request through each, a restart halfway, match `flame score`
+"$python" scripts/verify_region_scorer.py --project "$project" --regions "${regions// /,}" \
+  --mlflow http://127.0.0.1:5000 --version 1,2
 log "passed (setup $((t1 - t0)) s, build $((t2 - t1)) s, run $((t3 - t2)) s, second run $((t5 - t4)) s)"

@@ -1,8 +1,9 @@
 """Play a compromised region and an outsider against a running compose stack and check each is
 refused (docs/operations.md, "Network and limits"). Exit 0 only if all of that holds:
 
-- from inside every region container: the SuperLink's port 8000 and MLflow's port 5000 are
-  unreachable, by service name and by each of their addresses, while gateway:9443 answers;
+- from inside every region container: the SuperLink's port 8000, MLflow's port 5000 and every
+  region's scorer and Redis (its own included) are unreachable, by service name and by each of
+  their addresses, while gateway:9443 answers;
 - from a container on the SuperLink's own network: a task request without the SuperExec
   secret's signature is refused (Flower's SuperExec authentication);
 - from the host: a 100 MB body to the gateway gets 413 (a 5 MiB one, a Fleet object's most,
@@ -114,6 +115,9 @@ def main() -> int:
     closed = ["superlink:8000", "mlflow:5000"]
     closed += [f"{a}:8000" for a in addresses(args.project, "superlink")]
     closed += [f"{a}:5000" for a in addresses(args.project, "mlflow")]
+    for region in args.regions.split(","):  # every region's scorer and its history store
+        closed += [f"{region}-scorer:8080", f"{region}-redis:6379"]
+        closed += [f"{a}:6379" for a in addresses(args.project, f"{region}-redis")]
     for region in args.regions.split(","):
         probe = compose(args.project, "exec", "-T", f"{region}-client", "python", "-c", PROBE,
                         "gateway:9443", *closed)  # fmt: skip

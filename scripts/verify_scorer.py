@@ -1,7 +1,9 @@
-"""Check the compose scoring service from the host: it serves the registry's champion, scores
-synthetic rows like the model should, and answers a bad request with a one-line 400.
+"""Check a scoring service from the host: it serves the registry's champion, scores synthetic
+rows like the model should, and answers a bad request with a one-line 400. The rows become
+part of the scorer's history (a region's scorer remembers every row it scores): point it at a
+scorer whose history may hold them, e.g. the first compose region's before real traffic.
 
-    python scripts/verify_scorer.py --url http://127.0.0.1:8080 --version 1
+    python scripts/verify_scorer.py --url http://127.0.0.1:8081 --version 1
     python scripts/verify_scorer.py --version 1,2 --mlflow http://127.0.0.1:5000
 
 ``--version`` lists the versions the champion may be (after two runs it is 1 or 2: the alias
@@ -55,7 +57,7 @@ def champion(mlflow: str, model: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--url", default="http://127.0.0.1:8081")
     p.add_argument("--version", default="1", help="the champion versions expected (1 or 1,2)")
     p.add_argument("--mlflow", default="", help="MLflow URI: serve the champion it names now")
     p.add_argument("--model", default="flame-fraud", help="registered model name")

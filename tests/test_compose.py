@@ -66,7 +66,14 @@ def test_compose_stack_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     assert out.count("MLflow run complete") == 2
     for region in ("us", "eu"):
         assert f"the {region} ledger holds both runs" in out
-    assert "verify-scorer: passed" in out
+    # each region's own scorer (issue 24): rows one per request, the history in its Redis,
+    # equal to `flame score` on the whole file across a restart; its own history, its own Redis
+    for region in ("us", "eu"):
+        matched = f"{region}-scorer matches flame score on every row, before and after its restart"
+        assert matched in out
+        assert f"only {region}-scorer reaches {region}-redis" in out
+    assert "each region's scorer has its own history" in out
+    assert "verify-region-scorer: passed" in out
 
 
 @pytest.mark.compose

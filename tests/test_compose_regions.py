@@ -25,7 +25,9 @@ def test_the_committed_regions_file_is_the_template_for_the_default_regions() ->
 def test_a_third_region_is_a_service_that_sees_only_its_own_folders() -> None:
     services = yaml.safe_load(render(["us", "eu", "apac"]))["services"]
     assert list(services) == ["state-folders"] + [
-        f"{r}-{kind}" for r in ("us", "eu", "apac") for kind in ("key", "register", "client")
+        f"{r}-{kind}"
+        for r in ("us", "eu", "apac")
+        for kind in ("key", "register", "client", "redis", "scorer")
     ]
     apac = services["apac-client"]
     assert apac["environment"]["FLAME_REGION"] == "apac"
@@ -202,17 +204,24 @@ def test_regions_share_a_network_with_the_gateway_only() -> None:
     main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = main["services"] | yaml.safe_load(render(["us", "eu", "apac"]))["services"]
     on = {name: _networks(service) for name, service in services.items()}
-    members = {net: {n for n, nets in on.items() if net in nets} for net in main["networks"]}
+    regions = ("us", "eu", "apac")
+    networks = main["networks"] | yaml.safe_load(render(list(regions)))["networks"]
+    members = {net: {n for n, nets in on.items() if net in nets} for net in networks}
+    scorers = {f"{r}-scorer" for r in regions}
     assert members == {
         "fleet": {"gateway", "us-client", "eu-client", "apac-client"},
         "control": {"superlink", "gateway", "serverapp", "launcher", "register"}
-        | {f"{r}-register" for r in ("us", "eu", "apac")},
-        "tracking": {"mlflow", "mlflow-accounts", "serverapp", "launcher", "scorer"},
-    } | {f"{n}-port": {n} for n in ("superlink", "gateway", "mlflow", "scorer")}
-    assert all(main["networks"][n]["internal"] for n in ("fleet", "control", "tracking"))
+        | {f"{r}-register" for r in regions},
+        "tracking": {"mlflow", "mlflow-accounts", "serverapp", "launcher"} | scorers,
+    } | {f"{n}-port": {n} for n in ("superlink", "gateway", "mlflow", *sorted(scorers))} | {
+        f"{r}-scoring": {f"{r}-scorer", f"{r}-redis"} for r in regions
+    }  # a region's history: its scorer alone reaches its Redis
+    internal = ("fleet", "control", "tracking", *(f"{r}-scoring" for r in regions))
+    assert all(networks[n]["internal"] for n in internal)
     # a host port needs a network that is not internal: one per published service, alone on it
     published = {n for n, s in services.items() if s.get("ports")}
-    assert published == {"superlink", "gateway", "mlflow", "scorer"}
+    assert published == {"superlink", "gateway", "mlflow"} | scorers
+    assert not [n for n in published if networks[f"{n}-port"]]  # none internal
     assert {n for n, nets in on.items() if not nets} == {
         "certs", "data-split", "state-folders", "us-key", "eu-key", "apac-key",
     }  # fmt: skip
@@ -233,3 +242,65 @@ def test_every_compose_service_has_a_memory_and_a_process_limit() -> None:
         assert re.fullmatch(r"\d+[mg]", service.get("mem_limit", "")), name
         assert isinstance(service.get("pids_limit"), int), name
     assert site["region"]["networks"] == ["site"]  # a remote site dials out on its own network
+
+
+def test_each_region_scores_its_own_rows_with_its_own_history() -> None:
+    """A scorer per region (issue 24): the champion's weights come from MLflow, the rows stay
+    in the region; its history is its own Redis on its own volume, on a network with its
+    scorer alone; scorers are published on 127.0.0.1:8081, :8082, ... (first region first)."""
+    regions = ["us", "eu", "apac"]
+    rendered = yaml.safe_load(render(regions))
+    services = rendered["services"]
+    for number, region in enumerate(regions):
+        scorer, redis = services[f"{region}-scorer"], services[f"{region}-redis"]
+        env = scorer["environment"]
+        assert scorer["command"] == ["flame", "serve"]
+        assert env["FLAME_REGION"] == region
+        assert env["FLAME_HISTORY_URL"] == f"redis://{region}-redis:6379/0"
+        assert env["FLAME_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["FLAME_MLFLOW_CREDENTIALS"] == "/secrets/mlflow-reader/credentials"
+        assert env["FLAME_SERVE_HOST"] == "0.0.0.0"
+        assert scorer["ports"] == [f"127.0.0.1:{8081 + number}:{env['FLAME_SERVE_PORT']}"]
+        assert "fleet" not in scorer["networks"] and "control" not in scorer["networks"]
+        assert set(scorer["networks"]) == {f"{region}-scoring", "tracking", f"{region}-scorer-port"}
+        assert [(v["source"], v["read_only"]) for v in scorer["volumes"]] == [
+            ("mlflow-reader", True)
+        ]  # the reader's login only: no region data, no key, no ledger
+        assert scorer["depends_on"][f"{region}-redis"] == {"condition": "service_healthy"}
+        assert "mlflow-accounts" in scorer["depends_on"]
+        assert redis["networks"] == [f"{region}-scoring"] and not redis.get("ports")
+        assert redis["volumes"] == [f"{region}-history:/data"]
+        assert redis["command"].split()[0] == "redis-server"
+        for flag in ("--appendonly yes", "--dir /data", "--maxmemory-policy volatile-lru"):
+            assert flag in redis["command"], flag
+        assert rendered["networks"][f"{region}-scoring"] == {"internal": True}
+        assert f"{region}-history" in rendered["volumes"]
+        # the region's SuperNode stays on fleet only: it never meets its scorer or its Redis
+        assert services[f"{region}-client"].get("networks", ["fleet"]) == ["fleet"]
+    # the history volumes are each mounted by their region's Redis alone
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, service in (main | services).items():
+        sources = [v["source"] if isinstance(v, dict) else v.split(":")[0]
+                   for v in service.get("volumes", [])]  # fmt: skip
+        held = {s for s in sources if s.endswith("-history")}
+        assert held == ({name.removesuffix("-redis") + "-history"} if name.endswith("-redis")
+                        else set()), name  # fmt: skip
+    assert "scorer" not in main  # the coordinator scores no rows
+
+
+def test_a_remote_site_scores_its_own_rows_beside_its_node() -> None:
+    """docker-compose.region.yml: the site's scorer and Redis (profile scoring) read the
+    champion from the coordinator's MLflow with the reader's login the coordinator hands over;
+    the SuperNode shares no network with either, and Redis is on the scorer's network alone."""
+    compose = yaml.safe_load((ROOT / "docker-compose.region.yml").read_text())
+    site, networks = compose["services"], compose["networks"]
+    scorer, redis = site["scorer"], site["redis"]
+    assert scorer["profiles"] == redis["profiles"] == ["scoring"]
+    assert "exec flame serve" in scorer["command"][-1]
+    assert "FLAME_MLFLOW_TRACKING_URI:?" in scorer["command"][-1]  # from the site's .env
+    assert scorer["environment"]["FLAME_HISTORY_URL"] == "redis://redis:6379/0"
+    assert scorer["environment"]["FLAME_MLFLOW_CREDENTIALS"] == "/secrets/mlflow-reader/credentials"
+    assert "./secrets/mlflow-reader:/secrets/mlflow-reader:ro" in scorer["volumes"]
+    assert redis["networks"] == ["scoring"] and networks["scoring"] == {"internal": True}
+    assert not set(scorer["networks"]) & set(site["region"]["networks"])
+    assert redis["volumes"] == ["region-history:/data"] and "region-history" in compose["volumes"]
