@@ -215,3 +215,13 @@ def test_a_region_scorer_fed_one_row_at_a_time_matches_flame_score_on_the_whole_
     assert f"flame_scorer_rows_total {len(rows) // 2}.0" in metrics
     assert 'flame_scorer_requests_total{status="200"}' in metrics
     assert "flame_scorer_score_psi" in metrics
+
+
+def test_health_answers_while_the_registry_is_unreachable(scorer: tuple[str, int]) -> None:
+    # the compose healthcheck gives /health 3 s; the registry behind this scorer refuses
+    # every connection, and MLflow's client retries for much longer than that
+    for _ in range(3):
+        connection = http.client.HTTPConnection(*scorer, timeout=3)
+        connection.request("GET", "/health")
+        reply = connection.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["model_version"] is None

@@ -13,8 +13,9 @@ scores against the champion's validation scores (``flame.ops.monitor``).
 is accepted too; label columns are optional and ignored) answers
 ``{"model_version": "3", "predictions": [{"fraud_probability": ..., "is_fraud_predicted": 0}]}``.
 ``GET /health`` answers 200 while the service runs, with the version it serves (null before
-the first champion exists). The champion alias is looked up at most every
-``FLAME_SERVE_RELOAD`` seconds; when it has moved, the new version is loaded and served.
+the first champion exists), without waiting on the registry. ``/predict`` looks the champion
+alias up at most every ``FLAME_SERVE_RELOAD`` seconds; when it has moved, the new version is
+loaded and served.
 
 A bad request (not JSON, JSON nested deeper than a row, no rows, a missing column, a value of
 the wrong type, more than ``FLAME_SERVE_MAX_ROWS`` rows) gets a 4xx with a one-line reason; 503
@@ -75,6 +76,21 @@ class Champion:
                 self.checked = time.monotonic()
                 self._refresh()
             return self.version, self.model
+
+    def peek(self) -> str | None:
+        """The version served now, never waiting: a look at the alias, when one is due, starts
+        in the background."""
+        due = time.monotonic() - self.checked >= self.reload_every
+        if due and self.lock.acquire(blocking=False):
+            threading.Thread(target=self._refresh_and_release, daemon=True).start()
+        return self.version
+
+    def _refresh_and_release(self) -> None:
+        try:
+            self.checked = time.monotonic()
+            self._refresh()
+        finally:
+            self.lock.release()
 
     def _refresh(self) -> None:
         import mlflow
@@ -212,7 +228,7 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        version, _ = champion.current()
+        version = champion.peek()  # never waits on the registry (a healthcheck must answer)
         where = store.describe()
         return {"status": "ok", "model": name, "model_version": version, "history": where}
 
@@ -245,8 +261,14 @@ def serve(
 ) -> None:
     import torch
     import uvicorn
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
 
     torch.set_num_threads(1)  # small batches: a second thread only contends with the server
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES.set(1)  # a registry that is down: keep serving, not wait
+    MLFLOW_HTTP_REQUEST_TIMEOUT.set(10)
     log.info("Scoring %s@champion from %s on http://%s:%d, history in %s", name, tracking_uri,
              host, port, store.describe())  # fmt: skip
     app = create_app(tracking_uri, name, reload_every, max_rows, store)
