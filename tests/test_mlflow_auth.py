@@ -283,6 +283,7 @@ def test_compose_gives_each_service_only_its_own_login() -> None:
     import yaml
 
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    services |= yaml.safe_load((ROOT / "docker-compose.regions.yml").read_text())["services"]
     LOGINS = ("mlflow-admin", "mlflow-writer", "mlflow-reader")
 
     def mounts(service: dict) -> dict[str, bool]:
@@ -303,9 +304,11 @@ def test_compose_gives_each_service_only_its_own_login() -> None:
         "mlflow-accounts": {"mlflow-admin": True, "mlflow-writer": False, "mlflow-reader": False},
         "serverapp": {"mlflow-writer": True},
         "launcher": {"mlflow-writer": True},
-        "scorer": {"mlflow-reader": True},
+        "us-scorer": {"mlflow-reader": True},  # each region's scorer reads the champion
+        "eu-scorer": {"mlflow-reader": True},
     }
-    for name, role in (("serverapp", "writer"), ("launcher", "writer"), ("scorer", "reader")):
+    readers = (("us-scorer", "reader"), ("eu-scorer", "reader"))
+    for name, role in (("serverapp", "writer"), ("launcher", "writer"), *readers):
         env = services[name]["environment"]
         assert env["FLAME_MLFLOW_CREDENTIALS"] == f"/secrets/mlflow-{role}/credentials"
         assert services[name]["depends_on"]["mlflow-accounts"] == {
