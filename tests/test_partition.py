@@ -72,11 +72,12 @@ def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
     region, val = assign_regions(frame, settings), validation_mask(frame, settings)
     x_test, _ = heldout_arrays(settings)
     # same rows, same order; history features from the server's own rows only
-    assert np.array_equal(x_test, build_features(frame[region == TEST]))
+    drop = settings.drop_balance_features  # the default model's features
+    assert np.array_equal(x_test, build_features(frame[region == TEST], drop))
     for i, name in enumerate(settings.regions):
         arrays = region_arrays(settings, name)
         mask = region == i
-        own = build_features(frame[mask])  # a region's history: its own rows (train and val)
+        own = build_features(frame[mask], drop)  # a region's history: its own rows (train, val)
         assert np.array_equal(arrays["train"][0], own[~val[mask]])
         assert np.array_equal(arrays["val"][1], labels(frame)[mask & val])
     assert 0.1 < val.mean() < 0.3
@@ -111,5 +112,6 @@ def test_streamed_preparation_equals_whole_file(tmp_path: Path) -> None:
     with patch("flame.data.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
         streamed = region_arrays(settings, "eu")["train"][0]
     mask = assign_regions(frame, settings) == 1
-    whole = build_features(frame[mask])[~validation_mask(frame, settings)[mask]]
+    drop = settings.drop_balance_features
+    whole = build_features(frame[mask], drop)[~validation_mask(frame, settings)[mask]]
     assert np.allclose(streamed, whole, atol=1e-6)
