@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flame.fl.server_app import NothingTrainedError
+from flame.fl.protocol import RunFailed
 from flame.log import setup_logging
 from flame.ops.simulate import run
 from flame.settings import SettingsError
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NothingTrainedError as err:
+    except RunFailed as err:
         print(f"error: the run failed: {err}", file=sys.stderr)
         return 1
     print_rounds(out / "metrics.csv")

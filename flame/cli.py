@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from flame.data.schema import PaySimFormatError
 from flame.log import setup_logging
 from flame.settings import SettingsError, load_settings
+
+
+def _count(text: str) -> int:
+    """A whole number of 1 or more (argparse type), else a one-line usage error."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 0 to 2**32-1")
+    return int(text)
+
+
+def _share(text: str) -> float:
+    """A share strictly between 0 and 0.5 (a fraud rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share above 0 and below 0.5")
+    return value
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -194,11 +219,13 @@ def _score(args: argparse.Namespace) -> None:
     if ":/" in args.model:  # an MLflow model URI: models:/flame-fraud@champion, runs:/..., ...
         from flame.track.access import check_access, login
         from flame.track.registry import model_file
-        from flame.track.tracking import tracking_uri
+        from flame.track.tracking import bound_requests, require_server, tracking_uri
 
         settings = load_settings()
         login(settings)
         uri = tracking_uri(settings.mlflow_tracking_uri)
+        bound_requests()
+        require_server(uri, f"--model {args.model}")
         check_access(uri)
         args.model = model_file(args.model, uri)
     args.model = Path(args.model)
@@ -246,10 +273,10 @@ def parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write synthetic PaySim rows as CSV")
-    synth.add_argument("--rows", type=int, required=True)
-    synth.add_argument("--seed", type=int, default=42)
+    synth.add_argument("--rows", type=_count, required=True)
+    synth.add_argument("--seed", type=_seed, default=42)
     synth.add_argument(
-        "--fraud-rate", type=float, help="fraud share (default FLAME_SYNTH_FRAUD_RATE)"
+        "--fraud-rate", type=_share, help="fraud share (default FLAME_SYNTH_FRAUD_RATE)"
     )
     synth.add_argument("--out", type=Path, required=True)
     synth.set_defaults(func=_synth)

@@ -27,6 +27,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 log = logging.getLogger("flame.settings")
 
 KAGGLE_FILE = Path("data/PS_20174392719_1491204439457_log.csv")
+ENV_FILE = Path(".env")
+# what MLflow's tracking and registry stores accept (http(s) servers, its SQL and file stores)
+TRACKING_SCHEMES = frozenset(
+    {"http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"}
+)
 
 
 class SettingsError(ValueError):
@@ -356,7 +361,11 @@ class FlameSettings(
     """Every setting, composed from the concerns above (fields in the order listed there)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FLAME_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="FLAME_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        allow_inf_nan=False,
     )
 
     @field_validator(
@@ -395,6 +404,17 @@ class FlameSettings(
         bad = [v for v in value or [] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(v))]
         if bad:
             raise ValueError(f"region names are letters, digits, - and _ only; got {bad}")
+        return value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str) -> str:
+        scheme = value.partition(":")[0].lower() if re.match(r"[A-Za-z][\w+.-]*:", value) else ""
+        if value and (scheme not in TRACKING_SCHEMES or not re.match(r"[\w+.-]+:/", value)):
+            raise ValueError(
+                f"{value!r} is no tracking URI MLflow can use: give http://host:port, "
+                "https://..., sqlite:///path or file:///path"
+            )
         return value
 
     @field_validator("policy_histogram_bins", mode="before")
@@ -467,6 +487,13 @@ class FlameSettings(
             raise ValueError("FLAME_UPDATE_NOISE needs FLAME_CODEC=none (it clips full weights)")
         return self
 
+    def learning_knobs(self) -> str:
+        """The settings to lower first when training diverges, with their values."""
+        if self.dp:
+            return (f"FLAME_DP_LEARNING_RATE (now {self.dp_learning_rate:g}) or "
+                    f"FLAME_DP_MAX_GRAD_NORM (now {self.dp_max_grad_norm:g})")  # fmt: skip
+        return f"FLAME_LEARNING_RATE (now {self.learning_rate:g})"
+
     def resolved_out_dir(self) -> Path:
         return self.out_dir or self.runs_dir / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -510,16 +537,41 @@ def unknown_variables(names: Iterable[str]) -> list[str]:
 
 
 def _hint(word: str, known: list[str]) -> str:
-    """``word`` as the tail of a setting (ROUNDS -> NUM_SERVER_ROUNDS), else the closest."""
-    tails = [k for k in known if k.endswith(f"_{word}")]
-    close = tails or difflib.get_close_matches(word, known, n=1, cutoff=0.6)
-    return f"; did you mean FLAME_{close[0]}?" if close else ""
+    """The setting ``word`` is closest to, comparing it with each setting's name and with
+    the name's tails (ROUDNS -> ROUNDS -> NUM_SERVER_ROUNDS) and its words without the
+    underscores (BATCHSIZE -> BATCH_SIZE); ties go to the shorter name."""
+    best, name = max((_likeness(word, k), -len(k), k) for k in known)[::2]
+    return f"; did you mean FLAME_{name}?" if best >= 0.6 else ""
+
+
+def _likeness(word: str, setting: str) -> float:
+    parts = setting.split("_")
+    forms = {"_".join(parts[i:]) for i in range(len(parts))} | {setting.replace("_", "")}
+    forms |= {"_".join(p for p in parts if p != drop) for drop in parts}  # DP_EPSILON
+    whole = difflib.SequenceMatcher(None, word, setting).ratio()
+    return max([whole] + [difflib.SequenceMatcher(None, word, f).ratio() - 0.01 for f in forms])
+
+
+def check_env_file(path: Path = ENV_FILE) -> None:
+    """A SettingsError naming the line of ``path`` that is not UTF-8 text (python-dotenv's
+    codec error names neither the file nor the line)."""
+    if not path.is_file():
+        return
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SettingsError(
+                f"{path} line {number}: byte 0x{line[err.start]:02x} at column {err.start + 1} "
+                "is not UTF-8 text; save the file as UTF-8"
+            ) from None
 
 
 def _warn_unknown_variables() -> None:
     from dotenv import dotenv_values
 
-    names = set(os.environ) | (set(dotenv_values(".env")) if Path(".env").is_file() else set())
+    check_env_file()
+    names = set(os.environ) | (set(dotenv_values(ENV_FILE)) if ENV_FILE.is_file() else set())
     for line in unknown_variables(names - _warned):
         log.warning(line)
     _warned.update(names)

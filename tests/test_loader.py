@@ -69,7 +69,7 @@ def test_bad_values_name_file_column_row_value(
         ((HEADER,), "no data rows"),
         ((HEADER.replace("amount", "amt"), PANDAS), "missing ['amount'], unexpected ['amt']"),
         ((HEADER + ",extra", PANDAS + ",1"), "unexpected ['extra']"),
-        ((HEADER.replace(",", ";"), PANDAS.replace(",", ";")), "header does not match"),
+        ((HEADER.replace(",", ";"), PANDAS.replace(",", ";")), "separated by ';'"),
         ((HEADER, PANDAS + ",9"), "p.csv"),
     ],
 )

@@ -109,3 +109,29 @@ def test_a_card_from_before_the_alert_budget_still_loads(tmp_path: Path) -> None
     _, loaded = load_model(tmp_path / "old.pt")
     assert loaded.alert_rate == 0.0
     assert loaded.validation_score_edges == [] and loaded.validation_score_counts == []
+
+
+def test_a_model_that_learns_passes_and_one_that_diverges_is_named() -> None:
+    import math
+
+    import pytest
+
+    from flame.model.train import DivergedError, check_converging, constant_loss
+
+    y = np.r_[np.ones(50), np.zeros(950)].astype(np.float32)
+    w = default_pos_weight(y)
+    guess = constant_loss(y, w)
+    logit = math.log(w * 0.05 / 0.95)  # the weighted fraud share's log-odds: the best constant
+    loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))
+    best = loss(torch.full((1000,), logit), torch.from_numpy(y)).item()
+    assert guess == pytest.approx(best, rel=1e-5)
+    model = torch.nn.Linear(2, 1)
+    check_converging(0.5 * guess, model, y, w)  # learning: below the constant guess
+    check_converging(3 * guess, model, y, w)  # an early, noisy round is not divergence
+    for bad in (math.inf, math.nan, 25 * guess):
+        with pytest.raises(DivergedError, match=r"^training diverged: "):
+            check_converging(bad, model, y, w)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = math.nan
+    with pytest.raises(DivergedError, match="weights are not finite"):
+        check_converging(0.5 * guess, model, y, w)

@@ -120,3 +120,62 @@ def test_settings_that_cannot_work_are_refused_by_name() -> None:
     with pytest.raises(SettingsError, match=r"krum needs more than .* FLAME_REGIONS has 2$"):
         load_settings(aggregation="krum")
     assert load_settings(aggregation="krum", regions="5").aggregation == "krum"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DP_TARGET_EPSILON", "inf"), ("LEARNING_RATE", "nan"), ("ROUND_TIMEOUT", "inf"),
+     ("POLICY_MAX_EPSILON", "Infinity"), ("ATTACK_SCALE", "-inf"), ("DP_DELTA", "NaN")],
+)  # fmt: skip
+def test_a_number_that_is_not_finite_is_refused_where_it_is_read(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"FLAME_{name}", value)
+    with pytest.raises(SettingsError, match=rf"^invalid setting: FLAME_{name}: .*finite") as err:
+        load_settings()
+    assert "\n" not in str(err.value) and len(str(err.value)) <= 200
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("ROUDNS", "NUM_SERVER_ROUNDS"), ("NUM_ROUNDS", "NUM_SERVER_ROUNDS"),
+     ("LEARNIG_RATE", "LEARNING_RATE"), ("BATCHSIZE", "BATCH_SIZE"),
+     ("DP_EPSILON", "DP_TARGET_EPSILON"), ("MLFLOW_URI", "MLFLOW_TRACKING_URI"),
+     ("SEEDS", "SEED"), ("AGGREGATOR", "AGGREGATION"), ("REGOINS", "REGIONS")],
+)  # fmt: skip
+def test_a_typo_is_pointed_at_the_setting_a_person_meant(typo: str, meant: str) -> None:
+    from flame.settings import unknown_variables
+
+    (line,) = unknown_variables([f"FLAME_{typo}"])
+    assert line.endswith(f"did you mean FLAME_{meant}?"), line
+
+
+def test_a_dot_env_that_is_not_utf8_names_the_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"FLAME_SEED=3\n# caf\xe9 notes\nFLAME_NUM_SERVER_ROUNDS=2\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert ".env" in message and "line 2" in message and "UTF-8" in message, message
+    assert "\n" not in message and len(message) <= 200
+
+
+@pytest.mark.parametrize("uri", ["localhost:5000", "127.0.0.1:5000", "htp://mlflow:5000",
+                                 "mlflow:5000/", "//mlflow:5000", "http//mlflow:5000"])  # fmt: skip
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    monkeypatch.setenv("FLAME_MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(SettingsError, match=r"^invalid setting: FLAME_MLFLOW_TRACKING_URI: ") as e:
+        load_settings()
+    assert "http://" in str(e.value) and len(str(e.value)) <= 200
+
+
+@pytest.mark.parametrize("uri", ["", "http://mlflow:5000", "https://ml.example.com/",
+                                 "sqlite:////tmp/m.db", "file:///tmp/mlruns",
+                                 "postgresql://u:p@db/mlflow"])  # fmt: skip
+def test_a_tracking_uri_mlflow_can_use_is_kept(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    monkeypatch.setenv("FLAME_MLFLOW_TRACKING_URI", uri)
+    assert load_settings().mlflow_tracking_uri == uri

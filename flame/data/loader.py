@@ -149,6 +149,9 @@ MAGIC = {
 MAX_FIELD = 1 << 16  # bytes; PaySim fields are at most ~20
 
 
+SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}  # what spreadsheets use instead of ','
+
+
 def header(path: Path) -> list[str]:
     """The column names of ``path``'s first line (checked: plain UTF-8 text, not empty)."""
     with path.open("rb") as handle:
@@ -170,7 +173,17 @@ def header(path: Path) -> list[str]:
         raise PaySimFormatError(
             path, "lines end in a bare CR (old Mac style); convert them to LF or CRLF line ends"
         )
+    if first.lstrip()[:1] in ("{", "["):
+        raise PaySimFormatError(
+            path, "file is JSON, not CSV; export the rows as comma-separated PaySim CSV"
+        )
     names = next(csv.reader([first]))  # R and spreadsheets quote every field: "step","type"
+    for mark, name in SEPARATORS.items():
+        if len(names) == 1 and mark in first:
+            raise PaySimFormatError(
+                path, f"columns are separated by {name}; PaySim CSVs use commas (re-export it, "
+                "or in pandas: read_csv(sep=...).to_csv(index=False))",
+            )  # fmt: skip
     if any(n != n.strip() for n in names):
         raise PaySimFormatError(
             path, "the header has spaces around column names (e.g. ', type'); write the CSV "

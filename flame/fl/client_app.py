@@ -284,6 +284,8 @@ def train(msg: Message, context: Context) -> Message:
             pos_weight=pos_weight, seed=region_seed(settings, region, rnd),
             desc=f"{region} round {rnd}",
         )  # fmt: skip
+    if not extra.get("dp_exhausted"):
+        converging(loss, model, y_np, pos_weight, settings)
     sent_loss = math.nan if settings.dp else loss  # not a private figure: stays in the region
     record = MetricRecord(
         {"train_loss": sent_loss, "num_examples": len(x), "steps": plan.steps, **extra}
@@ -295,6 +297,18 @@ def train(msg: Message, context: Context) -> Message:
     )  # fmt: skip
     content = {"arrays": ArrayRecord(model.state_dict()), "metrics": record}
     return _reply(msg, region, content | scored)
+
+
+def converging(
+    loss: float, model: FraudMLP, y: np.ndarray, pos_weight: float, settings: FlameSettings
+) -> None:
+    """A DivergedError naming the settings most likely at fault when the round diverged."""
+    from flame.model.train import DivergedError, check_converging
+
+    try:
+        check_converging(loss, model, y, pos_weight)
+    except DivergedError as err:
+        raise DivergedError(f"{err}; lower {settings.learning_knobs()}") from None
 
 
 def validation(msg: Message, context: Context) -> MetricRecord:

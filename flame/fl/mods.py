@@ -27,11 +27,13 @@ def refusals_as_errors(msg: Message, context: Context, call_next: Handler) -> Me
     error reply carrying the one-line reason, which the server logs and reports, instead of a
     crash with a traceback."""
     from flame.model.metrics import DegenerateDataError
+    from flame.model.train import DivergedError
 
     try:
         return call_next(msg, context)
-    except (Refusal, DegenerateDataError) as err:
-        reason = f"{_region(msg, context)} refused: {err}"
+    except (Refusal, DegenerateDataError, DivergedError) as err:
+        verb = "" if isinstance(err, DivergedError) else " refused"
+        reason = f"{_region(msg, context)}{verb}: {err}"
         log.warning(reason)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 

@@ -10,3 +10,14 @@ VALIDATION_KEY = "validation"
 class Refusal(Exception):
     """A region declines a task for a reason it states (its policy, its data, its privacy
     budget). The ClientApp replies with the reason as the message's error, in one line."""
+
+
+DIVERGED_REASON = "training diverged"  # how a region's error reply says its training diverged
+
+
+class RunFailed(RuntimeError):
+    """The run stops without a model worth saving; the message says why in one line."""
+
+
+class RunDiverged(RunFailed):
+    """A region's training, or the aggregated model, diverged: the run stops, saving nothing."""

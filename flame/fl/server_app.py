@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
 from flame.fl.packing import PackedGrid
+from flame.fl.protocol import RunDiverged, RunFailed
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
@@ -148,7 +149,7 @@ def privacy_line(settings: FlameSettings) -> str:
     )
 
 
-class NothingTrainedError(RuntimeError):
+class NothingTrainedError(RunFailed):
     """The run ended without a single aggregated update: its model would be the initial one."""
 
 
@@ -219,7 +220,36 @@ def main(grid: Grid, context: Context) -> None:
         return
     wait_for_regions(grid, settings)
     polling.cap_pull_backoff(settings.poll_interval)
-    result = runner.start(
+    try:
+        result = start(runner, grid, initial, settings, sent, round_end, done)
+    except RunFailed:
+        tracker.close("FAILED")
+        raise
+    if strategy.trained_rounds == 0:
+        tracker.close("FAILED")
+        errors = sorted(strategy.errors)
+        reason = (
+            errors[0][:300]
+            if errors
+            else (
+                f"no reply within FLAME_ROUND_TIMEOUT={settings.round_timeout:g} s: raise it if a "
+                "region's round takes longer, or check that the regions are up"
+            )
+        )
+        more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
+        raise NothingTrainedError(
+            f"no region returned a model update in any of the {settings.num_server_rounds - done} "
+            f"rounds ({reason}{more}); no model was saved"
+        )
+    finish(out, model, card, result.arrays or initial, round_end, tracker, settings)
+
+
+def start(
+    runner: Strategy, grid: Grid, initial: ArrayRecord, settings: FlameSettings,
+    sent: ConfigRecord, round_end: RoundEnd, done: int,
+) -> Result:  # fmt: skip
+    """Flower's round loop over the rounds left after ``done``."""
+    return runner.start(
         grid=PackedGrid(polling.PromptGrid(grid, settings.poll_interval)),  # type: ignore[arg-type]
         initial_arrays=initial,
         num_rounds=settings.num_server_rounds - done,
@@ -228,16 +258,6 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_config=ConfigRecord(dict(sent)),
         evaluate_fn=round_end,
     )
-    if strategy.trained_rounds == 0:
-        tracker.close("FAILED")
-        errors = sorted(strategy.errors)
-        reason = errors[0][:300] if errors else "see the regions' logs"
-        more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
-        raise NothingTrainedError(
-            f"no region returned a model update in any of the {settings.num_server_rounds - done} "
-            f"rounds ({reason}{more}); no model was saved"
-        )
-    finish(out, model, card, result.arrays or initial, round_end, tracker, settings)
 
 
 def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
@@ -294,6 +314,12 @@ def finish(
         )  # fmt: skip
     else:
         card.threshold = strategy.threshold
+    if card.threshold >= 1.0:  # every validation score in the top bin or none: no alert ever
+        tracker.close("FAILED")
+        raise RunDiverged(
+            "the trained model flags no transaction at any threshold (its validation scores are "
+            f"all alike): it learnt nothing; lower {settings.learning_knobs()}; no model was saved"
+        )
     scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
     card.metrics = {k: float(v) for k, v in scored.items()}
     model.load_state_dict(arrays.to_torch_state_dict())

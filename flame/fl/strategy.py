@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flame.fl.compression import server_decode
-from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
+from flame.fl.protocol import DIVERGED_REASON, EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, RunDiverged
 from flame.model import metrics as fm
 from flame.settings import FlameSettings
 from flame.track.tracking import CLIENTS, Tracker, client_kind
@@ -150,11 +150,14 @@ class FlameStrategy(FedAvg):
         missing = sorted(set(self.regions) - answered)
         errors = [m.error.reason for m in replies if m.has_error()]
         self.errors.update(e.splitlines()[0] for e in errors if e)
+        if diverged := [e.splitlines()[0] for e in errors if DIVERGED_REASON in e]:
+            raise RunDiverged(f"round {server_round} {stage}: {diverged[0]}; no model was saved")
         if missing:
             log.warning(
                 "round %d %s: no reply from %s%s; continuing with %s",
                 server_round, stage, ", ".join(missing),
-                f" ({'; '.join(e.splitlines()[0] for e in errors)})" if errors else "",
+                f" ({'; '.join(e.splitlines()[0] for e in errors)})" if errors
+                else " within the round's time-out (FLAME_ROUND_TIMEOUT)",
                 ", ".join(sorted(answered)) or "nobody",
             )  # fmt: skip
         return {"regions": len(answered), "missing": ";".join(missing)}
@@ -234,6 +237,9 @@ class FlameStrategy(FedAvg):
                     )
                 kept.append(msg)
         arrays, metrics = super().aggregate_train(server_round, kept)
+        if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+            raise RunDiverged(f"round {server_round}: the aggregated model has non-finite "
+                              "weights; lower the learning rate; no model was saved")  # fmt: skip
         self.trained_rounds += arrays is not None
         row: dict[str, Any] = roll | totals
         if metrics is not None:

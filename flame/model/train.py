@@ -23,6 +23,37 @@ def default_pos_weight(y: np.ndarray) -> float:
     return math.sqrt((len(y) - pos) / pos) if pos else 1.0
 
 
+DIVERGED = 20.0  # a round's mean loss this many times the best constant guess's: diverged
+
+
+class DivergedError(ArithmeticError):
+    """Training's loss became non-finite or far worse than knowing nothing about the rows."""
+
+
+def constant_loss(y: np.ndarray, pos_weight: float) -> float:
+    """The weighted BCE of the best constant guess (the weighted fraud share): what a model
+    that learnt nothing scores; a model that learns scores less."""
+    pos = float(np.sum(y)) / max(len(y), 1)
+    weighted = pos_weight * pos / (pos_weight * pos + 1 - pos) if pos else 0.0
+    entropy = -sum(p * math.log(p) for p in (weighted, 1 - weighted) if p > 0)
+    return (pos_weight * pos + 1 - pos) * entropy
+
+
+def check_converging(loss: float, model: nn.Module, y: np.ndarray, pos_weight: float) -> None:
+    """A DivergedError (one line) when the round's mean ``loss`` is not finite, the weights are
+    not, or the loss is over ``DIVERGED`` times :func:`constant_loss`."""
+    guess = constant_loss(y, pos_weight)
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not math.isfinite(loss) or not finite:
+        raise DivergedError(f"training diverged: the loss is {loss:.3g} and the weights are "
+                            f"{'finite' if finite else 'not finite'}")  # fmt: skip
+    if loss > DIVERGED * max(guess, 1e-3):
+        raise DivergedError(
+            f"training diverged: mean loss {loss:.3g}, over {DIVERGED:g} x the {guess:.3g} of "
+            "always guessing the fraud share"
+        )
+
+
 @dataclass(frozen=True)
 class Plan:
     """Steps per round, rounds and the learning-rate schedule of one region's training."""

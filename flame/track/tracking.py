@@ -111,6 +111,27 @@ def mlflow_reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def bound_requests(retries: int = 1, timeout: float = 10.0) -> None:
+    """Cap MLflow's HTTP retries and time-out for this process (MLflow's own: 7 retries with
+    back-off and 120 s each, so a dead server holds a command for minutes)."""
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES.set(retries)
+    MLFLOW_HTTP_REQUEST_TIMEOUT.set(timeout)
+
+
+def require_server(uri: str, what: str) -> None:
+    """A ConnectionError in one line, naming the address and the setting, when the MLflow
+    server at ``uri`` does not answer (local stores always do)."""
+    if not mlflow_reachable(uri):
+        raise ConnectionError(
+            f"{what}: MLflow at {uri} does not answer; start it or fix FLAME_MLFLOW_TRACKING_URI"
+        )
+
+
 LOCAL_SERVER = "http://127.0.0.1:5000"
 EMBEDDED = Path("mlflow-data")  # the store scripts/start_mlflow_ui.py (make mlflow-ui) serves
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's training view

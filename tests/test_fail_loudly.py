@@ -1,0 +1,130 @@
+"""Mistakes a new user makes, each ending in one line that names the file, setting or address
+(issue 27): impossible sizes, files that are not CSV, a dead registry, a run that diverges or
+learns nothing, a round time-out too short. Real processes where a person would run one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flame.cli import main
+from flame.data.schema import COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"FLAME_MLFLOW": "false", "FLAME_TENSORBOARD": "false", "TQDM_DISABLE": "1"}
+
+
+def _one_line(stderr: str, *needles: str) -> str:
+    line = [x for x in stderr.splitlines() if x.startswith(("error: ", "flame"))][-1]
+    assert all(n in line for n in needles), line
+    assert "Traceback" not in stderr and len(line) <= 250, line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--rows", "-5"), ("--rows", "0"), ("--rows", "1e3"), ("--fraud-rate", "2"),
+     ("--fraud-rate", "0"), ("--fraud-rate", "nan"), ("--seed", "-1")],
+)  # fmt: skip
+def test_synth_with_an_impossible_size_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    argv = ["data", "synth", "--rows", "100", "--out", str(tmp_path / "s.csv"), flag, value]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    _one_line(capsys.readouterr().err, f"argument {flag}", repr(value))
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [('[{"step": 1, "type": "PAYMENT"}]\n', "is JSON, not CSV"),
+     ('{"step": 1}\n{"step": 2}\n', "is JSON, not CSV"),
+     (";".join(COLUMNS) + "\n1;PAYMENT;9.5;C1;0;0;M1;0;0;0;0\n", "separated by ';'"),
+     ("\t".join(COLUMNS) + "\n1\tPAYMENT\t9.5\tC1\t0\t0\tM1\t0\t0\t0\t0\n", "separated by tabs"),
+     ("|".join(COLUMNS) + "\n", "separated by '|'")],
+)  # fmt: skip
+def test_a_file_named_csv_that_is_not_comma_separated_says_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text(text)
+    code = main(["score", str(path), "--model", str(tmp_path / "m.pt"), "--out", "o.csv"])
+    assert code == 2
+    _one_line(capsys.readouterr().err, "export.csv", says)
+
+
+def _silent_listener() -> socket.socket:
+    """A port that accepts connections and never answers (a hung server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+@pytest.mark.parametrize("kind", ["refusing", "silent"])
+def test_scoring_with_a_dead_registry_ends_in_one_line_within_seconds(
+    tmp_path: Path, kind: str
+) -> None:
+    rows = tmp_path / "rows.csv"
+    assert main(["data", "synth", "--rows", "200", "--out", str(rows)]) == 0
+    listener = _silent_listener()
+    port = listener.getsockname()[1]
+    if kind == "refusing":
+        listener.close()  # nothing listens there any more
+    uri = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flame.cli", "score", str(rows), "--model",
+         "models:/flame-fraud@champion", "--out", str(tmp_path / "o.csv")],
+        env=os.environ | QUIET | {"FLAME_MLFLOW_TRACKING_URI": uri},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    listener.close()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    _one_line(proc.stderr, uri, "FLAME_MLFLOW_TRACKING_URI")
+    assert elapsed < 30, f"took {elapsed:.0f} s"  # MLflow's own retries: minutes
+    assert not (tmp_path / "o.csv").exists()
+
+
+def _run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "main.py", "--rounds", "2", "--rows", "5000", "--fraud-rate", "0.05",
+         "--out", str(tmp_path / "run")],
+        cwd=ROOT, env=os.environ | QUIET | {"FLAME_CACHE_DIR": str(tmp_path / "cache")} | env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("learning_rate", "says"),
+    [("1000", "training diverged"), ("10", "learnt nothing")],
+)  # fmt: skip
+def test_a_run_that_diverges_stops_names_the_setting_and_saves_no_model(
+    tmp_path: Path, learning_rate: str, says: str
+) -> None:
+    proc = _run(tmp_path, {"FLAME_LEARNING_RATE": learning_rate})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = _one_line(
+        proc.stderr, "the run failed", says, f"FLAME_LEARNING_RATE (now {learning_rate})"
+    )
+    assert "no model was saved" in line
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert "Saved the model" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.integration
+def test_a_round_timeout_too_short_is_named(tmp_path: Path) -> None:
+    proc = _run(tmp_path, {"FLAME_ROUND_TIMEOUT": "0.3", "FLAME_MIN_LOCAL_STEPS": "3000"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    _one_line(proc.stderr, "the run failed", "FLAME_ROUND_TIMEOUT=0.3 s")
+    assert not (tmp_path / "run" / "model.pt").exists()
