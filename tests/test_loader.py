@@ -208,5 +208,28 @@ def test_a_folder_refuses_what_it_cannot_read_and_names_what_it_skips(
 def test_the_same_transaction_with_two_labels_is_refused(tmp_path: Path) -> None:
     write(tmp_path, HEADER, JAVA, name="a.csv")
     write(tmp_path, HEADER, JAVA.replace(",1,0", ",0,0"), name="b.csv")
-    with pytest.raises(PaySimFormatError, match=r"different isFraud labels .*C1 -> C2"):
+    with pytest.raises(PaySimFormatError, match=r"C1 -> C2\) with different isFraud; keep one"):
         read_paysim(tmp_path)
+
+
+def test_copies_across_files_are_counted_and_conflicting_ones_refused_by_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, HEADER, PANDAS, JAVA, name="a.csv")
+    write(tmp_path, HEADER, SPREADSHEET, PANDAS, PANDAS, name="b.csv")
+    with caplog.at_level("WARNING", logger="flame.data.loader"):
+        pooled = read_paysim(tmp_path)
+    assert len(pooled) == 3  # a.csv's two rows and b.csv's new one
+    (line,) = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert line.startswith(f"{tmp_path / 'b.csv'}: 2 rows repeat rows of a.csv exactly"), line
+    # inside one file every row is kept, repeats included
+    assert len(read_paysim(tmp_path / "b.csv")) == 3
+    # the same transaction with another balance in a later file: refused, both places named
+    balances = PANDAS.split(",")
+    balances[5] = str(float(balances[5]) + 1)  # newbalanceOrig
+    write(tmp_path, HEADER, JAVA, ",".join(balances), name="c.csv")
+    with pytest.raises(PaySimFormatError) as err:
+        read_paysim(tmp_path)
+    message = str(err.value)
+    assert "c.csv: line 3 and a.csv line 2 are the same transaction" in message, message
+    assert "with different newbalanceOrig" in message and "\n" not in message

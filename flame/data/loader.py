@@ -70,23 +70,49 @@ BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch (~200k PaySim rows)
 
 
 def read_paysim(path: Path | str, require_labels: bool = True) -> pd.DataFrame:
-    """Read one PaySim CSV or a folder of them (pooled, de-duplicated) into a typed frame.
+    """Read one PaySim CSV or a folder of them (pooled) into a typed frame.
 
-    With ``require_labels=False`` (scoring) the label columns may be absent; they read as 0.
+    In a folder, a transaction (``DEDUP_KEY``) found in several files is kept from the first
+    file read (files in name order) when every copy is the same, and the rows dropped are
+    counted per file in a warning; copies that differ in any column are refused with the two
+    files and lines. Rows repeated inside one file are all kept. With ``require_labels=False``
+    (scoring) the label columns may be absent; they read as 0.
     """
-    frames = list(iter_paysim(path, require_labels))
-    pooled = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    if len(csv_files(Path(path))) > 1:
-        conflicting = pooled.drop_duplicates([*DEDUP_KEY, "isFraud"]).duplicated(DEDUP_KEY)
-        if conflicting.any():
-            row = pooled.drop_duplicates([*DEDUP_KEY, "isFraud"])[conflicting].iloc[0]
-            raise PaySimFormatError(
-                path, "the same transaction is in two files with different isFraud labels "
-                f"(step {row['step']}, {row['type']}, amount {row['amount']}, "
-                f"{row['nameOrig']} -> {row['nameDest']})",
-            )  # fmt: skip
-        pooled = pooled.drop_duplicates(DEDUP_KEY, ignore_index=True)
-    return pooled
+    files = csv_files(Path(path))
+    if len(files) == 1:
+        return read_paysim_file(files[0], require_labels)
+    frames = [
+        read_paysim_file(f, require_labels).assign(_file=i, _line=lambda t: t.index + 2)
+        for i, f in enumerate(files)
+    ]
+    return _first_copies(pd.concat(frames, ignore_index=True), files)
+
+
+def _first_copies(pooled: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
+    """``pooled`` without the rows that repeat an earlier file's (see :func:`read_paysim`)."""
+    first = pooled.groupby(DEDUP_KEY, observed=True, sort=False)["_file"].transform("min")
+    shared = pooled.groupby(DEDUP_KEY, observed=True, sort=False)["_file"].transform("nunique")
+    values = [c for c in COLUMNS if c in pooled]
+    many = pooled[shared > 1]
+    variants = many.drop_duplicates(values)
+    if variants.duplicated(DEDUP_KEY).any():
+        clash = variants[variants.duplicated(DEDUP_KEY, keep=False)].iloc[:2]
+        a, b = clash.iloc[0], clash.iloc[1]
+        differ = [c for c in values if a[c] != b[c]]
+        raise PaySimFormatError(
+            files[int(b["_file"])], f"line {int(b['_line'])} and {files[int(a['_file'])].name} "
+            f"line {int(a['_line'])} are the same transaction (step {a['step']}, {a['type']}, "
+            f"amount {a['amount']}, {a['nameOrig']} -> {a['nameDest']}) with different "
+            f"{', '.join(differ)}; keep one copy",
+        )  # fmt: skip
+    repeat = pooled["_file"] != first
+    for index, count in pooled.loc[repeat, "_file"].value_counts(sort=False).sort_index().items():
+        kept = sorted({files[i].name for i in first[repeat & (pooled["_file"] == index)]})
+        log.warning(
+            "%s: %d rows repeat rows of %s exactly and were dropped (the copy in the file "
+            "read first is kept)", files[int(index)], count, ", ".join(kept),
+        )  # fmt: skip
+    return pooled[~repeat].drop(columns=["_file", "_line"]).reset_index(drop=True)
 
 
 def iter_paysim(path: Path | str, require_labels: bool = True) -> Iterator[pd.DataFrame]:
