@@ -65,7 +65,13 @@ def test_scorer_serves_the_champion_reloads_it_and_refuses_bad_requests(
     assert got == pytest.approx(score_frame(first, frame)["fraud_probability"].tolist())
 
     _register(tmp_path, client, experiment, 2)  # better PR-AUC: the alias moves
-    assert app.post("/predict", json={"dataframe_records": rows}).json()["model_version"] == "2"
+    # a request never waits on the registry once a model is served: the new version is
+    # looked up and loaded in the background, and served from then on
+    served, deadline = "1", time.monotonic() + 30
+    while served == "1" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        served = app.post("/predict", json={"dataframe_records": rows}).json()["model_version"]
+    assert served == "2"
     assert app.get("/health").json()["model_version"] == "2"
 
     without_step = {k: v for k, v in rows[0].items() if k != "step"}
@@ -225,3 +231,41 @@ def test_health_answers_while_the_registry_is_unreachable(scorer: tuple[str, int
         connection.request("GET", "/health")
         reply = connection.getresponse()
         assert reply.status == 200 and json.loads(reply.read())["model_version"] is None
+
+
+def test_a_scorer_whose_registry_hangs_says_so_on_health_and_stops_promptly(
+    tmp_path: Path,
+) -> None:
+    """The registry accepts connections and never answers: a /predict waits on it (no model
+    yet), /health keeps answering within the healthcheck's 3 s and says the registry is
+    degraded, and SIGTERM stops the process within seconds, not after MLflow's retries."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    port = free_port()
+    env = {"FLAME_MLFLOW_TRACKING_URI": uri, "FLAME_HISTORY_URL": "memory://",
+           "FLAME_SERVE_RELOAD": "1", "FLAME_STATE_DIR": str(tmp_path)}  # fmt: skip
+    proc = _scorer_process(port, env, tmp_path / "scorer.log")
+    row = generate(50, seed=3).drop(columns=["isFraud", "isFlaggedFraud"]).iloc[0].to_dict()
+    body = json.dumps({"rows": [row]}, default=str).encode()
+    waiting = threading.Thread(target=lambda: _post(("127.0.0.1", port), body), daemon=True)
+    try:
+        waiting.start()  # held by the registry
+        time.sleep(1.0)
+        deadline, health = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and health.get("status") != "degraded":
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+            connection.request("GET", "/health")
+            reply = connection.getresponse()
+            assert reply.status == 200
+            health = json.loads(reply.read())
+            time.sleep(0.5)
+        assert health["status"] == "degraded" and uri in health["registry"], health
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert time.monotonic() - started < 12, "SIGTERM took too long"
+    finally:
+        proc.kill()
+        silent.close()

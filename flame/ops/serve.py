@@ -35,10 +35,12 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from flame.data.history import History, HistoryStore
 from flame.model.net import FraudMLP, ModelCard
 from flame.ops.monitor import Monitor
+from flame.track.tracking import bound_requests
 
 log = logging.getLogger("flame.ops.serve")
 
@@ -68,11 +70,17 @@ class Champion:
     version: str | None = None
     model: tuple[FraudMLP, ModelCard] | None = None
     checked: float = -1e9
+    problem: str = ""  # why the last look at the registry failed; empty when it answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def current(self) -> tuple[str | None, tuple[FraudMLP, ModelCard] | None]:
+        """The model to score with: once one is loaded, never waiting on the registry (a look,
+        when due, runs in the background); before that, one bounded look."""
+        if self.model is not None:
+            self.peek()
+            return self.version, self.model
         with self.lock:
-            if time.monotonic() - self.checked >= self.reload_every:
+            if self.model is None and time.monotonic() - self.checked >= self.reload_every:
                 self.checked = time.monotonic()
                 self._refresh()
             return self.version, self.model
@@ -104,12 +112,19 @@ class Champion:
         try:
             version = mlflow.MlflowClient().get_model_version_by_alias(self.name, CHAMPION).version
         except MlflowException as err:
-            if "error code 401" in str(err) or "error code 403" in str(err):
-                log.warning("%s; serving version %s", short(err, self.tracking_uri), self.version)
+            self.problem = ""
+            if "failed with exception" in str(err):  # no HTTP answer: refused, timed out
+                self.problem = f"MLflow at {self.tracking_uri} unreachable"
+                log.warning("%s; serving version %s", self.problem, self.version)
+            elif "error code 401" in str(err) or "error code 403" in str(err):
+                self.problem = short(err, self.tracking_uri)
+                log.warning("%s; serving version %s", self.problem, self.version)
             return  # no champion yet (or no such model): keep serving what we have
         except Exception as err:  # noqa: BLE001 - registry unreachable: keep the loaded model
-            log.warning("registry unreachable (%s); serving version %s", err, self.version)
+            self.problem = f"MLflow at {self.tracking_uri} unreachable ({type(err).__name__})"
+            log.warning("%s; serving version %s", self.problem, self.version)
             return
+        self.problem = ""
         if version == self.version:
             return
         try:
@@ -221,6 +236,7 @@ def create_app(
     from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST
 
+    bound_requests()  # MLflow's own retries hold a look at a dead registry for minutes
     app = FastAPI(title="Flame scorer")
     champion = Champion(tracking_uri, name, reload_every)
     history, monitor = History(store), Monitor()
@@ -229,8 +245,9 @@ def create_app(
     @app.get("/health")
     def health() -> dict[str, Any]:
         version = champion.peek()  # never waits on the registry (a healthcheck must answer)
-        where = store.describe()
-        return {"status": "ok", "model": name, "model_version": version, "history": where}
+        where, problem = store.describe(), champion.problem
+        return {"status": "degraded" if problem else "ok", "registry": problem or "ok",
+                "model": name, "model_version": version, "history": where}  # fmt: skip
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -241,7 +258,12 @@ def create_app(
         started = time.perf_counter()
         try:
             body = parse(await read_body(request, limit))
-            reply = JSONResponse(predict(champion, history, monitor, body, max_rows))
+            answer = (
+                predict(champion, history, monitor, body, max_rows)
+                if champion.model is not None  # the usual path: no wait on the registry
+                else await run_in_threadpool(predict, champion, history, monitor, body, max_rows)
+            )  # before the first model, its look at the registry must not block /health
+            reply = JSONResponse(answer)
         except BadRequest as err:
             reply = JSONResponse({"error": str(err)}, status_code=err.status)
         monitor.request(reply.status_code, time.perf_counter() - started)
@@ -261,15 +283,10 @@ def serve(
 ) -> None:
     import torch
     import uvicorn
-    from mlflow.environment_variables import (
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-        MLFLOW_HTTP_REQUEST_TIMEOUT,
-    )
 
     torch.set_num_threads(1)  # small batches: a second thread only contends with the server
-    MLFLOW_HTTP_REQUEST_MAX_RETRIES.set(1)  # a registry that is down: keep serving, not wait
-    MLFLOW_HTTP_REQUEST_TIMEOUT.set(10)
     log.info("Scoring %s@champion from %s on http://%s:%d, history in %s", name, tracking_uri,
              host, port, store.describe())  # fmt: skip
     app = create_app(tracking_uri, name, reload_every, max_rows, store)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM: requests still running after 5 s are dropped, so a stop is prompt
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -111,7 +111,7 @@ def mlflow_reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def bound_requests(retries: int = 1, timeout: float = 10.0) -> None:
+def bound_requests(retries: int = 1, timeout: int = 10) -> None:
     """Cap MLflow's HTTP retries and time-out for this process (MLflow's own: 7 retries with
     back-off and 120 s each, so a dead server holds a command for minutes)."""
     from mlflow.environment_variables import (
