@@ -16,7 +16,7 @@ from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
 from flame.fl.packing import PackedGrid
-from flame.fl.protocol import RunDiverged, RunFailed
+from flame.fl.protocol import RunFailed
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
@@ -314,12 +314,6 @@ def finish(
         )  # fmt: skip
     else:
         card.threshold = strategy.threshold
-    if card.threshold >= 1.0:  # every validation score in the top bin or none: no alert ever
-        tracker.close("FAILED")
-        raise RunDiverged(
-            "the trained model flags no transaction at any threshold (its validation scores are "
-            f"all alike): it learnt nothing; lower {settings.learning_knobs()}; no model was saved"
-        )
     scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
     card.metrics = {k: float(v) for k, v in scored.items()}
     model.load_state_dict(arrays.to_torch_state_dict())
