@@ -21,6 +21,8 @@ def name_hash(names: pd.Series, seed: int) -> np.ndarray:
     """
     import pyarrow as pa
 
+    if len(names) <= SMALL and all(isinstance(n, str) for n in names):
+        return np.array([_hash_one(n, seed) for n in names], dtype=np.uint64)
     arr = pa.array(names, type=pa.large_string())
     if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed column of pooled frames
         arr = arr.combine_chunks()
@@ -37,6 +39,26 @@ def name_hash(names: pd.Series, seed: int) -> np.ndarray:
             byte = data[np.minimum(offsets[:-1] + j, len(data) - 1)].astype(np.uint64)
             h = np.where(j < lengths, (h ^ byte) * np.uint64(0x100000001B3), h)
         return mix(h ^ lengths.astype(np.uint64))
+
+
+SMALL = 8  # up to this many names, hashing in Python beats Arrow's per-call overhead
+MASK = 2**64 - 1
+TYPE_INDEX = {t: i for i, t in enumerate(TYPES)}
+
+
+def _hash_one(name: str, seed: int) -> int:
+    """``name_hash`` of one name, with Python ints (the same value)."""
+    h = 0xCBF29CE484222325 ^ _mix_int(seed)
+    data = name.encode()
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & MASK
+    return _mix_int(h ^ len(data))
+
+
+def _mix_int(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
 
 
 def mix(z: np.ndarray | np.uint64) -> np.ndarray:
@@ -58,6 +80,8 @@ def type_codes(kinds: pd.Series | pd.Categorical | np.ndarray) -> np.ndarray:
     if isinstance(kinds, pd.Categorical):
         same = tuple(kinds.categories) == TYPES  # the schema's own: no re-mapping needed
         return (kinds if same else kinds.set_categories(TYPES)).codes.astype(np.int64)
+    if len(kinds) <= SMALL and all(isinstance(k, str) for k in kinds):
+        return np.array([TYPE_INDEX.get(k, -1) for k in kinds], dtype=np.int64)
     kinds = kinds if hasattr(kinds, "dtype") else np.asarray(kinds, dtype=object)
     codes = pc.index_in(pa.array(kinds, type=pa.string()), value_set=pa.array(TYPES))
     return pc.fill_null(codes, -1).to_numpy().astype(np.int64)

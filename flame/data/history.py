@@ -81,21 +81,20 @@ class MemoryStore:
         transfers: np.ndarray,
         last_step: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        prior = self._counts(payees)
+        at = np.searchsorted(self.keys, payees)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == payees[known]
+        prior = np.zeros(len(payees), dtype=np.int64)
+        prior[known] = self.counts[at[known]]
         seen = np.isin(asked, self.transfers)
-        keys, inverse = np.unique(np.concatenate([self.keys, payees]), return_inverse=True)
-        weights = np.concatenate([self.counts, adds])
-        self.keys, self.counts = keys, np.bincount(inverse, weights=weights).astype(np.int64)
+        self.counts[at[known]] += adds[known]  # payees are distinct: no index repeats
+        new = ~known  # inserted in place: the arrays stay sorted, without re-sorting them
+        self.keys = np.insert(self.keys, at[new], payees[new])
+        self.counts = np.insert(self.counts, at[new], adds[new])
         kept = self.transfers if last_step == self.last_step else self.transfers[:0]
         self.transfers = np.concatenate([kept, transfers[transfers // STEP_KEY == last_step]])
         self.last_step = max(self.last_step, last_step)
         return prior, seen
-
-    def _counts(self, payees: np.ndarray) -> np.ndarray:
-        if not len(self.keys):
-            return np.zeros(len(payees), dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.keys, payees), len(self.keys) - 1)
-        return np.where(self.keys[at] == payees, self.counts[at], 0)
 
 
 class History:

@@ -17,15 +17,14 @@ the first champion exists), without waiting on the registry. ``/predict`` looks 
 alias up at most every ``FLAME_SERVE_RELOAD`` seconds; when it has moved, the new version is
 loaded and served.
 
-A bad request (not JSON, JSON nested deeper than a row, no rows, a missing column, a value of
-the wrong type, more than ``FLAME_SERVE_MAX_ROWS`` rows) gets a 4xx with a one-line reason; 503
-until a champion exists. A body larger than ``max_body_bytes(FLAME_SERVE_MAX_ROWS)`` (1 KiB a
+A bad request (not strict JSON, so NaN and Infinity too; JSON nested deeper than a row; no
+rows; a missing column; a value of the wrong type; more than ``FLAME_SERVE_MAX_ROWS`` rows) gets
+a 4xx with a one-line reason; 503 until a champion exists. A body larger than ``max_body_bytes(FLAME_SERVE_MAX_ROWS)`` (1 KiB a
 row: a PaySim row is about 250 bytes of JSON) gets 413 before more of it than that is read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -33,12 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import orjson
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from flame.data.history import History, HistoryStore
 from flame.model.net import FraudMLP, ModelCard
+from flame.model.score import Forward
 from flame.ops.monitor import Monitor
 from flame.track.tracking import bound_requests
 
@@ -60,6 +63,16 @@ class BadRequest(ValueError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Served:
+    """One champion version, ready to score: its weights, card and numpy forward pass."""
+
+    version: str
+    model: FraudMLP
+    card: ModelCard
+    forward: Forward
+
+
 @dataclass
 class Champion:
     """The model being served, reloaded when the registry's champion alias moves."""
@@ -67,23 +80,30 @@ class Champion:
     tracking_uri: str
     name: str
     reload_every: float
-    version: str | None = None
-    model: tuple[FraudMLP, ModelCard] | None = None
+    served: Served | None = None  # replaced whole, so a request never mixes two versions
     checked: float = -1e9
     problem: str = ""  # why the last look at the registry failed; empty when it answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def version(self) -> str | None:
+        return self.served.version if self.served else None
+
     def current(self) -> tuple[str | None, tuple[FraudMLP, ModelCard] | None]:
+        served = self.serving()
+        return (served.version, (served.model, served.card)) if served else (None, None)
+
+    def serving(self) -> Served | None:
         """The model to score with: once one is loaded, never waiting on the registry (a look,
         when due, runs in the background); before that, one bounded look."""
-        if self.model is not None:
+        if self.served is not None:
             self.peek()
-            return self.version, self.model
+            return self.served
         with self.lock:
-            if self.model is None and time.monotonic() - self.checked >= self.reload_every:
+            if self.served is None and time.monotonic() - self.checked >= self.reload_every:
                 self.checked = time.monotonic()
                 self._refresh()
-            return self.version, self.model
+            return self.served
 
     def peek(self) -> str | None:
         """The version served now, never waiting: a look at the alias, when one is due, starts
@@ -129,13 +149,14 @@ class Champion:
             return
         try:
             uri = f"models:/{self.name}/{version}"
-            self.model = load_scorer(model_file(uri, self.tracking_uri))
-        except (ValueError, OSError) as err:
+            model, card = load_scorer(model_file(uri, self.tracking_uri))
+            served = Served(version, model, card, Forward(model))
+        except (ValueError, OSError, TypeError) as err:
             log.warning("cannot load %s version %s (%s); serving %s", self.name, version, err,
                         self.version)  # fmt: skip
             return
         log.info("Serving %s version %s (%s)", self.name, version, CHAMPION)
-        self.version = version
+        self.served = served
 
 
 def rows_of(body: Any, max_rows: int) -> list[dict[str, Any]]:
@@ -175,13 +196,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse(body: bytes) -> Any:
-    """The body as JSON, or a 400 BadRequest (deep nesting included) in one line."""
+    """The body as strict JSON (no NaN or Infinity), or a 400 BadRequest in one line."""
     try:
-        return json.loads(body)
-    except RecursionError:
-        raise BadRequest(400, "the body is JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, digits over Python's limit
-        raise BadRequest(400, "the body is not JSON") from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        if "depth limit" in str(err):
+            raise BadRequest(400, "the body is JSON nested too deeply") from None
+        raise BadRequest(400, f"the body is not JSON ({err})") from None
 
 
 def columns_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,63 +234,67 @@ def predict(
         raise
     except (PaySimFormatError, ValueError, TypeError) as err:
         raise BadRequest(400, str(err).splitlines()[0]) from None
-    version, model = champion.current()
-    if model is None:
+    served = champion.serving()
+    if served is None:
         raise BadRequest(503, f"no champion yet: no version of {champion.name!r} has the alias")
     try:
-        scores = probabilities(*model, columns, history)
+        scores = probabilities(served.model, served.card, columns, history, served.forward)
     except HistoryUnavailable as err:
         raise BadRequest(503, str(err).splitlines()[0]) from None
     except StepOrderError as err:
         raise BadRequest(409, str(err)) from None
-    monitor.scored(scores, model[1], version)
-    threshold = model[1].threshold
+    monitor.scored(scores, served.card, served.version)
+    flagged = (scores >= served.card.threshold).tolist()
     predictions = [
-        {"fraud_probability": p, "is_fraud_predicted": int(p >= threshold)} for p in scores.tolist()
+        {"fraud_probability": p, "is_fraud_predicted": int(f)}
+        for p, f in zip(scores.tolist(), flagged, strict=True)
     ]
-    return {"model_version": version, "predictions": predictions}
+    return {"model_version": served.version, "predictions": predictions}
+
+
+def json_reply(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status, media_type="application/json")
 
 
 def create_app(
     tracking_uri: str, name: str, reload_every: float, max_rows: int, store: HistoryStore
-) -> Any:
-    from fastapi.responses import Response
+) -> Starlette:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     bound_requests()  # MLflow's own retries hold a look at a dead registry for minutes
-    app = FastAPI(title="Flame scorer")
     champion = Champion(tracking_uri, name, reload_every)
     history, monitor = History(store), Monitor()
     limit = max_body_bytes(max_rows)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health(request: Request) -> Response:
         version = champion.peek()  # never waits on the registry (a healthcheck must answer)
         where, problem = store.describe(), champion.problem
-        return {"status": "degraded" if problem else "ok", "registry": problem or "ok",
-                "model": name, "model_version": version, "history": where}  # fmt: skip
+        return json_reply({"status": "degraded" if problem else "ok", "registry": problem or "ok",
+                           "model": name, "model_version": version, "history": where})  # fmt: skip
 
-    @app.get("/metrics")
-    def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         return Response(monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/predict")
-    async def _predict(request: Request) -> JSONResponse:
+    async def predict_route(request: Request) -> Response:
         started = time.perf_counter()
         try:
             body = parse(await read_body(request, limit))
             answer = (
                 predict(champion, history, monitor, body, max_rows)
-                if champion.model is not None  # the usual path: no wait on the registry
+                if champion.served is not None  # the usual path: no wait on the registry
                 else await run_in_threadpool(predict, champion, history, monitor, body, max_rows)
             )  # before the first model, its look at the registry must not block /health
-            reply = JSONResponse(answer)
+            reply = json_reply(answer)
         except BadRequest as err:
-            reply = JSONResponse({"error": str(err)}, status_code=err.status)
+            reply = json_reply({"error": str(err)}, err.status)
         monitor.request(reply.status_code, time.perf_counter() - started)
         return reply
 
-    return app
+    return Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/predict", predict_route, methods=["POST"]),
+    ])  # fmt: skip
 
 
 def serve(
