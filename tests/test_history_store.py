@@ -131,3 +131,50 @@ def test_a_payee_unseen_for_the_ttl_is_forgotten(redis_server: RedisServer, tmp_
 def test_bad_store_settings_say_which_setting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="FLAME_HISTORY_URL='http://x'"):
         open_store("http://x", "us", tmp_path, DAY)
+
+
+def test_a_sqlite_store_held_by_another_process_answers_unavailable_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica (here a raw connection) holds the write lock: the exchange gives up after
+    LOCK_WAIT with a line naming the file, and rolls nothing half-way; later it works."""
+    import sqlite3
+
+    import flame.ops.history_store as history_store
+
+    monkeypatch.setattr(history_store, "LOCK_WAIT", 0.2)
+    path = tmp_path / "us" / "history.sqlite3"
+    store = SQLiteStore(path, DAY)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    frame = _rows(50)
+    started = time.monotonic()
+    with pytest.raises(
+        HistoryUnavailable, match=rf"history store sqlite {path}: database is locked"
+    ):
+        History(store).features(frame)
+    assert time.monotonic() - started < 5
+    holder.execute("ROLLBACK")
+    whole = _history(build_features(frame, True))
+    assert np.array_equal(History(store).features(frame), whole)  # nothing was half-counted
+
+
+def test_a_redis_store_that_never_answers_says_so_in_seconds() -> None:
+    """Redis accepts connections and never answers: an exchange ends within the 2 s socket
+    timeout, naming the address and FLAME_HISTORY_URL, and is not retried (a lost reply would
+    count twice); problem() says the same."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        store = open_store(url, "us", Path("unused"), DAY)
+        started = time.monotonic()
+        with pytest.raises(HistoryUnavailable, match=r"127\.0\.0\.1:\d+/0 .*FLAME_HISTORY_URL"):
+            History(store).features(_rows(20))
+        assert time.monotonic() - started < 5
+        assert "unreachable (FLAME_HISTORY_URL)" in store.problem()
+    finally:
+        silent.close()

@@ -278,3 +278,40 @@ def test_a_scorer_whose_registry_hangs_says_so_on_health_and_stops_promptly(
     finally:
         proc.kill()
         silent.close()
+
+
+def test_a_scorer_whose_history_store_hangs_answers_503_says_so_on_health_and_stops(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    """The region's Redis accepts connections and never answers: a /predict gets a 503 naming
+    the store within seconds (a row is never scored without its history), /health keeps
+    answering within the healthcheck's 3 s and says the history is degraded, SIGTERM stops."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    history_url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    _register(tmp_path, client, client.create_experiment("hung-history"), 1)
+    port = free_port()
+    env = {"FLAME_MLFLOW_TRACKING_URI": mlflow_server, "FLAME_HISTORY_URL": history_url,
+           "FLAME_REGION": "eu", "FLAME_STATE_DIR": str(tmp_path)}  # fmt: skip
+    proc = _scorer_process(port, env, tmp_path / "scorer.log")
+    row = generate(50, seed=3).drop(columns=["isFraud", "isFlaggedFraud"]).iloc[0].to_dict()
+    body = json.dumps({"rows": [row]}, default=str).encode()
+    try:
+        started = time.monotonic()
+        status, error = _post(("127.0.0.1", port), body)
+        assert status == 503 and history_url.split("//")[1].split("/")[0] in error, error
+        assert "FLAME_HISTORY_URL" in error and time.monotonic() - started < 10, error
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        connection.request("GET", "/health")
+        health = json.loads(connection.getresponse().read())
+        assert health["status"] == "degraded" and "unreachable" in health["history"], health
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert time.monotonic() - started < 12, "SIGTERM took too long"
+    finally:
+        proc.kill()
+        silent.close()

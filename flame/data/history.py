@@ -52,6 +52,10 @@ class HistoryStore(Protocol):
 
     def describe(self) -> str: ...
 
+    def problem(self) -> str:
+        """Why the store cannot be used now (one line), or "" when it answers."""
+        ...
+
 
 class MemoryStore:
     """In a process: sorted payee hashes with counts (16 bytes per payee), and the TRANSFER keys
@@ -65,6 +69,9 @@ class MemoryStore:
 
     def describe(self) -> str:
         return f"memory ({len(self.keys)} payees)"
+
+    def problem(self) -> str:
+        return ""
 
     def check_order(self, first_step: int) -> None:
         if first_step < self.last_step:

@@ -4,7 +4,9 @@ Both keep, per payee (the 64-bit hash of ``nameDest``, never the name), the numb
 that went to it, forgotten ``ttl`` seconds after the payee's last row; and the (step, amount)
 keys of TRANSFERs, forgotten ``ttl`` seconds after their step's last TRANSFER. A batch is one
 atomic exchange (a Lua script in Redis, an immediate transaction in SQLite), so replicas of a
-region's scorer can share one store. Unlike ``MemoryStore`` they accept rows of an earlier
+region's scorer can share one store. Redis calls time out after 2 s and are not retried (an
+exchange that ran but lost its reply would count twice): the request gets a 503 naming the store
+and the caller sends it again. Unlike ``MemoryStore`` they accept rows of an earlier
 step than ones already scored (a late transaction): it sees everything seen so far.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from flame.data.history import STEP_KEY, HistoryStore, MemoryStore
 
 SWEEP_EVERY = 60.0  # seconds between SQLite's deletions of expired rows
+LOCK_WAIT = 5.0  # seconds a SQLite exchange waits for another process's transaction
 
 EXCHANGE = """
 local p, ttl, i = ARGV[1], tonumber(ARGV[2]), 4
@@ -78,11 +81,23 @@ class RedisStore:
             x for p, n in zip(payees.tolist(), adds.tolist(), strict=True) for x in (f"{p:016x}", n)
         ]
         args += [len(asked), *_step_cents(asked), len(transfers), *_step_cents(transfers)]
-        try:
+        try:  # never retried: a script that ran before its reply was lost would count twice
             counts, seen = self.script(args=args)
         except redis.RedisError as err:
-            raise HistoryUnavailable(f"history store {self.describe()}: {err}") from None
+            raise HistoryUnavailable(self._unreachable(err)) from None
         return np.asarray(counts, dtype=np.int64), np.asarray(seen, dtype=bool)
+
+    def problem(self) -> str:
+        import redis
+
+        try:
+            self.client.ping()
+        except redis.RedisError as err:
+            return self._unreachable(err)
+        return ""
+
+    def _unreachable(self, err: Exception) -> str:
+        return f"history store {self.describe()} unreachable (FLAME_HISTORY_URL): {err}"
 
     def describe(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -95,7 +110,9 @@ class SQLiteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.ttl, self.swept = path, ttl, 0.0
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(
+            path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -119,7 +136,10 @@ class SQLiteStore:
         ids = payees.view(np.int64).tolist()
         now = time.time()
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")  # waits at most LOCK_WAIT for a replica
+            except sqlite3.Error as err:
+                raise HistoryUnavailable(f"history store {self.describe()}: {err}") from None
             try:
                 since = now - self.ttl
                 known = dict(self._select("payee", "k, n", ids, since))
@@ -136,6 +156,9 @@ class SQLiteStore:
                 )
                 self._sweep(now)
                 self.db.execute("COMMIT")
+            except sqlite3.Error as err:  # a full disk, a file gone read-only, a corrupt file
+                self.db.execute("ROLLBACK")
+                raise HistoryUnavailable(f"history store {self.describe()}: {err}") from None
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
@@ -163,6 +186,9 @@ class SQLiteStore:
 
     def describe(self) -> str:
         return f"sqlite {self.path}"
+
+    def problem(self) -> str:
+        return ""  # a file in the scorer's own state folder: errors surface on the request
 
 
 def open_store(url: str, region: str, state_dir: Path, ttl: int) -> HistoryStore:

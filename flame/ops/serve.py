@@ -19,8 +19,10 @@ loaded and served.
 
 A bad request (not strict JSON, so NaN and Infinity too; JSON nested deeper than a row; no
 rows; a missing column; a value of the wrong type; more than ``FLAME_SERVE_MAX_ROWS`` rows) gets
-a 4xx with a one-line reason; 503 until a champion exists. A body larger than ``max_body_bytes(FLAME_SERVE_MAX_ROWS)`` (1 KiB a
-row: a PaySim row is about 250 bytes of JSON) gets 413 before more of it than that is read.
+a 4xx with a one-line reason; 503 until a champion exists, or while the history store does not
+answer (``/health`` then says ``"degraded"``). A body larger than
+``max_body_bytes(FLAME_SERVE_MAX_ROWS)`` (1 KiB a row: a PaySim row is about 250 bytes of JSON)
+gets 413 before more of it than that is read.
 """
 
 from __future__ import annotations
@@ -159,6 +161,30 @@ class Champion:
         self.served = served
 
 
+@dataclass
+class StoreWatch:
+    """The history store's health as last seen, never waited on: a check, when due, runs in
+    the background; a failed or successful exchange updates it at once."""
+
+    store: HistoryStore
+    every: float = 5.0
+    problem: str = ""
+    checked: float = -1e9
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def peek(self) -> str:
+        if time.monotonic() - self.checked >= self.every and self.lock.acquire(blocking=False):
+            self.checked = time.monotonic()
+            threading.Thread(target=self._check, daemon=True).start()
+        return self.problem
+
+    def _check(self) -> None:
+        try:
+            self.problem = self.store.problem()
+        finally:
+            self.lock.release()
+
+
 def rows_of(body: Any, max_rows: int) -> list[dict[str, Any]]:
     """The request's rows, or a BadRequest saying in one line what is wrong."""
     if not isinstance(body, dict):
@@ -221,7 +247,12 @@ def columns_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def predict(
-    champion: Champion, history: History, monitor: Monitor, body: Any, max_rows: int
+    champion: Champion,
+    history: History,
+    monitor: Monitor,
+    watch: StoreWatch,
+    body: Any,
+    max_rows: int,
 ) -> dict[str, Any]:
     from flame.data.history import StepOrderError
     from flame.data.loader import PaySimFormatError
@@ -240,9 +271,11 @@ def predict(
     try:
         scores = probabilities(served.model, served.card, columns, history, served.forward)
     except HistoryUnavailable as err:
-        raise BadRequest(503, str(err).splitlines()[0]) from None
+        watch.problem = str(err).splitlines()[0]
+        raise BadRequest(503, watch.problem) from None
     except StepOrderError as err:
         raise BadRequest(409, str(err)) from None
+    watch.problem = ""
     monitor.scored(scores, served.card, served.version)
     flagged = (scores >= served.card.threshold).tolist()
     predictions = [
@@ -263,14 +296,15 @@ def create_app(
 
     bound_requests()  # MLflow's own retries hold a look at a dead registry for minutes
     champion = Champion(tracking_uri, name, reload_every)
-    history, monitor = History(store), Monitor()
+    history, monitor, watch = History(store), Monitor(), StoreWatch(store)
     limit = max_body_bytes(max_rows)
 
     async def health(request: Request) -> Response:
         version = champion.peek()  # never waits on the registry (a healthcheck must answer)
-        where, problem = store.describe(), champion.problem
-        return json_reply({"status": "degraded" if problem else "ok", "registry": problem or "ok",
-                           "model": name, "model_version": version, "history": where})  # fmt: skip
+        stored, problem = watch.peek(), champion.problem  # nor on the history store
+        return json_reply({"status": "degraded" if problem or stored else "ok",
+                           "registry": problem or "ok", "model": name, "model_version": version,
+                           "history": stored or store.describe()})  # fmt: skip
 
     async def metrics(request: Request) -> Response:
         return Response(monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -280,10 +314,12 @@ def create_app(
         try:
             body = parse(await read_body(request, limit))
             answer = (
-                predict(champion, history, monitor, body, max_rows)
-                if champion.served is not None  # the usual path: no wait on the registry
-                else await run_in_threadpool(predict, champion, history, monitor, body, max_rows)
-            )  # before the first model, its look at the registry must not block /health
+                predict(champion, history, monitor, watch, body, max_rows)
+                if champion.served is not None and not watch.problem  # the usual path
+                else await run_in_threadpool(
+                    predict, champion, history, monitor, watch, body, max_rows
+                )
+            )  # the first look at the registry, or a store that times out, must not block /health
             reply = json_reply(answer)
         except BadRequest as err:
             reply = json_reply({"error": str(err)}, err.status)
