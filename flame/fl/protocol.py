@@ -21,3 +21,7 @@ class RunFailed(RuntimeError):
 
 class RunDiverged(RunFailed):
     """A region's training, or the aggregated model, diverged: the run stops, saving nothing."""
+
+
+class RunLearntNothing(RunFailed):
+    """The model to be saved gives every server test row the same score: a dead network."""

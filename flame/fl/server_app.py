@@ -16,7 +16,7 @@ from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint
 from flame.fl.packing import PackedGrid
-from flame.fl.protocol import RunFailed
+from flame.fl.protocol import RunFailed, RunLearntNothing
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
@@ -59,6 +59,10 @@ class ServerEvaluator:
         alerts = fm.exact_alerts(self.logits, self.y, self.amounts, threshold, rate)
         return fm.exact_metrics(self.logits, self.y, threshold) | alerts
 
+    def constant(self) -> bool:
+        """The last model scored gives every test row the same logit (a dead network)."""
+        return len(self.logits) > 1 and float(np.ptp(self.logits)) == 0.0
+
 
 class RoundEnd:
     """Flower's ``evaluate_fn``, the end of every round: score the global model, log the round,
@@ -71,6 +75,7 @@ class RoundEnd:
         self.evaluator, self.strategy, self.folder, self.fixed = evaluator, strategy, folder, fixed
         # a model whose round is logged once the regions have scored it (evaluate_in_train)
         self.pending: tuple[int, ArrayRecord] | None = None
+        self.alive: dict[int, bool] = {}  # per trained round: its model tells rows apart
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         rnd += self.strategy.offset
@@ -94,6 +99,8 @@ class RoundEnd:
         # round 0 (or a run whose regions never score): no threshold was chosen for the budget
         chosen = self.strategy.auto_threshold and clients is not None
         scored = self.evaluator.score(arrays, threshold, budget=chosen)
+        if rnd > self.strategy.offset:
+            self.alive[rnd] = not self.evaluator.constant()
         self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
         log.info(_summary(rnd, scored, clients if rnd else None))
         return MetricRecord({k: v for k, v in scored.items() if isinstance(v, int | float)})
@@ -315,6 +322,15 @@ def finish(
     else:
         card.threshold = strategy.threshold
     scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
+    alive = round_end.alive
+    if evaluator.constant() or (alive and not any(alive.values())):
+        tracker.close("FAILED")
+        which = "the model to save" if evaluator.constant() else "every trained round's model"
+        raise RunLearntNothing(
+            f"{which} gives all {len(evaluator.logits)} server test rows the same score (a dead "
+            f"network: training learnt nothing); lower {settings.learning_knobs()}; no model "
+            "was saved"
+        )
     card.metrics = {k: float(v) for k, v in scored.items()}
     model.load_state_dict(arrays.to_torch_state_dict())
     save_model(out / "model.pt", model, card)
