@@ -44,12 +44,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--out", dest="out_dir", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--verbose", action="store_true", help="also Flower's per-round record dumps")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = vars(parse(argv))
+    setup_logging(verbose=args.pop("verbose"))
     try:
         out = run(args)
     except (SettingsError, FileNotFoundError, ValueError) as err:

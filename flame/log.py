@@ -1,11 +1,33 @@
-"""One-line log messages for Flame's own modules."""
+"""One-line log messages for Flame's own modules, and Flower's per-round dumps kept out of the
+console unless asked for (``main.py --verbose``)."""
 
 from __future__ import annotations
 
 import logging
 
+# Flower's strategy logs every aggregated MetricRecord (pooled histograms: hundreds of lines a
+# round), the run config and a final results dump; Flame's round line says what matters
+NOISY = frozenset({
+    "\t└──> Aggregated MetricRecord: %s", "\t└──> MetricRecord: %s", "Global evaluation",
+    "\t├── ConfigRecord (train): %s", "\t├── ConfigRecord (evaluate): %s",
+    "Initial global evaluation results: %s", "Final results:", "\t%s",
+})  # fmt: skip
 
-def setup_logging(level: int = logging.INFO) -> None:
+
+class FlowerDumps(logging.Filter):
+    """Drops Flower's INFO dumps while ``quiet``; warnings and errors always pass."""
+
+    def __init__(self, quiet: bool = True) -> None:
+        super().__init__()
+        self.quiet = quiet
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.quiet and record.levelno <= logging.INFO and record.msg in NOISY)
+
+
+def setup_logging(level: int = logging.INFO, verbose: bool | None = None) -> None:
+    """Flame's console handler; Flower's dumps hidden, shown with ``verbose`` (None: keep what
+    an earlier call in this process chose)."""
     logger = logging.getLogger("flame")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -13,3 +35,10 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
+    flower = logging.getLogger("flwr")
+    dumps = next((f for f in flower.filters if isinstance(f, FlowerDumps)), None)
+    if dumps is None:
+        dumps = FlowerDumps()
+        flower.addFilter(dumps)
+    if verbose is not None:
+        dumps.quiet = not verbose

@@ -92,7 +92,8 @@ def test_the_main_py_usage_shown_matches_its_flags() -> None:
     flags = re.findall(r"--[a-z-]+", usage)
     assert len(flags) >= 10, usage
     for flag in flags:  # argparse exits on a flag main.py does not have
-        value = [] if flag in ("--with-balances", "--drop-balances") else [values.get(flag, "1")]
+        bare = ("--with-balances", "--drop-balances", "--verbose")
+        value = [] if flag in bare else [values.get(flag, "1")]
         parse([flag, *value])
     with pytest.raises(SystemExit):
         parse(["--no-such-flag"])

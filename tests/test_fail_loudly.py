@@ -129,3 +129,36 @@ def test_a_round_timeout_too_short_is_named(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     _one_line(proc.stderr, "the run failed", "FLAME_ROUND_TIMEOUT=0.3 s")
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_flowers_record_dumps_stay_out_of_the_console_unless_verbose() -> None:
+    """Flower logs every aggregated MetricRecord (pooled histograms: hundreds of lines a round);
+    hidden by default, shown with ``verbose``; a warning always passes."""
+    import logging
+
+    from flame.log import setup_logging
+
+    flower = logging.getLogger("flwr")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep, level = Keep(), flower.level
+    flower.addHandler(keep)
+    flower.setLevel(logging.INFO)  # as Flower sets it once imported
+    try:
+        setup_logging(verbose=False)
+        flower.info("\t└──> Aggregated MetricRecord: %s", {"hist": [0.0] * 100})
+        flower.info("[ROUND %s/%s]", 1, 3)
+        flower.warning("\t%s", "a warning")
+        setup_logging()  # the ServerApp's own call keeps the choice
+        flower.info("\t%s", "final results")
+        setup_logging(verbose=True)
+        flower.info("\t└──> MetricRecord: %s", {"loss": 1.0})
+    finally:
+        flower.removeHandler(keep)
+        flower.setLevel(level)
+        setup_logging(verbose=False)
+    assert seen == ["[ROUND 1/3]", "\ta warning", "\t└──> MetricRecord: {'loss': 1.0}"]

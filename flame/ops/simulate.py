@@ -36,6 +36,9 @@ def run(overrides: Mapping[str, object]) -> Path:
     prepare(settings)  # once, before the ClientApps start
     from flwr.simulation import run_simulation
 
+    # Ray's FutureWarning about GPU variables on a CPU-only run: keep today's behaviour, quietly
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
     from flame.fl.client_app import app as client_app
     from flame.fl.server_app import app as server_app
 
