@@ -49,6 +49,10 @@ def test_column_order_may_differ(tmp_path: Path) -> None:
         ("2,PAYMENT,inf,C3,1.0,0.0,M4,0.0,0.0,0,0", "amount", "inf"),
         ("2.5,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0,0", "step", "2.5"),
         ("2,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0.5,0", "isFraud", "0.5"),
+        # beyond the history keys' range: a 1e11 TRANSFER at step 1 would "pair" with a
+        # CASH_OUT of 0 at step 2, and steps past 922,336 would overflow the int64 key
+        ("2,TRANSFER,100000000000,C3,1.0,0.0,M4,0.0,0.0,0,0", "amount", "100000000000"),
+        ("922337,PAYMENT,5.0,C3,1.0,0.0,M4,0.0,0.0,0,0", "step", "922337"),
     ],
 )
 def test_bad_values_name_file_column_row_value(
@@ -165,7 +169,7 @@ def test_a_quoted_csv_reads_like_a_plain_one(tmp_path: Path) -> None:
         (f"{HEADER.replace(',', ', ')}\n{PANDAS.replace(',', ', ')}\n", "spaces around column"),
         (f"{HEADER}\r{PANDAS}\r{JAVA}\r", "bare CR"),
         (f"{HEADER}\n{PANDAS.replace('C3', '   ')}\n", "empty account name (value '   ')"),
-        (f"{HEADER}\n{PANDAS.replace('2,', '3000000000,', 1)}\n", "step beyond 2,147,483,647"),
+        (f"{HEADER}\n{PANDAS.replace('2,', '3000000000,', 1)}\n", "step beyond 922,336"),
         (f"{HEADER}\n{PANDAS.replace('9839.64', 'nan')}\n", "(value nan)"),
         ("x," * 50_000 + "\n" + PANDAS, "unexpected ['x', 'x', 'x', 'x', 'x'] and"),
         # found by the fuzz test: a quote opened in the last field and never closed

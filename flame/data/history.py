@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 HISTORY = ("dest_prior_log", "dest_seen", "cashout_after_transfer")
 COUNT_SCALE = 5.0
-STEP_KEY = np.int64(10**13)  # a transfer's key: step * STEP_KEY + amount in cents
+STEP_KEY = np.int64(10**13)  # a transfer's key: step * STEP_KEY + amount in cents (the
+# loader's MAX_AMOUNT and MAX_STEP_INDEX keep keys distinct and within an int64)
 
 
 class StepOrderError(ValueError):

@@ -21,7 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from flame.data.encode import type_codes
-from flame.data.schema import COLUMNS, LABELS, MONEY, NAMES, TYPES, PaySimFormatError
+from flame.data.schema import (
+    COLUMNS,
+    LABELS,
+    MAX_AMOUNT,
+    MAX_STEP_INDEX,
+    MONEY,
+    NAMES,
+    TYPES,
+    PaySimFormatError,
+)
 
 log = logging.getLogger("flame.data.loader")
 DEDUP_KEY = ["step", "type", "amount", "nameOrig", "nameDest"]
@@ -65,7 +74,6 @@ def _regular(path: Path) -> Path:
 
 
 MAX_NAME = 256
-MAX_STEP_INDEX = 2**31 - 1  # steps are stored as int32
 BLOCK_BYTES = 16 << 20  # CSV bytes per streamed batch (~200k PaySim rows)
 
 
@@ -307,6 +315,7 @@ def check_columns(
         _first_bad(column, ~np.isfinite(numbers[column]), "missing or not finite")
     for column in MONEY:
         _first_bad(column, numbers[column] < 0, "negative amount")
+    _first_bad("amount", numbers["amount"] >= MAX_AMOUNT, f"amount of {MAX_AMOUNT:,.0f} or more")
     step = numbers["step"]
     _first_bad("step", (step != np.round(step)) | (step < 0), "step is not an hour index")
     _first_bad("step", step > MAX_STEP_INDEX, f"step beyond {MAX_STEP_INDEX:,}")

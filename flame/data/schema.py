@@ -20,6 +20,10 @@ MONEY = ("amount", "oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbala
 LABELS = ("isFraud", "isFlaggedFraud")
 NAMES = ("nameOrig", "nameDest")
 MAX_STEP = 743
+# The history's TRANSFER keys are step * 1e13 + amount in cents, in an int64: amounts below
+# 1e11 (100 billion) and steps up to 922,336 (105 years of hours) keep every key distinct
+MAX_AMOUNT = 1e11
+MAX_STEP_INDEX = (2**63 - 1) // 10**13 - 1
 FRAUD_CHUNK = 10_000_000.0
 
 
