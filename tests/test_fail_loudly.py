@@ -162,3 +162,47 @@ def test_flowers_record_dumps_stay_out_of_the_console_unless_verbose() -> None:
         flower.setLevel(level)
         setup_logging(verbose=False)
     assert seen == ["[ROUND 1/3]", "\ta warning", "\t└──> MetricRecord: {'loss': 1.0}"]
+
+
+@pytest.mark.integration
+def test_a_tracking_server_that_dies_mid_run_does_not_hold_the_run(tmp_path: Path) -> None:
+    """MLflow answers at the start and dies after round 1: the run goes on without it, says
+    the rounds wait in metrics.csv and how to deliver them later, finishes in about the time
+    it takes without tracking and saves its model; not minutes of MLflow's retries."""
+    from tests.conftest import MlflowServer
+
+    server = MlflowServer(tmp_path / "mlflow").start()
+    env = os.environ | QUIET | {"FLAME_MLFLOW": "true", "FLAME_MLFLOW_TRACKING_URI": server.uri,
+                                "FLAME_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--rounds", "4", "--rows", "5000", "--fraud-rate", "0.05",
+         "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "1" in _rounds(out / "metrics.csv"):
+                break
+            time.sleep(0.2)
+        server.stop()  # killed after round 1 was logged
+        killed = time.monotonic()
+        _, stderr = proc.communicate(timeout=600)
+        after = time.monotonic() - killed
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert after < 120, f"the run took {after:.0f} s after MLflow died"
+    assert "MLflow unreachable: rounds wait in metrics.csv" in stderr, stderr[-2000:]
+    assert f"flame mlflow-backfill {out}" in stderr  # how to deliver them later
+    assert {"0", "1", "2", "3", "4"} <= _rounds(out / "metrics.csv")
+    assert (out / "model.pt").exists()
+
+
+def _rounds(table: Path) -> set[str]:
+    """The rounds metrics.csv holds so far."""
+    import csv
+
+    return {row["round"] for row in csv.DictReader(table.open())} if table.exists() else set()
