@@ -105,7 +105,7 @@ def _fab_hash(args: argparse.Namespace) -> None:
 
 
 def _supernode(args: argparse.Namespace) -> None:
-    from flame.ops.polling import supernode
+    from flame.ops.node import supernode
 
     settings = load_settings()
     argv = [a for a in args.args if a != "--"]
@@ -193,6 +193,7 @@ def _backfill(args: argparse.Namespace) -> None:
 def _baseline(args: argparse.Namespace) -> None:
     from flame.files import writable_folder
     from flame.model.baseline import run_baseline
+    from flame.track.tracking import CsvSink
 
     overrides = {
         "data_path": args.data, "synth_rows": args.rows, "seed": args.seed,
@@ -201,7 +202,11 @@ def _baseline(args: argparse.Namespace) -> None:
     }  # fmt: skip
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     out = writable_folder(settings.resolved_out_dir(), "--out")
-    result = run_baseline(settings, out)
+    sink = CsvSink(out / "metrics.csv")
+    try:
+        result = run_baseline(settings, out, sink)
+    finally:
+        sink.close()
     print(json.dumps(result, indent=2))
     print(f"baseline: wrote {out / 'model.pt'} and {out / 'metrics.csv'}")
 

@@ -7,7 +7,7 @@ import time
 from unittest.mock import patch
 
 from flame import cli
-from flame.ops import polling
+from flame.fl import polling
 
 
 def test_apply_patches_flowers_polling_modules_and_caps_their_sleep(monkeypatch) -> None:
@@ -31,7 +31,7 @@ def test_apply_patches_flowers_polling_modules_and_caps_their_sleep(monkeypatch)
 
 
 def test_flame_supernode_passes_every_flag_to_flower_supernode() -> None:
-    with patch("flame.ops.polling.supernode") as run:
+    with patch("flame.ops.node.supernode") as run:
         assert cli.main(["supernode", "--insecure", "--superlink", "x:8000", "--port", "1"]) == 0
     argv, interval, warm, trusted, commands = run.call_args.args
     assert argv == ["--insecure", "--superlink", "x:8000", "--port", "1"]

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from flame.ops.warm import delegate
+from flame.ops.handoff import delegate
 
 LAUNCHER = """
 import os, sys

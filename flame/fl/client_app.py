@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,11 +32,12 @@ from flame.data.features import amounts
 from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.packing import packed_arrays
-from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
+from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
+from flame.fl.task import region_name, region_seed, task_settings
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.inference import mlp_logits
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, SettingsError, region_settings
+from flame.settings import FlameSettings
 
 
 @functools.cache
@@ -60,18 +60,6 @@ app = ClientApp(mods=[packed_arrays, refusals_as_errors, update_codec, simulated
 log = logging.getLogger("flame.client")
 
 
-def region_name(context: Context, settings: FlameSettings) -> str:
-    if "region" in context.node_config:
-        return str(context.node_config["region"])
-    index = int(context.node_config.get("partition-id", 0))
-    if index >= len(settings.regions):
-        raise ValueError(
-            f"SuperNode partition-id {index} has no region: FLAME_REGIONS lists "
-            f"{settings.regions}; run as many SuperNodes as regions"
-        )
-    return settings.regions[index]
-
-
 @lru_cache(maxsize=4)
 def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, Split]:
     """Train and validation arrays of one region, loaded once per process."""
@@ -84,18 +72,6 @@ def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, 
             file_arrays(Path(data_path), settings) if data_path else region_arrays(settings, region)
         )
     return arrays
-
-
-def task_settings(msg: Message) -> FlameSettings:
-    """This task's settings: the run's, as the server sent them, and this node's own."""
-    config = msg.content.config_records.get("config")
-    sent = config.get(RUN_SETTINGS_KEY) if config is not None else None
-    if not isinstance(sent, str):
-        raise Refusal("the task carries no run settings (a server running another Flame?)")
-    try:
-        return region_settings(sent)
-    except (SettingsError, ValueError) as err:  # a malformed JSON or an invalid value
-        raise Refusal(f"the run settings the server sent are refused: {err}") from None
 
 
 def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, str, Split]:
@@ -134,10 +110,6 @@ def data_summary(x: np.ndarray, y: np.ndarray) -> dict[str, int]:
     digest = hashlib.sha256(np.ascontiguousarray(y).tobytes())
     digest.update(np.ascontiguousarray(x).tobytes())
     return {"num_frauds": int(y.sum()), "data_digest": int(digest.hexdigest()[:13], 16)}
-
-
-def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
-    return settings.seed + 1000 * rnd + zlib.crc32(region.encode()) % 1000
 
 
 def training_plan(settings: FlameSettings, rows: int) -> Plan:

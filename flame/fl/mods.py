@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
 from flame.fl.protocol import Refusal
+from flame.fl.task import region_name, region_seed, task_settings
 from flame.settings import FlameSettings
 
 log = logging.getLogger("flame.client")
@@ -43,8 +44,6 @@ def _train_reply(msg: Message, reply: Message) -> bool:
 
 
 def _region(msg: Message, context: Context) -> str:
-    from flame.fl.client_app import region_name, task_settings
-
     try:
         return region_name(context, task_settings(msg))
     except (Refusal, ValueError):  # settings it cannot read: the node's own name for itself
@@ -52,8 +51,6 @@ def _region(msg: Message, context: Context) -> str:
 
 
 def _region_and_seed(msg: Message, context: Context) -> tuple[FlameSettings, str, int]:
-    from flame.fl.client_app import region_name, region_seed, task_settings
-
     settings = task_settings(msg)
     region = region_name(context, settings)
     return (

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
-from flame.fl import checkpoint
+from flame.fl import checkpoint, polling
 from flame.fl.packing import PackedGrid
 from flame.fl.protocol import RunFailed, RunLearntNothing
 from flame.fl.strategy import (
@@ -29,7 +29,6 @@ from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
-from flame.ops import polling
 from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
 from flame.track import plots
 from flame.track.access import login

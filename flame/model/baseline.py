@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +24,6 @@ from flame.model.net import new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import Plan, default_pos_weight, predict_logits, train_steps
 from flame.settings import FlameSettings
-from flame.track.tracking import CsvSink
 
 log = logging.getLogger("flame.model.baseline")
 CENTRAL = "central"
@@ -35,8 +36,17 @@ def union(settings: FlameSettings, split: str) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, float]:
-    """Central training; the selected model's test-set metrics (and a run folder at ``out``)."""
+class MetricsSink(Protocol):
+    """Where the rounds' figures go (``flame.track.tracking.CsvSink``: metrics.csv)."""
+
+    def log(self, kind: str, rnd: int, stage: str, metrics: Mapping[str, Any]) -> None: ...
+
+
+def run_baseline(
+    settings: FlameSettings, out: Path | None = None, sink: MetricsSink | None = None
+) -> dict[str, float]:
+    """Central training; the selected model's test-set metrics (and ``model.pt`` in ``out``,
+    each round's figures to ``sink``)."""
     torch.set_num_threads(settings.torch_threads)
     (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
@@ -52,7 +62,6 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
         settings.num_server_rounds, settings.learning_rate, settings.lr_schedule,
     )  # fmt: skip
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
-    csv = CsvSink(out / "metrics.csv") if out is not None else None
     best: tuple[float, int, float, dict[str, torch.Tensor], list[float]] | None = None
     for rnd in range(1, plan.rounds + 1):
         loss = train_steps(
@@ -66,9 +75,9 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
         val = fm.exact_metrics(val_logits, y_val.numpy(), threshold) | fm.exact_alerts(
             val_logits, y_val.numpy(), amounts(x_val.numpy()), threshold, settings.alert_rate
         )
-        if csv is not None:
-            csv.log(CENTRAL, rnd, "train", {"loss": loss, "num_examples": len(y)})
-            csv.log(CENTRAL, rnd, "evaluate", val)
+        if sink is not None:
+            sink.log(CENTRAL, rnd, "train", {"loss": loss, "num_examples": len(y)})
+            sink.log(CENTRAL, rnd, "evaluate", val)
         last = settings.model_selection == "last"
         if last or best is None or math.isnan(best[0]) or val["pr_auc"] > best[0]:
             counts = np.add(pos, neg).astype(float).tolist()
@@ -84,9 +93,9 @@ def run_baseline(settings: FlameSettings, out: Path | None = None) -> dict[str, 
     )
     result |= {"steps": plan.total, "selected_round": card.selected_round}
     card.metrics = {k: float(v) for k, v in result.items()}
-    if out is not None and csv is not None:
-        csv.log("selected", card.selected_round, "evaluate", result)
-        csv.close()
+    if sink is not None:
+        sink.log("selected", card.selected_round, "evaluate", result)
+    if out is not None:
         save_model(out / "model.pt", model, card)
     log.info("central baseline on %d training rows: %s", len(y), _fmt(result))
     return result

@@ -296,8 +296,8 @@ def clientapp_main() -> None:
     """Flower's ``flwr-clientapp`` with the region's approval check."""
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
+    from flame.fl.polling import cap_pull_backoff
     from flame.log import setup_logging
-    from flame.ops.polling import cap_pull_backoff
     from flame.settings import load_settings
 
     setup_logging()
@@ -316,7 +316,7 @@ def clientapp_main() -> None:
 def shim_main() -> None:
     """``flwr-clientapp`` as the SuperNode calls it: handed to the warm launcher when one runs
     (``flame.ops.warm``), else run here."""
-    from flame.ops.warm import SOCKET_ENV, delegate
+    from flame.ops.handoff import SOCKET_ENV, delegate
 
     path = os.environ.get(SOCKET_ENV)
     if path and delegate(path, sys.argv[1:]) is not None:

@@ -26,9 +26,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from flame.ops.handoff import SOCKET_ENV, read_line
+
 log = logging.getLogger("flame.ops.warm")
-SOCKET_ENV = "FLAME_WARM_SOCKET"
-MAX_REQUEST = 1 << 20
 
 
 def preload() -> None:
@@ -97,7 +97,7 @@ def _reap() -> None:
 def _start(connection: socket.socket, server: socket.socket) -> None:
     connection.settimeout(5)
     try:
-        request = json.loads(_read_line(connection))
+        request = json.loads(read_line(connection))
         argv, env, cwd = list(request["argv"]), dict(request["env"]), str(request["cwd"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("warm launcher: bad request (%s)", err)
@@ -108,16 +108,6 @@ def _start(connection: socket.socket, server: socket.socket) -> None:
         connection.close()
         os._exit(_run_task(argv, env, cwd))
     connection.sendall(f"{pid}\n".encode())
-
-
-def _read_line(connection: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = connection.recv(65536)
-        if not chunk or len(data) > MAX_REQUEST:
-            raise ValueError("request cut short")
-        data += chunk
-    return data
 
 
 def _run_task(argv: list[str], env: dict[str, str], cwd: str) -> int:
@@ -145,19 +135,6 @@ def run_clientapp_task() -> None:
     from flame.ops.approval import clientapp_main
 
     clientapp_main()
-
-
-def delegate(path: str, argv: list[str]) -> int | None:
-    """Hand this task to the launcher at ``path``; its pid, or None if the launcher is down."""
-    request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(5)
-            client.connect(path)
-            client.sendall(json.dumps(request).encode() + b"\n")
-            return int(_read_line(client))
-    except (OSError, ValueError):
-        return None
 
 
 def start_launcher() -> Path:

@@ -26,14 +26,13 @@ import os
 import time
 import types
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flwr.app import Message
     from flwr.serverapp import Grid
 
-log = logging.getLogger("flame.ops.polling")
+log = logging.getLogger("flame.fl.polling")
 PATCHED_MODULES = ("flwr.supernode.start_client_internal",)
 
 
@@ -117,26 +116,3 @@ class PromptGrid:
                 break
             time.sleep(self.interval)
         return replies
-
-
-def supernode(
-    argv: list[str], interval: float, warm: bool, trusted: list[str], commands: Path | None
-) -> None:
-    """Run ``flower-supernode`` with ``argv``, the shorter polling, the region's app approval
-    (``trusted``: FLAME_TRUSTED_APPS; ``commands``: FLAME_COMMANDS_DIR; flame.ops.approval) and
-    (``warm``) the warm ClientApp launcher (``flame.ops.warm``)."""
-    import sys
-
-    from flwr.supernode.cli.flower_supernode import flower_supernode
-
-    from flame.ops.approval import approved, gate_supernode, use_region_commands
-
-    apply(interval)
-    gate_supernode(approved(trusted, Path.cwd()) if trusted else None)
-    use_region_commands(commands)  # the task programs the node's SuperExec may start
-    if warm:
-        from flame.ops.warm import start_launcher
-
-        start_launcher()
-    sys.argv = ["flower-supernode", *argv]
-    flower_supernode()
