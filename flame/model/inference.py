@@ -1,7 +1,7 @@
 """Scoring a FraudMLP's weights with numpy alone.
 
 A ClientApp's evaluate message runs in a fresh process; scoring with numpy instead of torch
-saves that process the ~2 s torch import. ``tests/test_model_train.py`` checks the logits equal
+saves that process the ~2 s torch import. ``tests/model/test_train.py`` checks the logits equal
 ``FraudMLP`` in eval mode.
 """
 

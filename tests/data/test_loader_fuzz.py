@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from flame.data.loader import read_paysim
 from flame.data.schema import PaySimFormatError
-from tests.test_loader import HEADER, JAVA, PANDAS, SPREADSHEET
+from tests.data.test_loader import HEADER, JAVA, PANDAS, SPREADSHEET
 
 ROWS = [JAVA, PANDAS, SPREADSHEET]
 JUNK = st.sampled_from(["", ",", ";", '"', '""', "\n", "\r\n", "nan", "-1", "1e999", "é", "\x00"])
@@ -67,7 +67,7 @@ def test_cli_refuses_bad_file_in_one_line_without_traceback(tmp_path: Path) -> N
         [sys.executable, "main.py", "--data", str(bad), "--rounds", "1"],
     ):
         proc = subprocess.run(
-            command, capture_output=True, text=True, cwd=Path(__file__).parents[1]
+            command, capture_output=True, text=True, cwd=Path(__file__).parents[2]
         )
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from flame.data.partition import file_arrays, region_arrays, write_parts
 from flame.ops.launch import run_config, write_connection
 from flame.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_write_parts_by_name_index_and_test_in_one_pass(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from flwr.supernode.nodestate import NodeStateFactory
 
 from flame.ops import approval
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(kind: str = TaskType.SERVER_APP, fab_hash: str = "ab" * 32) -> Run:

@@ -11,7 +11,7 @@ import yaml
 from flame.ops.compose_regions import FILE, render
 from flame.settings import FlameSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_committed_regions_file_is_the_template_for_the_default_regions() -> None:

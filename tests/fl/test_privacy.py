@@ -21,7 +21,7 @@ from flame.model.net import FraudMLP
 from flame.model.train import Plan
 from flame.settings import FlameSettings, SettingsError, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
