@@ -199,9 +199,12 @@ class NodeSettings(BaseModel):
         description="PaySim CSV file or folder of CSVs. Unset: the Kaggle file at "
         f"{KAGGLE_FILE} when present, else synthetic data.",
     )
-    cache_dir: Path = Field(Path("data/cache"), description="Prepared partitions (Parquet).")
+    cache_dir: Path = Field(
+        Path("data/cache"), description="Prepared partitions (.npy features per region)."
+    )
     test_path: Path | None = Field(
-        None, description="Server test set as Parquet (deployment); unset = from the cache."
+        None,
+        description="Server test set, Parquet or PaySim CSV (deployment); unset = from the cache.",
     )
     superlink: str = Field(
         "superlink:8000", description="SuperLink address host:port (launcher, stand-alone region)."

@@ -1,4 +1,5 @@
-"""Flame ServerApp: FedAvg over the regions, server-side evaluation on the held-out test set."""
+"""Flame ServerApp: the regions' updates aggregated by FLAME_AGGREGATION (FedAvg, FedMedian, trimmed
+mean, Krum, Multi-Krum), server-side evaluation on the held-out test set."""
 
 from __future__ import annotations
 
