@@ -232,8 +232,9 @@ def _score(args: argparse.Namespace) -> None:
     scored = score_file(args.model, args.input, args.out, keep=args.report)
     print(f"scored {scored.rows:,} rows -> {args.out} ({scored.flagged:,} predicted fraud)")
     if args.report:
-        probability = np.clip(scored.probability, 1e-12, 1 - 1e-12)
-        result = fm.exact_metrics(logit(probability), scored.labels, scored.threshold)
+        logits = np.clip(scored.probability, 1e-12, 1 - 1e-12, out=scored.probability)
+        logit(logits, out=logits)  # in place: one float64 a row (6.36M rows: 51 MB)
+        result = fm.exact_metrics(logits, scored.labels, scored.threshold)
         print(json.dumps(result, indent=2))
 
 
