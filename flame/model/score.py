@@ -241,11 +241,13 @@ class _Replay(History):
 
 def _history_in_step_order(path: Path) -> np.ndarray:
     """The history columns of every row of ``path`` (file order), computed over its rows in
-    step order (stably), as the whole file is; from 21 bytes a row kept of each."""
+    step order (stably), as for the whole file; of each row only 21 bytes are kept (step,
+    payee hash, type code, amount), then 20 more (its place in step order, its columns)."""
     columns: list[list[np.ndarray]] = [[], [], [], []]
     with _progress(path, f"history of {path.name} (not in step order)") as source:
         for batch in iter_paysim_file(path, False, READ_BYTES, source):
-            keys = batch["step"], dest_hash(batch["nameDest"]), type_codes(batch["type"])
+            codes = type_codes(batch["type"]).astype(np.int8)
+            keys = batch["step"], dest_hash(batch["nameDest"]), codes
             for column, values in zip(columns, [*keys, batch["amount"]], strict=True):
                 column.append(np.asarray(values))
     steps, payees, codes, amount = (_joined(parts) for parts in columns)
