@@ -11,8 +11,10 @@ process (so peak RSS is that process's own). Measured:
 - Flower's own round overhead (simulation, a no-op app with a tiny model and no data);
 - a deployment round (SuperLink + 2 SuperNodes as local processes, default data), with the
   ClientApp process start-up cost seen in its logs, and bytes per round;
-- simulation time per round with 2, 10 and 50 regions.
-Writes scale.md and scale.json to --out.
+- simulation time per round with 2, 10 and 50 regions;
+- ``flame score`` (streamed) on the same file with a default model, without and with --report.
+Writes scale.md and scale.json to --out; ``--only score`` measures scoring alone and writes
+score.md and score.json.
 """
 
 from __future__ import annotations
@@ -171,12 +173,41 @@ def child_flower_overhead(rounds: int) -> dict:
     return {"seconds_per_round": float(np.mean(deltas)), "rounds": len(deltas)}
 
 
+def child_score(csv: str, work: str, report: str) -> dict:
+    """``flame score`` through the CLI's entry point, with a default (untrained) model."""
+    import contextlib
+    import io
+
+    import flame.model.score  # noqa: F401 - torch and pandas imported before timing
+    from flame.cli import main
+    from flame.model.net import build_model, new_card, save_model
+    from flame.settings import load_settings
+
+    settings = load_settings()
+    card = new_card(settings.drop_balance_features, settings.hidden_sizes, 0.5)
+    model, out = Path(work) / "score-model.pt", Path(work) / "scored.csv"
+    save_model(model, build_model(card, seed=0), card)
+    argv = ["score", csv, "--model", str(model), "--out", str(out)]
+    printed = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        code = main(argv + (["--report"] if report == "report" else []))
+    seconds = time.perf_counter() - started
+    out.unlink(missing_ok=True)
+    found = re.search(r"scored ([\d,]+) rows", printed.getvalue())
+    if code != 0 or not found:
+        raise RuntimeError(f"flame score exited {code}: {printed.getvalue()[-500:]}")
+    rows = int(found.group(1).replace(",", ""))
+    return {"seconds": seconds, "rows": rows, "rows_per_s": rows / seconds, "rss_mb": peak_rss_mb()}
+
+
 CHILDREN = {
     "prepare": child_prepare,
     "load": child_load,
     "flame-train": child_flame_train,
     "plain-train": child_plain_train,
     "flower-overhead": child_flower_overhead,
+    "score": child_score,
 }
 
 
@@ -316,11 +347,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--work", type=Path, default=Path("/tmp/flame-scale"))
     p.add_argument("--quick", action="store_true", help="600k rows, fewer regions (smoke test)")
-    p.add_argument("--only", choices=["deployment"], help="deployment vs simulation rounds only")
+    p.add_argument(
+        "--only", choices=["deployment", "score"],
+        help="deployment vs simulation rounds only, or flame score on the full-size file only",
+    )  # fmt: skip
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.only == "deployment":
         deployment_only(args)
+        return
+    if args.only == "score":
+        score_only(args)
         return
     if args.child:
         name, *rest = args.child
@@ -382,21 +419,60 @@ def deployment_only(args: argparse.Namespace) -> None:
     print(text)
 
 
-def run(args: argparse.Namespace) -> None:
-    from tabulate import tabulate
-
+def full_size_csv(args: argparse.Namespace, table: list[tuple[str, str, str]]) -> Path:
+    """The Kaggle file at data/ if there, else a synthetic one of the same size (generated
+    once into --work; the time it took goes into ``table``)."""
     from flame.data.synth import generate, write_csv
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows = 600_000 if args.quick else FULL_ROWS
-    results: dict[str, object] = {"machine": machine(), "rows": rows}
-    table: list[tuple[str, str, str]] = []
     csv = KAGGLE if KAGGLE.exists() and not args.quick else args.work / f"paysim-{rows}.csv"
     if not csv.exists():
         started = time.perf_counter()
         write_csv(generate(rows, seed=42), csv)
         table.append(("synthetic CSV generated", f"{time.perf_counter() - started:.1f} s",
                       f"{rows:,} rows"))  # fmt: skip
+    return csv
+
+
+def scoring(csv: Path, work: Path) -> tuple[dict, list[tuple[str, str, str]]]:
+    """``flame score`` on ``csv``, then ``flame score --report``, each in its own process."""
+    plain = child("score", csv, work, "plain")
+    report = child("score", csv, work, "report")
+    table = [
+        ("flame score (streamed)", f"{plain['rows_per_s']:,.0f} rows/s",
+         f"{plain['rows']:,} rows in {plain['seconds']:.1f} s, CSV in and out; "
+         f"peak RSS {plain['rss_mb']:.0f} MB; target ≤ 1 GB"),
+        ("flame score --report", f"{report['rows_per_s']:,.0f} rows/s",
+         f"{report['seconds']:.1f} s incl. exact metrics over every row; "
+         f"peak RSS {report['rss_mb']:.0f} MB"),
+    ]  # fmt: skip
+    return {"score": plain, "score_report": report}, table
+
+
+def score_only(args: argparse.Namespace) -> None:
+    from tabulate import tabulate
+
+    table: list[tuple[str, str, str]] = []
+    csv = full_size_csv(args, table)
+    results, rows = scoring(csv, args.work)
+    text = tabulate(table + rows, headers=["measure", "value", "notes"], tablefmt="github")
+    text = f"{text}\n\ndata: {csv}\nmachine: {machine()}\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "score.md").write_text(text)
+    (args.out / "score.json").write_text(
+        json.dumps(results | {"data": str(csv), "machine": machine()}, indent=2)
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    from tabulate import tabulate
+
+    rows = 600_000 if args.quick else FULL_ROWS
+    results: dict[str, object] = {"machine": machine(), "rows": rows}
+    table: list[tuple[str, str, str]] = []
+    csv = full_size_csv(args, table)
     results["data"] = str(csv)
     cache = args.work / "cache-scale"
     subprocess.run(["rm", "-rf", str(cache)], check=True)
@@ -442,6 +518,9 @@ def run(args: argparse.Namespace) -> None:
         sim[n] = simulation_round(args.work, n, 200_000)
         table.append((f"simulation round, {n} regions", f"{sim[n]:.1f} s", "200k rows, 1 epoch"))
     results["simulation"] = sim
+    scored, score_table = scoring(csv, args.work)
+    results |= scored
+    table += score_table
 
     text = tabulate(table, headers=["measure", "value", "notes"], tablefmt="github")
     print(text)

@@ -212,11 +212,11 @@ def _baseline(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    import numpy as np
     from scipy.special import logit
 
     from flame.data.loader import csv_files, header
     from flame.model import metrics as fm
-    from flame.model.net import load_model
     from flame.model.score import score_file
 
     if args.report and "isFraud" not in header(csv_files(args.input)[0]):
@@ -234,13 +234,12 @@ def _score(args: argparse.Namespace) -> None:
         check_access(uri)
         args.model = model_file(args.model, uri)
     args.model = Path(args.model)
-    scored = score_file(args.model, args.input, args.out)
-    flagged = int(scored["is_fraud_predicted"].sum())
-    print(f"scored {len(scored):,} rows -> {args.out} ({flagged:,} predicted fraud)")
+    scored = score_file(args.model, args.input, args.out, keep=args.report)
+    print(f"scored {scored.rows:,} rows -> {args.out} ({scored.flagged:,} predicted fraud)")
     if args.report:
-        threshold = load_model(args.model)[1].threshold
-        probability = scored["fraud_probability"].clip(1e-12, 1 - 1e-12).to_numpy()
-        result = fm.exact_metrics(logit(probability), scored["isFraud"].to_numpy(), threshold)
+        logits = np.clip(scored.probability, 1e-12, 1 - 1e-12, out=scored.probability)
+        logit(logits, out=logits)  # in place: one float64 a row (6.36M rows: 51 MB)
+        result = fm.exact_metrics(logits, scored.labels, scored.threshold)
         print(json.dumps(result, indent=2))
 
 

@@ -42,9 +42,10 @@ class HistoryStore(Protocol):
         transfers: np.ndarray,
         last_step: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Atomically: the earlier row counts of ``payees`` (distinct uint64 hashes) and whether
-        each ``asked`` transfer key was an earlier TRANSFER; then add ``adds`` rows to each
-        payee and remember the ``transfers`` keys (the batch's rows end at ``last_step``)."""
+        """Atomically: the earlier row counts of ``payees`` (distinct uint64 hashes, sorted)
+        and whether each ``asked`` transfer key was an earlier TRANSFER; then add ``adds`` rows
+        to each payee and remember the ``transfers`` keys (the batch's rows end at
+        ``last_step``)."""
         ...
 
     def check_order(self, first_step: int) -> None:
@@ -89,16 +90,15 @@ class MemoryStore:
         transfers: np.ndarray,
         last_step: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        at = np.searchsorted(self.keys, payees)
+        at = np.searchsorted(self.keys, payees)  # payees come sorted (np.unique's)
         known = at < len(self.keys)
         known[known] = self.keys[at[known]] == payees[known]
         prior = np.zeros(len(payees), dtype=np.int64)
         prior[known] = self.counts[at[known]]
         seen = np.isin(asked, self.transfers)
-        self.counts[at[known]] += adds[known]  # payees are distinct: no index repeats
-        new = ~known  # inserted in place: the arrays stay sorted, without re-sorting them
-        self.keys = np.insert(self.keys, at[new], payees[new])
-        self.counts = np.insert(self.counts, at[new], adds[new])
+        self.counts[at[known]] += adds[known]  # merged in place: no re-sort of every payee
+        self.keys = np.insert(self.keys, at[~known], payees[~known])
+        self.counts = np.insert(self.counts, at[~known], adds[~known])
         kept = self.transfers if last_step == self.last_step else self.transfers[:0]
         self.transfers = np.concatenate([kept, transfers[transfers // STEP_KEY == last_step]])
         self.last_step = max(self.last_step, last_step)
@@ -117,15 +117,21 @@ class History:
         Rows are taken in step order (stably): a row sees the rows of earlier steps and the
         rows of its own step before it.
         """
-        steps = np.asarray(frame["step"], dtype=np.int64)
+        keys = (dest_hash(frame["nameDest"]), type_codes(frame["type"]), frame["amount"])
+        return self.of_keys(frame["step"], *keys)
+
+    def of_keys(self, steps: Any, payees: np.ndarray, codes: np.ndarray, amount: Any) -> np.ndarray:
+        """``features`` of rows given by what history reads of them: step, payee hash
+        (``dest_hash``), type code and amount (what ``flame score`` keeps of an unsorted file)."""
+        steps = np.asarray(steps, dtype=np.int64)
         if not len(steps):
             return np.zeros((0, len(HISTORY)), dtype=np.float32)
         self.store.check_order(int(steps.min()))
         order = np.argsort(steps, kind="stable")
-        dest = name_hash(frame["nameDest"], 0)[order]
+        dest = payees[order]
         payees, inverse, adds = np.unique(dest, return_inverse=True, return_counts=True)
-        codes = type_codes(frame["type"])[order]
-        amount = np.asarray(frame["amount"], dtype=np.float64)[order]
+        codes = codes[order]
+        amount = np.asarray(amount, dtype=np.float64)[order]
         cents = np.round(amount * 100).astype(np.int64)
         key = steps[order] * STEP_KEY + cents
         is_transfer = codes == TYPES.index("TRANSFER")
@@ -143,6 +149,11 @@ class History:
         out = np.empty((len(steps), len(HISTORY)), dtype=np.float32)
         out[order] = np.column_stack([np.log1p(prior) / COUNT_SCALE, prior > 0, paired])
         return out
+
+
+def dest_hash(names: Any) -> np.ndarray:
+    """The payee key of each ``nameDest`` (as ``History`` hashes them)."""
+    return name_hash(names, 0)
 
 
 def _running(groups: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -134,9 +134,13 @@ def read_paysim_file(path: Path, require_labels: bool = True) -> pd.DataFrame:
 
 
 def iter_paysim_file(
-    path: Path, require_labels: bool = True, block_bytes: int = BLOCK_BYTES
+    path: Path,
+    require_labels: bool = True,
+    block_bytes: int = BLOCK_BYTES,
+    stream: BinaryIO | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Validated batches of one CSV, read by pyarrow's streaming reader."""
+    """Validated batches of one CSV, read by pyarrow's streaming reader (about ``block_bytes``
+    of CSV each); from ``stream`` (``path`` opened, e.g. wrapped by a progress bar) if given."""
     names = header(path)
     optional = () if require_labels else LABELS
     missing = [c for c in COLUMNS if c not in names and c not in optional]
@@ -152,7 +156,7 @@ def iter_paysim_file(
     offset = 0
     try:
         reader = pacsv.open_csv(
-            path,
+            path if stream is None else stream,
             read_options=pacsv.ReadOptions(block_size=block_bytes),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )

@@ -4,6 +4,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from flame.data.features import FEATURE_VERSION, build_features, feature_names, labels
@@ -78,9 +79,11 @@ def test_save_load_and_score_keeps_input_order(tmp_path: Path) -> None:
     assert loaded_card.threshold == 0.7 and loaded_card.hidden_sizes == [16, 8]
     frame = generate(1_000, seed=3).sample(frac=1.0, random_state=1)  # any order
     write_csv(frame, tmp_path / "in.csv")
-    scored = score_file(tmp_path / "model.pt", tmp_path / "in.csv", tmp_path / "out.csv")
+    summary = score_file(tmp_path / "model.pt", tmp_path / "in.csv", tmp_path / "out.csv")
     out = tmp_path.joinpath("out.csv").read_text().splitlines()
     assert len(out) == 1_001 and out[0].endswith("fraud_probability,is_fraud_predicted")
+    scored = pd.read_csv(tmp_path / "out.csv")
+    assert summary.rows == 1_000 and summary.flagged == scored["is_fraud_predicted"].sum()
     assert scored["nameOrig"].tolist() == frame["nameOrig"].tolist()
     expected = (scored["fraud_probability"] >= 0.7).astype(int)
     assert (scored["is_fraud_predicted"] == expected).all()
