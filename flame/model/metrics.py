@@ -66,6 +66,9 @@ def from_confusion(tp: float, fp: float, fn: float, tn: float) -> dict[str, floa
     }
 
 
+LEAN_ROWS = 1_000_000  # above this, ROC-AUC, PR-AUC and loss are computed in less memory
+
+
 def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     """Loss (unweighted log-loss), ROC-AUC, PR-AUC, confusion and rates on one dataset."""
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
@@ -73,15 +76,50 @@ def exact_metrics(logits: np.ndarray, y: np.ndarray, threshold: float) -> dict[s
     prob = sigmoid(logits)
     both = 0 < y.sum() < len(y)
     counts = confusion(prob, y, threshold)
+    if len(y) > LEAN_ROWS:  # scikit-learn's copies of 6M rows take ~0.5 GB each (flame score)
+        loss = lean_log_loss(prob, y)
+        del prob  # before the sort's arrays
+        roc_auc, pr_auc = lean_ranking(logits, y) if both else (math.nan, math.nan)
+    else:
+        loss = float(log_loss(y, np.clip(prob, 1e-7, 1 - 1e-7), labels=[0, 1]))
+        roc_auc = float(roc_auc_score(y, logits)) if both else math.nan
+        pr_auc = float(average_precision_score(y, logits)) if both else math.nan
     return {
-        "loss": float(log_loss(y, np.clip(prob, 1e-7, 1 - 1e-7), labels=[0, 1])),
-        "roc_auc": float(roc_auc_score(y, logits)) if both else math.nan,
-        "pr_auc": float(average_precision_score(y, logits)) if both else math.nan,
+        "loss": loss,
+        "roc_auc": roc_auc if both else math.nan,
+        "pr_auc": pr_auc if both else math.nan,
         **counts,
         **from_confusion(**counts),
         "threshold": threshold,
         "num_examples": len(y),
     }
+
+
+def lean_log_loss(prob: np.ndarray, y: np.ndarray, chunk: int = 1 << 20) -> float:
+    """scikit-learn's ``log_loss`` of ``prob`` clipped to [1e-7, 1 - 1e-7], a chunk at a time."""
+    total = 0.0
+    for i in range(0, len(y), chunk):
+        p = np.clip(prob[i : i + chunk], 1e-7, 1 - 1e-7)
+        total -= float(np.sum(np.where(y[i : i + chunk] > 0, np.log(p), np.log1p(-p))))
+    return total / max(len(y), 1)
+
+
+def lean_ranking(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """ROC-AUC and average precision as scikit-learn computes them (one stable descending
+    sort, a point per distinct score), holding a few arrays of one number per row."""
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    ranked = scores[order]
+    hits = np.cumsum(y[order] > 0, dtype=np.int64)
+    del order
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last row of each score
+    del ranked
+    tps = hits[ends]
+    del hits
+    fps = 1 + ends - tps
+    tpr, fpr = np.r_[0, tps] / tps[-1], np.r_[0, fps] / fps[-1]
+    roc_auc = float(np.trapezoid(tpr, fpr))
+    average_precision = float(np.sum(np.diff(tpr) * (tps / (tps + fps))))
+    return roc_auc, average_precision
 
 
 def exact_alerts(

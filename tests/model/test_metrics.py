@@ -212,3 +212,22 @@ def test_pooled_amounts_only_when_every_region_sent_them(
     assert "hist_amount" not in fm.pool([with_sums, without])
     assert "amount_recall" not in fm.alert_figures(fm.pool([with_sums, without]), 0.5, 0.0)
     assert len(fm.pool([with_sums, with_sums])["hist_amount"]) == fm.BINS
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_lean_metrics_of_a_big_file_are_scikit_learns(ties: bool) -> None:
+    """flame score --report on millions of rows computes ROC-AUC, PR-AUC and loss without
+    scikit-learn's copies; the figures are the same (rounded scores: many ties)."""
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(200_000) < 0.01).astype(np.int8)
+    logits = (rng.normal(size=len(y)) + 2.5 * y).astype(np.float32)
+    if ties:
+        logits = np.round(logits, 1)
+    roc_auc, pr_auc = fm.lean_ranking(logits, y)
+    assert roc_auc == pytest.approx(roc_auc_score(y, logits), abs=1e-12)
+    assert pr_auc == pytest.approx(average_precision_score(y, logits), abs=1e-12)
+    prob = fm.sigmoid(logits)
+    expected = log_loss(y, np.clip(prob, 1e-7, 1 - 1e-7), labels=[0, 1])
+    assert fm.lean_log_loss(prob, y, chunk=7_000) == pytest.approx(expected, abs=1e-12)
