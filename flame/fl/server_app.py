@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,94 +161,116 @@ class NothingTrainedError(RunFailed):
     """The run ended without a single aggregated update: its model would be the initial one."""
 
 
+@dataclass
+class Resumed:
+    """A run picked up from its checkpoint after round ``state.round``."""
+
+    state: checkpoint.Checkpoint
+    weights: dict[str, np.ndarray]
+    selected: dict[str, np.ndarray] | None
+
+    def restore(self, model: FraudMLP, strategy: FlameStrategy) -> None:
+        """The last global model into ``model``; the round offset, threshold and selected model
+        into ``strategy``."""
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
+        strategy.offset, strategy.threshold = self.state.round, self.state.threshold
+        if self.selected is not None:
+            weights = ArrayRecord({k: torch.from_numpy(v) for k, v in self.selected.items()})
+            s = self.state
+            strategy.selected = Selected(s.selected_round, weights, s.selected_threshold,
+                                         s.selected_val_pr_auc, s.selected_val_counts)  # fmt: skip
+
+
+def run_folder(settings: FlameSettings) -> tuple[Path, Resumed | None]:
+    """The run's folder: a new one, or (FLAME_RESUME) the checkpointed run to continue."""
+    if not settings.resume:
+        out = settings.resolved_out_dir().resolve()
+        checkpoint.check_new_folder(out)
+        return out, None
+    out = checkpoint.resume_folder(settings).resolve()
+    resumed = Resumed(*checkpoint.load(out))
+    checkpoint.check_compatible(resumed.state, settings, out)
+    log.info("Resuming %s after round %d of %d", out, resumed.state.round,
+             settings.num_server_rounds)  # fmt: skip
+    return out, resumed
+
+
+def test_set(settings: FlameSettings, out: Path) -> tuple[torch.Tensor, np.ndarray]:
+    x, y = heldout_arrays(settings)
+    fm.require_usable_rows(y, "the server's test set", fm.UNDEFINED)
+    log.info("Run folder %s; server test set %d rows, %d frauds", out, len(y), int(y.sum()))
+    return torch.from_numpy(x), y
+
+
+def with_update_noise(strategy: FlameStrategy, settings: FlameSettings) -> Strategy:
+    """``strategy``, or (FLAME_UPDATE_NOISE) each region's update clipped to FLAME_UPDATE_CLIP
+    and Gaussian noise added to the aggregate."""
+    if settings.update_noise <= 0:
+        return strategy
+    return ClippedNoisy(
+        strategy,
+        noise_multiplier=settings.update_noise,
+        clipping_norm=settings.update_clip,
+        num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
+    )
+
+
+def nothing_trained(strategy: FlameStrategy, settings: FlameSettings, done: int) -> RunFailed:
+    errors = sorted(strategy.errors)
+    reason = errors[0][:300] if errors else (
+        f"no reply within FLAME_ROUND_TIMEOUT={settings.round_timeout:g} s: raise it if a "
+        "region's round takes longer, or check that the regions are up"
+    )  # fmt: skip
+    more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
+    return NothingTrainedError(
+        f"no region returned a model update in any of the {settings.num_server_rounds - done} "
+        f"rounds ({reason}{more}); no model was saved"
+    )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)
     setup_logging()
     login(settings)  # this process's MLflow account (FLAME_MLFLOW_CREDENTIALS), read once
     torch.set_num_threads(settings.torch_threads)
-    out = settings.resolved_out_dir().resolve()
-    done = 0  # rounds completed before this run (resume)
-    resumed: dict[str, np.ndarray] | None = None
-    if settings.resume:
-        out = checkpoint.resume_folder(settings).resolve()
-        state, resumed, selected = checkpoint.load(out)
-        checkpoint.check_compatible(state, settings, out)
-        done = state.round
-        log.info("Resuming %s after round %d of %d", out, done, settings.num_server_rounds)
-    else:
-        checkpoint.check_new_folder(out)
-    x, y_test = heldout_arrays(settings)
-    fm.require_usable_rows(y_test, "the server's test set", fm.UNDEFINED)
-    x_test = torch.from_numpy(x)
-    log.info(
-        "Run folder %s; server test set %d rows, %d frauds", out, len(y_test), int(y_test.sum())
-    )
+    out, resumed = run_folder(settings)
+    done = resumed.state.round if resumed else 0  # rounds completed before this run
+    x_test, y_test = test_set(settings, out)
     log.info(privacy_line(settings))
-
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     card.alert_rate = settings.alert_rate
     model = initial_model(
         card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,
         settings.cache_dir, warm=resumed is None,
     )  # fmt: skip
-    params = run_params(settings, len(y_test))
-    logged = evaluated_through(settings, done) if settings.resume else None
-    resume_after = done if settings.resume else None
-    tracker = Tracker(settings, out, params, resume_after, evaluated_through=logged)
+    logged = evaluated_through(settings, done) if resumed else None
+    tracker = Tracker(settings, out, run_params(settings, len(y_test)),
+                      done if resumed else None, evaluated_through=logged)  # fmt: skip
     strategy = build_strategy(settings, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test), settings.alert_rate)
     round_end = RoundEnd(evaluator, strategy, out, checkpoint.fixed_settings(settings))
-    if not settings.resume:
+    if resumed:
+        resumed.restore(model, strategy)
+    else:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
-    if resumed is not None:
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in resumed.items()})
-        strategy.offset, strategy.threshold = done, state.threshold
-        if selected is not None:
-            weights = ArrayRecord({k: torch.from_numpy(v) for k, v in selected.items()})
-            strategy.selected = Selected(
-                state.selected_round, weights, state.selected_threshold,
-                state.selected_val_pr_auc, state.selected_val_counts,
-            )  # fmt: skip
     sent = ConfigRecord({RUN_SETTINGS_KEY: run_settings(settings)})  # every task carries them
     initial = ArrayRecord(model.state_dict())
-    runner: Strategy = strategy
-    if settings.update_noise > 0:
-        # clip each region's update to FLAME_UPDATE_CLIP, add Gaussian noise to the aggregate
-        runner = ClippedNoisy(
-            strategy,
-            noise_multiplier=settings.update_noise,
-            clipping_norm=settings.update_clip,
-            num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
-        )
     if done >= settings.num_server_rounds:
         log.info("All %d rounds were already complete; saving the final model", done)
         round_end(0, initial)
-        finish(out, model, card, initial, round_end, tracker, settings)
-        return
+        return finish(out, model, card, initial, round_end, tracker, settings)
     wait_for_regions(grid, settings)
     polling.cap_pull_backoff(settings.poll_interval)
     try:
-        result = start(runner, grid, initial, settings, sent, round_end, done)
+        result = start(with_update_noise(strategy, settings), grid, initial, settings, sent,
+                       round_end, done)  # fmt: skip
     except RunFailed:
         tracker.close("FAILED")
         raise
     if strategy.trained_rounds == 0:
         tracker.close("FAILED")
-        errors = sorted(strategy.errors)
-        reason = (
-            errors[0][:300]
-            if errors
-            else (
-                f"no reply within FLAME_ROUND_TIMEOUT={settings.round_timeout:g} s: raise it if a "
-                "region's round takes longer, or check that the regions are up"
-            )
-        )
-        more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
-        raise NothingTrainedError(
-            f"no region returned a model update in any of the {settings.num_server_rounds - done} "
-            f"rounds ({reason}{more}); no model was saved"
-        )
+        raise nothing_trained(strategy, settings, done)
     finish(out, model, card, result.arrays or initial, round_end, tracker, settings)
 
 
