@@ -119,8 +119,9 @@ class TrainingSettings(BaseModel):
         "initial weights.",
     )  # fmt: skip
     model_selection: Literal["best-val", "last"] = Field(
-        "best-val", description="Saved model: the round with the best pooled client validation "
-        "PR-AUC (never the server's test set), or the last round.",
+        "best-val", description="Saved model: the latest round within one standard error of "
+        "the best pooled client validation PR-AUC (never the server's test set), or the last "
+        "round.",
     )  # fmt: skip
     min_regions: int = Field(
         1, ge=1,

@@ -94,8 +94,11 @@ class FlameStrategy(FedAvg):
     Every client row of round r carries the alert figures at the threshold round r chose
     (``flame.model.metrics.alert_figures``).
 
-    ``selected`` is the model to save: with ``select_best`` the round with the highest pooled
-    client validation PR-AUC (ties: the earlier round), else the last evaluated round.
+    ``selected`` is the model to save: with ``select_best`` the latest round whose pooled client
+    validation PR-AUC is within one standard error of the best so far (``fm.pr_auc_margin``: a
+    later round that scores the same within the validation rows' resolution is kept, as it has
+    seen more training; small validation sets often score 1.0 from round 1 on), else the last
+    evaluated round.
 
     With ``evaluate_in_train`` (one message per region per round) round r's train task asks each
     region to score the model it carries (round r-1's) before training it, and the reply brings
@@ -131,6 +134,7 @@ class FlameStrategy(FedAvg):
         self.select_best = select_best
         self.eval_arrays: ArrayRecord | None = None
         self.selected: Selected | None = None
+        self.best_val: float | None = None  # the best pooled validation PR-AUC so far
         self.trained_rounds = 0  # rounds in which at least one region's update was aggregated
         self.epsilon = 0.0  # the largest whole-run DP ε any region has reported
         self.errors: set[str] = set()  # the first line of every region error so far
@@ -281,17 +285,28 @@ class FlameStrategy(FedAvg):
             row = dict(pooled) | alerts | {"threshold": sent} | roll
             self.tracker.log(CLIENTS, server_round, "evaluate", row)
             counts = [float(v) for v in np.add(pooled["hist_pos"], pooled["hist_neg"])]
-            self.consider(server_round, float(pooled["pr_auc"]), counts)
+            frauds = float(np.sum(pooled["hist_pos"]))
+            self.consider(server_round, float(pooled["pr_auc"]), counts, frauds)
         self.scored[server_round] = (self.threshold, pooled)
         return pooled
 
-    def consider(self, server_round: int, val_pr_auc: float, val_counts: list[float]) -> None:
+    def consider(
+        self, server_round: int, val_pr_auc: float, val_counts: list[float], frauds: float = 0.0
+    ) -> None:
         """Keep this round's model if it is the one to save (see the class docstring)."""
         if self.eval_arrays is None:
             return
-        best = self.selected
-        better = best is None or math.isnan(best.val_pr_auc) or val_pr_auc > best.val_pr_auc
-        if not self.select_best or better:
+        if self.best_val is None and self.selected is not None:  # resumed: its figure
+            self.best_val = self.selected.val_pr_auc
+        if not math.isnan(val_pr_auc) and (
+            self.best_val is None or math.isnan(self.best_val) or val_pr_auc > self.best_val
+        ):
+            self.best_val = val_pr_auc
+        best = self.best_val
+        close = (
+            best is None or math.isnan(best) or val_pr_auc >= best - fm.pr_auc_margin(best, frauds)
+        )
+        if not self.select_best or close:
             self.selected = Selected(
                 server_round, self.eval_arrays, self.threshold, val_pr_auc, val_counts
             )

@@ -423,6 +423,15 @@ def alert_figures(
     return out
 
 
+def pr_auc_margin(pr_auc: float, frauds: float) -> float:
+    """One standard error of a PR-AUC measured on ``frauds`` fraud rows (binomial
+    approximation, sqrt(AP (1 - AP) / frauds), at least half a fraud's share): two rounds whose
+    validation figures differ by less score the same as far as these rows can tell."""
+    if math.isnan(pr_auc) or frauds < 1:
+        return 0.0
+    return max(math.sqrt(max(pr_auc * (1 - pr_auc), 0.0) / frauds), 0.5 / frauds)
+
+
 def chosen_threshold(record: Mapping[str, object], alert_rate: float) -> float:
     """The threshold a round chooses on its pooled validation histograms: the alert budget's,
     else the F1-optimal one."""

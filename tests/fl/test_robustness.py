@@ -132,6 +132,26 @@ def test_selected_round_is_the_best_by_pooled_validation_only(
     assert sorted(table.query("kind == 'client:a'")["round"]) == [1, 2, 3]
 
 
+def test_selection_keeps_the_latest_round_that_scores_as_well(tmp_path: Path) -> None:
+    """Small validation sets score 1.0 from round 1 on: a tie, or a later round within one
+    standard error of the best, keeps the later round (it has trained more); a round clearly
+    worse than the best does not replace it, nor does a later one close to it but not to the
+    best."""
+    from flame.model import metrics as fm
+
+    settings = load_settings(num_server_rounds=5)
+    strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
+    frauds = 100.0  # one standard error at PR-AUC 0.99: 0.00995
+    assert fm.pr_auc_margin(0.99, frauds) == pytest.approx(0.00995, rel=1e-3)
+    assert fm.pr_auc_margin(1.0, frauds) == pytest.approx(0.005)  # half a fraud's share
+    for rnd, figure, kept in [(1, 1.0, 1), (2, 1.0, 2), (3, 0.997, 3), (4, 0.9, 3),
+                              (5, 0.992, 3)]:  # fmt: skip
+        strategy.eval_arrays = ArrayRecord({"w": torch.full((2,), float(rnd))})
+        strategy.consider(rnd, figure, [], frauds)
+        assert strategy.selected is not None and strategy.selected.round == kept, rnd
+    assert strategy.best_val == 1.0
+
+
 class _FakeGrid:
     def get_node_ids(self) -> list[int]:
         return [1, 2]
