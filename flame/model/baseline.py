@@ -63,6 +63,7 @@ def run_baseline(
     )  # fmt: skip
     pos_weight = settings.pos_weight or default_pos_weight(y.numpy())
     best: tuple[float, int, float, dict[str, torch.Tensor], list[float]] | None = None
+    top, frauds = math.nan, float(y_val.sum())  # the best validation PR-AUC so far
     for rnd in range(1, plan.rounds + 1):
         loss = train_steps(
             model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
@@ -78,8 +79,11 @@ def run_baseline(
         if sink is not None:
             sink.log(CENTRAL, rnd, "train", {"loss": loss, "num_examples": len(y)})
             sink.log(CENTRAL, rnd, "evaluate", val)
-        last = settings.model_selection == "last"
-        if last or best is None or math.isnan(best[0]) or val["pr_auc"] > best[0]:
+        # the federated rule: the latest round within one standard error of the best so far
+        if not math.isnan(val["pr_auc"]) and (math.isnan(top) or val["pr_auc"] > top):
+            top = val["pr_auc"]
+        close = math.isnan(top) or val["pr_auc"] >= top - fm.pr_auc_margin(top, frauds)
+        if settings.model_selection == "last" or best is None or close:
             counts = np.add(pos, neg).astype(float).tolist()
             best = (val["pr_auc"], rnd, threshold, copy.deepcopy(model.state_dict()), counts)
     assert best is not None
