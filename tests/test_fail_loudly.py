@@ -206,3 +206,22 @@ def _rounds(table: Path) -> set[str]:
     import csv
 
     return {row["round"] for row in csv.DictReader(table.open())} if table.exists() else set()
+
+
+def test_a_launch_against_a_dead_superlink_ends_in_seconds_naming_it(tmp_path: Path) -> None:
+    """`flame launch` to an address nothing listens on: Flower's own reason, then one line
+    naming the address and the setting, exit 1, within a minute."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"  # closed again: nothing listens
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # flwr
+    env = os.environ | QUIET | {"PATH": path, "FLAME_MLFLOW": "false"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flame.cli", "launch", "--superlink", address, "--app", str(ROOT)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    line = proc.stderr.strip().splitlines()[-1]
+    assert address in line and "FLAME_SUPERLINK" in line and len(line) <= 200, line

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -128,6 +129,8 @@ def launch(
     ensure_experiment(settings)
     config = run_config(settings, app)
     log.info("Submitting %s to %s with run config: %s", app, superlink, config)
+    if shutil.which("flwr") is None:
+        raise FileNotFoundError("flwr (Flower's CLI) is not on PATH: run from the venv or image")
     proc = subprocess.Popen(
         ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", config],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -140,7 +143,8 @@ def launch(
         if run_id is None and found:
             run_id = int(found.group(1))
     if proc.wait() != 0 or run_id is None:
-        log.error("flwr run failed (exit %s)", proc.returncode)
+        log.error("flwr run against the SuperLink at %s (--superlink, FLAME_SUPERLINK) failed "
+                  "(exit %s); Flower's reason is above", superlink, proc.returncode)  # fmt: skip
         return 1
     status = run_status(run_id)
     log.info("Run %d ended: %s", run_id, status)
