@@ -36,4 +36,5 @@ mlflow-ui: $(STAMP)
 # venv's bin goes first on PATH; no per-run dependency install
 flwr-run: $(STAMP)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
-	  $(BIN)/flwr run . --stream --federation-config num-supernodes=2 $(ARGS)
+	  $(BIN)/flwr run . --stream --federation-config num-supernodes=2 \
+	  --run-config "$$($(BIN)/python -m flame.settings --run-config)" $(ARGS)

@@ -1,8 +1,10 @@
 """Every Flame setting, defined once, by concern. Read from the environment (prefix ``FLAME_``)
 and ``.env``; one ``FlameSettings`` composes the concerns under the same ``FLAME_*`` names.
 
-Flower's run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``flwr run
---run-config``) overrides the training knobs that share its names, e.g. ``num-server-rounds``.
+Every run setting is a key of Flower's run config (``[tool.flwr.app.config]`` in
+``pyproject.toml``, generated from these classes: ``python -m flame.settings --pyproject``), so
+``flwr run --run-config`` sets any of them; on the ServerApp the run config wins over its
+environment, and each setting it overrides is named.
 Each setting reaches the code by one route: run settings (data, training, privacy, updates,
 robustness) are resolved on the server and sent to every region with each task; node settings
 come from each machine's own environment.
@@ -21,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -515,6 +518,9 @@ RUN_CONCERNS = (DataSettings, TrainingSettings, PrivacySettings, UpdateSettings,
 RUN_FIELDS = frozenset(f for concern in RUN_CONCERNS for f in concern.model_fields)
 NODE_ONLY = frozenset(NodeSettings.model_fields) | frozenset(PolicySettings.model_fields)
 RUN_SETTINGS_KEY = "run-settings"  # the message config entry that carries them
+# Flower's run config: every run setting, and the server's per-run resume switch
+RUN_CONFIG_FIELDS = (*(f for c in RUN_CONCERNS for f in c.model_fields), "resume")
+ConfigValue = bool | int | float | str
 CONCERNS = (*RUN_CONCERNS, NodeSettings, PolicySettings, TrackingSettings, ServingSettings)
 
 
@@ -572,8 +578,6 @@ def check_env_file(path: Path = ENV_FILE) -> None:
 
 
 def _warn_unknown_variables() -> None:
-    from dotenv import dotenv_values
-
     check_env_file()
     names = set(os.environ) | (set(dotenv_values(ENV_FILE)) if ENV_FILE.is_file() else set())
     for line in unknown_variables(names - _warned):
@@ -599,6 +603,82 @@ def load_settings(run_config: dict[str, Any] | None = None, **overrides: Any) ->
         raise SettingsError(f"invalid setting: {problems}") from None
 
 
+def config_value(value: Any) -> ConfigValue:
+    """A setting's value as Flower's run config holds it: lists comma-joined, unset empty."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, Path) else value
+
+
+def config_key(field: str) -> str:
+    return field.replace("_", "-")
+
+
+def run_config_defaults() -> dict[str, ConfigValue]:
+    """``[tool.flwr.app.config]``: every run setting's default, under its run-config key."""
+    fields = FlameSettings.model_fields
+    return {config_key(f): config_value(fields[f].get_default(call_default_factory=True))
+            for f in RUN_CONFIG_FIELDS}  # fmt: skip
+
+
+def run_config(settings: FlameSettings) -> dict[str, ConfigValue]:
+    """The run config that makes a run of ``settings`` (what ``flame launch`` submits)."""
+    return {config_key(f): config_value(getattr(settings, f)) for f in RUN_CONFIG_FIELDS}
+
+
+def overridden_by_run_config(run_config: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """A line for each run setting this process's environment sets to another value than the
+    run config, which wins (a run's settings are its run config, never the server's .env)."""
+    known = set(RUN_CONFIG_FIELDS)
+    lines = []
+    for name, text in sorted(env.items()):
+        field = name.upper().removeprefix("FLAME_").lower()
+        key = config_key(field)
+        if not name.upper().startswith("FLAME_") or field not in known or key not in run_config:
+            continue
+        if _resolved(field, text) != _resolved(field, run_config[key]):
+            lines.append(f"{name.upper()}={text} in this process's environment is ignored: the run "
+                         f"config says {key}={run_config[key]!r} (set run settings with flame "
+                         "launch, which reads .env, or flwr run --run-config)")  # fmt: skip
+    return lines
+
+
+def _resolved(field: str, value: object) -> object:
+    try:
+        return load_settings(**{field: value}).model_dump()[field]
+    except SettingsError:
+        return None
+
+
+def pyproject_config() -> str:
+    """The ``[tool.flwr.app.config]`` table, generated from the settings."""
+    lines = [
+        "[tool.flwr.app.config]",
+        "# Generated from flame/settings.py by: python -m flame.settings --pyproject",
+        "# Flower's run config: every run setting (FLAME_X is key x, - for _); lists are",
+        '# comma-separated, "" is unset. flwr run --run-config and flame launch override them.',
+    ]
+    lines += [f"{key} = {toml_value(value)}" for key, value in run_config_defaults().items()]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: ConfigValue) -> str:
+    """A run-config value as TOML (the pyproject table, ``flwr run --run-config``)."""
+    return json.dumps(value)  # true/false, numbers and "strings" read the same in TOML
+
+
+def server_settings(run_config: dict[str, Any]) -> FlameSettings:
+    """The ServerApp's settings: the run config for the run settings (a warning for each one
+    this process's environment sets otherwise), its own environment for the rest."""
+    settings = load_settings(run_config)
+    env = dict(dotenv_values(ENV_FILE)) if ENV_FILE.is_file() else {}
+    for line in overridden_by_run_config(run_config, {**env, **os.environ}):
+        log.warning(line)
+    return settings
+
+
 def run_settings(settings: FlameSettings) -> str:
     """The run settings as the server sends them to the regions (JSON)."""
     return settings.model_dump_json(include=set(RUN_FIELDS))
@@ -617,8 +697,8 @@ def env_example() -> str:
     lines = [
         "# Flame settings. Copy to .env and uncomment what you change.",
         "# Generated from flame/settings.py by: python -m flame.settings > .env.example",
-        "# Flower run config (pyproject [tool.flwr.app.config], flwr run --run-config) overrides",
-        "# the training keys of the same name, e.g. num-server-rounds.",
+        "# Run settings are Flower's run config (pyproject [tool.flwr.app.config], every one):",
+        "# flame launch and make flwr-run submit this file's; flwr run --run-config sets any.",
         "# (run) settings are the server's: it sends them to every region with each task, so a",
         "# region's .env needs only the (node) settings; (server) ones matter on the server only.",
     ]
@@ -661,4 +741,11 @@ def _example_lines(concern: type[BaseModel]) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(env_example(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--pyproject"]:
+        print(pyproject_config(), end="")
+    elif sys.argv[1:] == ["--run-config"]:  # this environment's run, for flwr run --run-config
+        print(" ".join(f"{k}={toml_value(v)}" for k, v in run_config(load_settings()).items()))
+    else:
+        print(env_example(), end="")

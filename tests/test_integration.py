@@ -181,9 +181,8 @@ def test_flwr_run_simulation(tmp_path: Path) -> None:
     env = os.environ | {
         "FLWR_HOME": str(tmp_path / "flwr-home"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLAME_SYNTH_ROWS": "20000",
-        "FLAME_SYNTH_FRAUD_RATE": "0.01",
-        "FLAME_OUT_DIR": str(tmp_path / "flwr-run"),
+        "FLAME_OUT_DIR": str(tmp_path / "flwr-run"),  # a server setting: from its environment
+        "FLAME_LOCAL_EPOCHS": "3",  # a run setting: the run config's wins, and this is named
         "PATH": f"{flwr.parent}:{os.environ['PATH']}",
         # this test's own managed SuperLink: never one left running by another run
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
@@ -192,12 +191,14 @@ def test_flwr_run_simulation(tmp_path: Path) -> None:
     try:
         proc = subprocess.run(
             [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=2",
-             "--run-config", "num-server-rounds=2 local-epochs=1"],
+             "--run-config", "num-server-rounds=2 local-epochs=1 synth-rows=20000",
+             "--run-config", "synth-fraud-rate=0.01"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
         _stop_local_superlink(tmp_path / "flwr-home")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FLAME_LOCAL_EPOCHS=3 in this process's environment is ignored" in proc.stdout
     rows = evaluate_rows(tmp_path / "flwr-run")
     assert set(rows.loc[rows["kind"] == "client:eu", "round"]) == {1, 2}
     assert rows.loc[(rows["kind"] == "server") & (rows["round"] == 2), "roc_auc"].iloc[0] > 0.9

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from flame.settings import FlameSettings, SettingsError, env_example, load_settings
+from flame.settings import (
+    RUN_FIELDS,
+    FlameSettings,
+    SettingsError,
+    env_example,
+    load_settings,
+    pyproject_config,
+    run_config,
+    run_config_defaults,
+    server_settings,
+    toml_value,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +80,45 @@ def test_invalid_settings_name_the_setting(
         load_settings()
 
 
-def test_pyproject_run_config_matches_settings_defaults() -> None:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+def test_pyproject_run_config_is_generated_from_the_settings() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    config = tomllib.loads(text)["tool"]["flwr"]["app"]
     assert config["components"] == {
         "serverapp": "flame.fl.server_app:app",
         "clientapp": "flame.fl.client_app:app",
     }
-    defaults = FlameSettings.model_fields
-    for key, value in config["config"].items():
-        assert defaults[key.replace("-", "_")].default == value, key
+    assert pyproject_config() in text, "regenerate: python -m flame.settings --pyproject"
+    assert config["config"] == run_config_defaults()
+    # every run setting can be set by flwr run --run-config; no node setting can
+    assert set(config["config"]) == {k.replace("_", "-") for k in RUN_FIELDS} | {"resume"}
+
+
+def test_the_run_config_carries_a_run_whole() -> None:
+    """Settings -> run config -> settings gives the same run, lists and unset values included."""
+    sent = load_settings(
+        regions=["a", "b", "c"], hidden_sizes=[8, 4], dp=True, dp_target_epsilon=2.0,
+        adversarial_regions=["b"], num_server_rounds=9,
+    )  # fmt: skip
+    text = " ".join(f"{k}={toml_value(v)}" for k, v in run_config(sent).items())
+    parsed = tomllib.loads("\n".join(text.split(" ")))
+    got = load_settings(parsed)
+    assert {f: getattr(got, f) for f in RUN_FIELDS} == {f: getattr(sent, f) for f in RUN_FIELDS}
+
+
+def test_an_environment_the_run_config_overrides_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLAME_LOCAL_EPOCHS", "5")
+    monkeypatch.setenv("FLAME_SEED", "42")  # the same as the run config: nothing to say
+    monkeypatch.setattr(logging.getLogger("flame"), "propagate", True)  # to caplog
+    with caplog.at_level("WARNING", logger="flame.settings"):
+        settings = server_settings(run_config_defaults())
+    assert settings.local_epochs == 2
+    lines = {r.getMessage() for r in caplog.records if "FLAME_LOCAL_EPOCHS" in r.getMessage()}
+    assert not any("FLAME_SEED" in r.getMessage() for r in caplog.records)
+    assert lines == {"FLAME_LOCAL_EPOCHS=5 in this process's environment is ignored: the run "
+                     "config says local-epochs=2 (set run settings with flame launch, which "
+                     "reads .env, or flwr run --run-config)"}  # fmt: skip
 
 
 def test_env_example_documents_every_setting_and_is_current() -> None:

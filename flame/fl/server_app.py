@@ -31,7 +31,7 @@ from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
+from flame.settings import RUN_SETTINGS_KEY, FlameSettings, run_settings, server_settings
 from flame.track import plots
 from flame.track.access import login
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
@@ -230,7 +230,7 @@ def nothing_trained(strategy: FlameStrategy, settings: FlameSettings, done: int)
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = load_settings(context.run_config)
+    settings = server_settings(context.run_config)
     setup_logging()
     login(settings)  # this process's MLflow account (FLAME_MLFLOW_CREDENTIALS), read once
     torch.set_num_threads(settings.torch_threads)

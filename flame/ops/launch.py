@@ -1,7 +1,7 @@
 """Submit the Flame app to a SuperLink (deployment runtime), stream its log, return its result.
 
 The run config is built from the settings (environment / .env), one value per key of the app's
-``[tool.flwr.app.config]``, so ``.env`` controls rounds, local epochs and the rest in compose.
+``[tool.flwr.app.config]`` (every run setting), so ``.env`` controls the whole run in compose.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flame.ops.certs import NODE_PUB, fingerprint, public_key
-from flame.settings import FlameSettings
+from flame.settings import FlameSettings, toml_value
+from flame.settings import run_config as settings_run_config
 
 log = logging.getLogger("flame.ops.launch")
 CONNECTION = "flame"
 
 
 def run_config(settings: FlameSettings, app: Path) -> str:
+    """``--run-config`` for every key the app declares: the whole run, as these settings say."""
     keys = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    values = settings.model_dump()
-    return " ".join(f"{k}={json.dumps(values[k.replace('-', '_')])}" for k in keys)
+    values = settings_run_config(settings)
+    return " ".join(f"{k}={toml_value(values[k])}" for k in keys if k in values)
 
 
 def write_connection(

@@ -131,7 +131,7 @@ def test_the_compose_regions_and_a_remote_site_are_private_by_default() -> None:
 def test_the_default_compose_run_is_one_the_default_regions_accept(
     rows: int, rounds: int, runs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The run settings the serverapp sends (its environment) against the regions' default
+    """The run settings the launcher submits (its environment) against the regions' default
     policy, through the regions' own checks and ledger: the first-round check, then every
     release of whole runs (validation in each train message after the first, each round's
     DP-SGD, the final evaluation) charged as a region charges them; all accepted."""
@@ -140,7 +140,7 @@ def test_the_default_compose_run_is_one_the_default_regions_accept(
     from flame.fl.privacy import charge, check_run, noise_multiplier
 
     main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    server = defaults(main["services"]["serverapp"]["environment"])
+    server = defaults(main["services"]["launcher"]["environment"])
     run = {k: server[k] for k in ("FLAME_DP", "FLAME_DP_TARGET_EPSILON", "FLAME_DP_DELTA")}
     assert run == {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1", "FLAME_DP_DELTA": "1e-5"}
     for key, value in (run | region_environment()).items():
