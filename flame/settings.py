@@ -151,7 +151,13 @@ class PrivacySettings(BaseModel):
     )
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
     dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
-    dp_optimizer: Literal["adam", "sgd"] = Field("adam", description="DP optimiser.")
+    dp_optimizer: Literal["adam", "adambc", "sgd"] = Field(
+        "adam", description="DP optimiser; adambc: Adam with the DP noise's variance taken out "
+        "of its second moment (DP-AdamBC).",
+    )  # fmt: skip
+    dp_adambc_floor: float = Field(
+        1e-8, ge=0, description="adambc: floor of the noise-corrected second moment (γ').",
+    )  # fmt: skip
     dp_learning_rate: float = Field(2e-2, gt=0, description="DP optimiser learning rate (peak).")
     dp_batch_size: int = Field(
         1024, ge=1, description="Expected logical batch of DP steps (sampling rate = this / rows)."

@@ -137,6 +137,7 @@ def dp_config(settings: FlameSettings) -> DPConfig:
         optimizer=settings.dp_optimizer,
         batch_size=settings.dp_batch_size,
         sample_rate=settings.dp_sample_rate,
+        adambc_floor=settings.dp_adambc_floor,
     )
 
 

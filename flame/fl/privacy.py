@@ -9,7 +9,8 @@ new run never starts from zero. The noise and the Poisson sampling come from the
 secret (``flame.fl.region_secret``), never from the run's settings.
 
 The recipe that keeps the model's value (see ``../shared/reference/quality-anchors.md``):
-- DP-Adam by default (``FLAME_DP_OPTIMIZER``), large logical batches: each row is in a step's
+- DP-Adam by default (``FLAME_DP_OPTIMIZER``; ``adambc``: Adam with the noise's variance taken
+  out of its second moment, ``AdamBC``), large logical batches: each row is in a step's
   Poisson sample with rate ``q = FLAME_DP_BATCH_SIZE / rows`` (or ``FLAME_DP_SAMPLE_RATE``);
   Opacus's ``BatchMemoryManager`` splits a logical batch into physical ones of at most
   ``PHYSICAL_BATCH`` rows, so memory stays flat whatever q is;
@@ -38,6 +39,7 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -62,9 +64,10 @@ class DPConfig:
     target_epsilon: float  # 0 = no budget
     delta: float
     max_grad_norm: float
-    optimizer: str  # "adam" or "sgd"
+    optimizer: str  # "adam", "adambc" or "sgd"
     batch_size: int  # expected logical batch, when sample_rate is 0
     sample_rate: float = 0.0
+    adambc_floor: float = 1e-8  # "adambc": γ', the floor of the corrected second moment
 
     def rate(self, rows: int) -> float:
         """The sampling rate the run asks for."""
@@ -276,9 +279,69 @@ def secret_noise(stream: SecretStream) -> Callable[..., torch.Tensor]:
     return generate
 
 
-def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
+class AdamBC(torch.optim.Optimizer):
+    """DP-AdamBC (Tang, Shpilevskiy and Lécuyer, "Your DP-Adam Is Actually DP-SGD (Unless You
+    Apply Bias Correction)", AAAI 2024): Adam whose bias-corrected second moment has the DP
+    noise's variance Φ = ``noise_std()``² taken out, per coordinate, floored at ``floor`` (γ'):
+    θ -= lr · m̂ / (sqrt(max(v̂ - Φ, γ')) + eps). Under noise that dominates the gradient, plain
+    Adam's v̂ is Φ for every weight and it moves like SGD with momentum; this keeps Adam's
+    per-weight scaling. With Φ = 0 and γ' = 0 it is ``torch.optim.Adam``."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        floor: float = 1e-8,
+        noise_std: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "floor": floor})
+        self.noise_std = noise_std  # per coordinate, in the gradient this optimizer is given
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        variance = self.noise_std() ** 2
+        for group in self.param_groups:
+            (beta1, beta2), lr = group["betas"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                second = self.second_moment(p, variance)
+                p.addcdiv_(m, second.sqrt_().add_(group["eps"]), value=-lr / (1 - beta1**t))
+
+    def second_moment(self, p: torch.Tensor, variance: float) -> torch.Tensor:
+        """max(v̂ - Φ, γ'): ``p``'s bias-corrected second moment less the noise variance Φ."""
+        state, floor = self.state[p], self.param_groups[0]["floor"]
+        v_hat = state["exp_avg_sq"] / (1 - self.param_groups[0]["betas"][1] ** state["step"])
+        return (v_hat - variance).clamp_(min=floor)
+
+
+def gradient_noise_std(optimizer: DPOptimizer) -> float:
+    """The per-coordinate std of the Gaussian noise in the gradient Opacus hands the optimizer it
+    wraps (Opacus 1.6 ``DPOptimizer.add_noise``, ``scale_grad``): σ·C added to the sum of the
+    clipped per-sample gradients, divided, for a mean loss, by the expected batch size times
+    the physical batches accumulated into the step."""
+    std = optimizer.noise_multiplier * optimizer.max_grad_norm
+    if std and optimizer.loss_reduction == "mean":
+        std /= optimizer.expected_batch_size * optimizer.accumulated_iterations
+    return float(std)
+
+
+def _optimizer(model: nn.Module, config: DPConfig, lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if config.optimizer == "adambc":
+        return AdamBC(model.parameters(), lr=lr, floor=config.adambc_floor)
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
@@ -323,12 +386,14 @@ def dp_train(
     engine = PrivacyEngine(accountant="rdp")
     private, optimizer, loader = engine.make_private(
         module=model,
-        optimizer=_optimizer(model, config.optimizer, plan.lr_at(rnd, 0)),
+        optimizer=_optimizer(model, config, plan.lr_at(rnd, 0)),
         data_loader=loader,  # already Poisson-sampled, from the region's generator
         noise_multiplier=sigma,
         max_grad_norm=config.max_grad_norm,
         poisson_sampling=False,
     )
+    if isinstance(optimizer.original_optimizer, AdamBC):  # the noise Opacus really adds
+        optimizer.original_optimizer.noise_std = lambda: gradient_noise_std(optimizer)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     private.train()
     total, step = torch.zeros(()), 0
