@@ -149,7 +149,11 @@ hub_up() {
     || { tail -20 "$site_dir/up.log"; exit 1; }
 }
 hub_up
-launch() { hub_compose run --rm --no-deps -e FLAME_NUM_SERVER_ROUNDS=$rounds launcher; }
+# the launcher submits the run config (FLAME_DP among it): it gets the opt-out too
+launch() {
+  env "${opt_out[@]}" docker compose -p "$hub" run --rm --no-deps \
+    -e FLAME_NUM_SERVER_ROUNDS=$rounds launcher
+}
 launch > "$site_dir/killed.log" 2>&1 &
 first=$!
 for _ in $(seq 600); do

@@ -20,7 +20,7 @@ from flame.model.net import FraudMLP
 from flame.model.train import default_pos_weight
 from flame.ops.approval import folder_hash
 from flame.ops.local_deployment import LocalDeployment
-from flame.settings import load_settings
+from flame.settings import FlameSettings, load_settings, run_config
 from tests.hostile.dp_replay import attack_settings, one_round
 from tests.hostile.serverapp import deployment_env
 
@@ -70,7 +70,7 @@ def test_seed_replay_does_not_strip_the_dp_noise(
     """The coordinator replays a region's DP-SGD step from its public seed and subtracts the
     noise; the replay must not recover the noise-free update (error of the order of the noise)."""
     folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.dp_replay:app")
-    settings = attack_settings()
+    settings = launched_attack_settings()
     scores = {region: score(folder, tmp_path / "hostile", region) for region in settings.regions}
     (tmp_path / "hostile" / "scores.json").write_text(json.dumps(scores))
     for region, (error, noise) in scores.items():
@@ -80,10 +80,16 @@ def test_seed_replay_does_not_strip_the_dp_noise(
         assert error > 0.5 * noise, f"{region}: DP noise stripped ({error:.3g} vs {noise:.3g})"
 
 
+def launched_attack_settings() -> FlameSettings:
+    """The hostile ServerApp's settings: the attack's over the run config ``flame launch``
+    submitted from this environment (which holds every run setting, resolved)."""
+    return attack_settings(run_config(load_settings()))
+
+
 def score(folder: Path, found_in: Path, region: str) -> tuple[float, float]:
     """(||recovered - true||, ||received - true||) of ``region``'s update, where true is the
     noise-free update: the region's own step from the same weights and seed, with σ = 0."""
-    settings = attack_settings()
+    settings = launched_attack_settings()
     log = (folder / f"supernode-{region}.log").read_text()
     assert "is not in FLAME_TRUSTED_APPS" not in log, region
     assert f"{region} round 1 train:" in log, region  # the region trained the approved app
