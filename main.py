@@ -44,15 +44,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--out", dest="out_dir", help="run folder (default runs/<timestamp>)")
-    p.add_argument("--verbose", action="store_true", help="also Flower's per-round record dumps")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also Flower's per-round record dumps and its simulation notes",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse(argv))
-    setup_logging(verbose=args.pop("verbose"))
+    verbose = args.pop("verbose")
+    setup_logging(verbose=verbose)
     try:
-        out = run(args)
+        out = run(args, verbose)
     except (SettingsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -322,6 +322,10 @@ class TrackingSettings(BaseModel):
         True, description="Write TensorBoard scalars to runs/<ts>/tensorboard."
     )
     mlflow: bool = Field(True, description="Log to MLflow (skipped with a warning if unreachable).")
+    flower_dumps: bool = Field(
+        False, description="Show Flower's per-round record dumps in the ServerApp's log "
+        "(main.py --verbose); warnings always show.",
+    )  # fmt: skip
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking URI; unset = the local server http://127.0.0.1:5000 if "
         "it answers (make mlflow-ui), else the embedded store in ./mlflow-data, which "

@@ -12,6 +12,9 @@ class Refusal(Exception):
     budget). The ClientApp replies with the reason as the message's error, in one line."""
 
 
+# how a ServerApp's refusal of the run's settings or data begins (its exception, which Flower keeps
+# in the run's status details: main.py reports it as bad input, not as a failed run)
+BAD_INPUT = "bad input: "
 DIVERGED_REASON = "training diverged"  # how a region's error reply says its training diverged
 
 

@@ -18,7 +18,7 @@ from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
 from flame.fl import checkpoint, polling
 from flame.fl.packing import PackedGrid
-from flame.fl.protocol import RunFailed, RunLearntNothing
+from flame.fl.protocol import BAD_INPUT, RunFailed, RunLearntNothing
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
@@ -31,7 +31,13 @@ from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, run_settings, server_settings
+from flame.settings import (
+    RUN_SETTINGS_KEY,
+    FlameSettings,
+    SettingsError,
+    run_settings,
+    server_settings,
+)
 from flame.track import plots
 from flame.track.access import login
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
@@ -230,8 +236,17 @@ def nothing_trained(strategy: FlameStrategy, settings: FlameSettings, done: int)
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """One federated run. A run it refuses for its settings or data fails with BAD_INPUT
+    first in its reason (a failed run's reason starts otherwise)."""
+    try:
+        serve(grid, context)
+    except (SettingsError, FileNotFoundError, ValueError) as err:
+        raise SettingsError(f"{BAD_INPUT}{err}") from err
+
+
+def serve(grid: Grid, context: Context) -> None:
     settings = server_settings(context.run_config)
-    setup_logging()
+    setup_logging(verbose=settings.flower_dumps)
     login(settings)  # this process's MLflow account (FLAME_MLFLOW_CREDENTIALS), read once
     torch.set_num_threads(settings.torch_threads)
     out, resumed = run_folder(settings)

@@ -14,8 +14,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from flame.ops.certs import NODE_PUB, fingerprint, public_key
 from flame.settings import FlameSettings, toml_value
@@ -23,6 +25,7 @@ from flame.settings import run_config as settings_run_config
 
 log = logging.getLogger("flame.ops.launch")
 CONNECTION = "flame"
+COMPLETED = "finished:completed"
 
 
 def run_config(settings: FlameSettings, app: Path) -> str:
@@ -68,13 +71,24 @@ def ensure_experiment(settings: FlameSettings) -> None:
     log.info("MLflow experiment %r (id %s)", settings.mlflow_experiment, experiment_id)
 
 
-def run_status(run_id: int) -> str:
+@dataclass(frozen=True)
+class RunEnd:
+    """How a submitted run ended: Flower's run id (None if ``flwr run`` failed), its final
+    status (or flwr's exit) and Flower's details (a failed ServerApp's exception message)."""
+
+    run_id: int | None
+    status: str
+    details: str = ""
+
+
+def run_status(run_id: int, env: Mapping[str, str] | None = None) -> RunEnd:
     out = subprocess.run(
         ["flwr", "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     ).stdout  # fmt: skip
     runs = json.loads(out).get("runs", [])
-    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+    run = runs[0] if runs else {}
+    return RunEnd(run_id, str(run.get("status", "unknown")), str(run.get("status-details", "")))
 
 
 def register_key(
@@ -131,23 +145,39 @@ def launch(
     ensure_experiment(settings)
     config = run_config(settings, app)
     log.info("Submitting %s to %s with run config: %s", app, superlink, config)
-    if shutil.which("flwr") is None:
+    end = submit(app, config)
+    if end.run_id is None:
+        log.error("flwr run against the SuperLink at %s (--superlink, FLAME_SUPERLINK) failed "
+                  "(%s); Flower's reason is above", superlink, end.status)  # fmt: skip
+        return 1
+    log.info("Run %d ended: %s", end.run_id, end.status)
+    return 0 if end.status == COMPLETED else 1
+
+
+def submit(
+    app: Path,
+    config: str,
+    extra: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    show: Callable[[str], bool] = lambda line: True,
+    to: TextIO | None = None,
+) -> RunEnd:
+    """``flwr run`` ``app`` on the ``flame`` connection with run config ``config``, the lines
+    of its log that ``show`` passes streamed to ``to`` (stdout), then its end."""
+    if shutil.which("flwr", path=(env or os.environ).get("PATH")) is None:
         raise FileNotFoundError("flwr (Flower's CLI) is not on PATH: run from the venv or image")
     proc = subprocess.Popen(
-        ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", config],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", config, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     run_id = None
     assert proc.stdout is not None
     for line in proc.stdout:
-        sys.stdout.write(line)
+        if show(line):
+            (to or sys.stdout).write(line)
         found = re.search(r"run (\d+)", line, re.IGNORECASE)
         if run_id is None and found:
             run_id = int(found.group(1))
     if proc.wait() != 0 or run_id is None:
-        log.error("flwr run against the SuperLink at %s (--superlink, FLAME_SUPERLINK) failed "
-                  "(exit %s); Flower's reason is above", superlink, proc.returncode)  # fmt: skip
-        return 1
-    status = run_status(run_id)
-    log.info("Run %d ended: %s", run_id, status)
-    return 0 if status == "finished:completed" else 1
+        return RunEnd(None, f"exit {proc.returncode}")
+    return run_status(run_id, env)

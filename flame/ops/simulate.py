@@ -1,57 +1,93 @@
-"""Run the Flame ServerApp and ClientApp in Flower's simulation runtime from Python."""
+"""Run the Flame apps in Flower's simulation runtime, as ``flwr run`` does: a SuperLink of this
+process's own in simulation mode (Ray, one virtual SuperNode per region), the app submitted
+with the whole run as Flower's run config, its log streamed, the SuperLink stopped after."""
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
+import re
+import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from flame.settings import load_settings
+from flame.data.partition import prepare
+from flame.fl.checkpoint import check_new_folder
+from flame.fl.protocol import BAD_INPUT, RunFailed
+from flame.ops.launch import COMPLETED, RunEnd, run_config, submit
+from flame.ops.local_deployment import LocalDeployment
+from flame.settings import FlameSettings, SettingsError, load_settings
 
-log = logging.getLogger("flame.ops.simulate")
+APP = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml: the Flower app
+# Flower's lines that say nothing about this run (shown with --verbose): its note on the default
+# federation size (ours is set), how to resize it, its exit-code notes, empty lines
+BOILERPLATE = re.compile(
+    r"default simulated SuperNodes|To change federation size|flwr federation simulation-config"
+    r"|Exit Code: \d+|An unhandled exception occurred|/ref-exit-codes/|^\S*INFO \S*:\s*$|^\s*$"
+)
+CHAINED = ("The above exception", "During handling of the above")
 
 
-def run(overrides: Mapping[str, object]) -> Path:
-    """Simulate one federated run with the given settings; returns the run folder.
+class Shown:
+    """Which lines of the streamed log a default run shows: not Flower's BOILERPLATE, nor the
+    traceback of a ServerApp that raised (its reason ends the output in one line)."""
 
-    Overrides are exported as ``FLAME_*`` variables so every simulated ClientApp (a Ray
-    worker that inherits this environment) reads the same settings as the ServerApp.
-    """
-    for key, value in overrides.items():
-        if value is not None:
+    def __init__(self) -> None:
+        self.in_traceback = False
+
+    def __call__(self, line: str) -> bool:
+        if line.startswith("Traceback (most recent call last)") or line.startswith(CHAINED):
+            self.in_traceback = True
+        elif self.in_traceback and line.strip() and not line.startswith(" "):
+            self.in_traceback = False  # the exception's own line: the traceback's last
+            return False
+        return not self.in_traceback and not BOILERPLATE.search(line)
+
+
+def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
+    """Simulate one federated run of the environment's settings with ``overrides``; returns
+    the run folder. Raises SettingsError for settings or data the run refused, RunFailed if
+    it did not complete otherwise."""
+    for key, value in overrides.items():  # this process's boundary: flags become FLAME_* for
+        if value is not None:  # the processes Flower starts (ServerApp, ClientApps)
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             os.environ[f"FLAME_{key.upper()}"] = text
     settings = load_settings()
-    if settings.out_dir is None:
-        settings = load_settings(out_dir=settings.resolved_out_dir())
-        os.environ["FLAME_OUT_DIR"] = str(settings.out_dir)
-    if not settings.resume and settings.out_dir is not None:
-        from flame.fl.checkpoint import check_new_folder
-
-        check_new_folder(settings.out_dir)  # before any work, not after preparing the data
-    from flame.data.partition import prepare
-
+    out = settings.out_dir or settings.resolved_out_dir()
+    if not settings.resume:
+        check_new_folder(out)  # before any work, not after preparing the data
     prepare(settings)  # once, before the ClientApps start
-    from flwr.simulation import run_simulation
+    env = {"FLAME_OUT_DIR": str(out), "FLAME_FLOWER_DUMPS": str(verbose).lower(),
+           # Ray's FutureWarning about GPU variables on a CPU-only run: today's behaviour, quietly
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="flame-simulation-") as folder:
+        link = LocalDeployment(Path(folder), settings, env=env, superlink_args=["--simulation"])
+        with link:
+            link.start_superlink()
+            end = submit(
+                APP, run_config(settings, APP), federation(settings), env=link.env,
+                show=(lambda line: True) if verbose else Shown(), to=sys.stderr,
+            )  # fmt: skip
+        if end.status != COMPLETED and not end.details:  # no reason: the SuperLink's log may say
+            tail = (Path(folder) / "superlink.log").read_text().splitlines()[-30:]
+            print("\n".join(["The SuperLink's last lines:", *tail]), file=sys.stderr)
+    if end.status != COMPLETED:
+        raise failure(end)
+    return out
 
-    # Ray's FutureWarning about GPU variables on a CPU-only run: keep today's behaviour, quietly
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-    from flame.fl.client_app import app as client_app
-    from flame.fl.server_app import app as server_app
+def failure(end: RunEnd) -> Exception:
+    """What main.py reports for a run that did not complete: the ServerApp's reason (Flower's
+    details hold its exception's message), as bad input (SettingsError) or a failed run."""
+    reason = end.details.split("exception: ", 1)[-1].strip()
+    if reason.startswith(BAD_INPUT):
+        return SettingsError(reason.removeprefix(BAD_INPUT))
+    return RunFailed(reason or f"Flower's run {end.run_id} ended {end.status}; its log is above")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(settings.regions),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": max(1, min(len(settings.regions), os.cpu_count() or 1))},
-            },
-        )
-    assert settings.out_dir is not None
-    return settings.out_dir
+
+def federation(settings: FlameSettings) -> tuple[str, ...]:
+    """One virtual SuperNode per region, one CPU each, Ray given no more CPUs than there are."""
+    cpus = max(1, min(len(settings.regions), os.cpu_count() or 1))
+    config = (f"num-supernodes={len(settings.regions)} client-resources-num-cpus=1 "
+              f"client-resources-num-gpus=0.0 init-args-num-cpus={cpus}")  # fmt: skip
+    return ("--federation-config", config)

@@ -1,0 +1,88 @@
+"""``main.py``'s runtime: the federation Flower simulates, the lines it hides, the checks it
+makes before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flame.fl.protocol import BAD_INPUT, RunFailed
+from flame.ops.launch import RunEnd
+from flame.ops.simulate import BOILERPLATE, Shown, failure, federation, run
+from flame.settings import SettingsError, load_settings
+
+FLOWER_LINES = {  # what Flower's simulation prints (colours as on a terminal) -> shown?
+    "\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.": False,  # noqa: E501
+    "\x1b[92mINFO \x1b[0m:      To change federation size, use the following command:": False,
+    "\x1b[92mINFO \x1b[0m:      \tflwr federation simulation-config @none/default <superlink>": False,  # noqa: E501
+    "\x1b[92mINFO \x1b[0m:      \n": False,
+    "INFO :      \n": False,
+    "\x1b[92mINFO \x1b[0m:      [ROUND 1/2]": True,
+    "\x1b[93mWARNING \x1b[0m:   round 2 train: no reply from eu; continuing with us": True,
+    "INFO flame: round 1 | server test: PR-AUC 0.3046": True,
+}
+
+
+@pytest.mark.parametrize(("line", "shown"), FLOWER_LINES.items())
+def test_only_flowers_boilerplate_is_hidden(line: str, shown: bool) -> None:
+    assert (BOILERPLATE.search(line) is None) == shown
+
+
+FAILED_RUN = """\x1b[91mERROR \x1b[0m:     Simulation raised an exception
+Traceback (most recent call last):
+  File "flwr/simulation/app.py", line 337, in run_simulation_process
+    simulation_result = _run_simulation(
+                        ^^^^^^^^^^^^^^^^
+  File "flame/fl/server_app.py", line 240, in main
+    raise SettingsError(f"{BAD_INPUT}{err}") from err
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "flame/fl/server_app.py", line 250, in serve
+flame.settings.SettingsError: bad input: the server's test set holds no fraud
+
+\x1b[91mERROR \x1b[0m:     Exit Code: 700
+
+An unhandled exception occurred when running the simulation.
+
+For more information, visit: <https://flower.ai/docs/framework/1.42/en/ref-exit-codes/700.html>
+\x1b[92mINFO \x1b[0m:      [ROUND 1/2]
+"""
+
+
+def test_a_failed_runs_traceback_is_hidden_but_the_lines_around_it_are_not() -> None:
+    show = Shown()
+    lines = FAILED_RUN.splitlines(keepends=True)
+    assert [line for line in lines if show(line)] == [lines[0], lines[-1]]
+
+
+def test_the_serverapps_reason_is_reported_as_bad_input_or_a_failed_run() -> None:
+    details = f"Simulation failed with exception: {BAD_INPUT}the test set holds no fraud"
+    refused = failure(RunEnd(7, "finished:failed", details))
+    assert isinstance(refused, SettingsError) and str(refused) == "the test set holds no fraud"
+    failed = failure(RunEnd(7, "finished:failed", "Simulation failed with exception: diverged"))
+    assert type(failed) is RunFailed and str(failed) == "diverged"
+    unknown = failure(RunEnd(7, "finished:stopped"))
+    assert type(unknown) is RunFailed and "run 7 ended finished:stopped" in str(unknown)
+
+
+def test_one_virtual_supernode_per_region_and_no_more_cpus_than_regions() -> None:
+    flag, config = federation(load_settings(regions=["us", "eu", "apac"]))
+    assert flag == "--federation-config"
+    fields = dict(item.split("=") for item in config.split())
+    assert fields["num-supernodes"] == "3"
+    assert fields["client-resources-num-cpus"] == "1"
+    assert 1 <= int(fields["init-args-num-cpus"]) <= 3
+
+
+def test_an_earlier_runs_folder_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "metrics.csv").write_text("round\n")
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLAME_OUT_DIR", str(tmp_path))  # run() exports its flags: undone after
+    with pytest.raises(SettingsError, match="holds an earlier run"):
+        run({"out_dir": str(tmp_path)})
+    assert not (tmp_path / "cache").exists()  # no data prepared
