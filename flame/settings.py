@@ -6,8 +6,8 @@ Every run setting is a key of Flower's run config (``[tool.flwr.app.config]`` in
 ``flwr run --run-config`` sets any of them; on the ServerApp the run config wins over its
 environment, and each setting it overrides is named.
 Each setting reaches the code by one route: run settings (data, training, privacy, updates,
-robustness) are resolved on the server and sent to every region with each task; node settings
-come from each machine's own environment.
+robustness) are the run's run config, which Flower hands the ServerApp and every ClientApp;
+node settings come from each machine's own environment.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -521,13 +521,12 @@ class FlameSettings(
         return KAGGLE_FILE if KAGGLE_FILE.exists() else None
 
 
-# The two routes. Run settings are the server's: it sends them to every region with each task
-# (so a region's .env holds only its node settings). Node settings come from each machine's own
-# environment, never from a run config or the server.
+# The two routes. Run settings are the run's: Flower's run config, the same for the ServerApp and
+# every ClientApp (so a region's .env holds only its node settings). Node settings come from
+# each machine's own environment, never from a run config or the server.
 RUN_CONCERNS = (DataSettings, TrainingSettings, PrivacySettings, UpdateSettings, RobustnessSettings)
 RUN_FIELDS = frozenset(f for concern in RUN_CONCERNS for f in concern.model_fields)
 NODE_ONLY = frozenset(NodeSettings.model_fields) | frozenset(PolicySettings.model_fields)
-RUN_SETTINGS_KEY = "run-settings"  # the message config entry that carries them
 # Flower's run config: every run setting, and the server's per-run resume switch
 RUN_CONFIG_FIELDS = (*(f for c in RUN_CONCERNS for f in c.model_fields), "resume")
 ConfigValue = bool | int | float | str
@@ -689,17 +688,20 @@ def server_settings(run_config: dict[str, Any]) -> FlameSettings:
     return settings
 
 
-def run_settings(settings: FlameSettings) -> str:
-    """The run settings as the server sends them to the regions (JSON)."""
-    return settings.model_dump_json(include=set(RUN_FIELDS))
+def region_settings(run_config: Mapping[str, Any]) -> FlameSettings:
+    """A region's settings for one task: the run settings in the run's ``run_config``, this
+    node's own environment for the rest (read once per process: the handler and its mods
+    share it). A SettingsError if the run config holds no run setting (another app's run)."""
+    keys = {config_key(f) for f in RUN_FIELDS}
+    run = tuple(sorted((k, v) for k, v in run_config.items() if k in keys))
+    if not run:
+        raise SettingsError("the run's config holds no Flame run setting (another app's run?)")
+    return _region_settings(run)
 
 
 @functools.lru_cache(maxsize=4)
-def region_settings(sent: str) -> FlameSettings:
-    """A region's settings for one task: the run settings ``sent`` by the server, this node's
-    own environment for the rest (read once per process: the handler and its mods share it)."""
-    run = json.loads(sent)
-    return load_settings(**{k: v for k, v in run.items() if k in RUN_FIELDS})
+def _region_settings(run: tuple[tuple[str, Any], ...]) -> FlameSettings:
+    return load_settings(dict(run))
 
 
 def env_example() -> str:
@@ -709,8 +711,8 @@ def env_example() -> str:
         "# Generated from flame/settings.py by: python -m flame.settings > .env.example",
         "# Run settings are Flower's run config (pyproject [tool.flwr.app.config], every one):",
         "# flame launch and make flwr-run submit this file's; flwr run --run-config sets any.",
-        "# (run) settings are the server's: it sends them to every region with each task, so a",
-        "# region's .env needs only the (node) settings; (server) ones matter on the server only.",
+        "# (run) settings are the run's: every region trains the run config's, so a region's",
+        "# .env needs only the (node) settings; (server) ones matter on the server only.",
     ]
     for concern in CONCERNS:
         lines += ["", f"# --- {concern.__doc__}"]

@@ -13,7 +13,7 @@ import pytest
 from flame.ops.local_deployment import free_port, wait_healthy
 from flame.ops.mlflow_server import command as mlflow_command
 from flame.ops.mlflow_server import environment as mlflow_environment
-from flame.settings import FlameSettings, region_settings
+from flame.settings import FlameSettings, _region_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLAME_MLFLOW", "false")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("FLAME_PRETRAIN_ROWS", "20000")  # the warm start, small: fast tests
-    region_settings.cache_clear()  # read once per process in production; per test here
+    _region_settings.cache_clear()  # read once per process in production; per test here
 
 
 @pytest.fixture

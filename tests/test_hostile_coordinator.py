@@ -21,7 +21,7 @@ from flame.model.train import default_pos_weight
 from flame.ops.approval import folder_hash
 from flame.ops.local_deployment import LocalDeployment
 from flame.settings import FlameSettings, load_settings, run_config
-from tests.hostile.dp_replay import attack_settings, one_round
+from tests.hostile.dp_replay import attack_env, attack_settings, one_round
 from tests.hostile.serverapp import deployment_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +49,23 @@ def deployment_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: 
     return env
 
 
-def run_hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str, **policy: str) -> Path:
-    """One run of ``app`` as the coordinator's ServerApp against two approving regions; returns
+def run_hostile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str,
+    runs: tuple[dict[str, str], ...] = ({},), **env: str,
+) -> Path:  # fmt: skip
+    """Runs of ``app`` as the coordinator's ServerApp against two approving regions, one per
+    entry of ``runs`` (the run settings the coordinator submits for it, over ``env``); returns
     the folder the deployment's logs are in (the attack's findings: ``tmp_path / "hostile"``)."""
-    env = deployment_settings(tmp_path, monkeypatch, **policy)
+    env = deployment_settings(tmp_path, monkeypatch, **env)
     env |= deployment_env(tmp_path / "bin", app, tmp_path / "hostile")
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
         deployment.start()
-        assert deployment.submit(ROOT).wait(timeout=300) == 0, (folder / "launch.log").read_text()
+        base = dict(deployment.env)
+        for run in runs:
+            deployment.env = base | run
+            code = deployment.submit(ROOT).wait(timeout=300)
+            assert code == 0, (folder / "launch.log").read_text()
     assert list((tmp_path / "hostile").glob("serverapp-*.json")), "the hostile ServerApp never ran"
     # the regions fetched the genuine FAB: the hash of the app folder they approve as `image`
     assert f"fab_hash={folder_hash(ROOT)}" in (folder / "superlink.log").read_text()
@@ -69,7 +77,7 @@ def test_seed_replay_does_not_strip_the_dp_noise(
 ) -> None:
     """The coordinator replays a region's DP-SGD step from its public seed and subtracts the
     noise; the replay must not recover the noise-free update (error of the order of the noise)."""
-    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.dp_replay:app")
+    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.dp_replay:app", **attack_env())
     settings = launched_attack_settings()
     scores = {region: score(folder, tmp_path / "hostile", region) for region in settings.regions}
     (tmp_path / "hostile" / "scores.json").write_text(json.dumps(scores))
@@ -117,12 +125,18 @@ def score(folder: Path, found_in: Path, region: str) -> tuple[float, float]:
 def test_a_probing_coordinator_is_refused_at_every_limit_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Against regions requiring DP: a sampling rate below 1/rows, a noise multiplier of 0 and
-    a fourth evaluate message with the same weights (the policy allows 3) are each refused with
-    the setting named; the evaluation answers that are given are privatized (the same weights
-    on the same rows give different histograms) and charged to each region's ledger."""
-    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.probe:app", **PRIVATE_REGION)
-    found = json.loads((tmp_path / "hostile" / "probe.json").read_text())
+    """Against regions requiring DP, runs whose run config has a sampling rate below 1/rows or
+    a noise multiplier of 0 are refused with the setting named, and so is a fourth evaluate
+    message with the same weights (the policy allows 3); the evaluation answers that are given
+    are privatized (the same weights on the same rows give different histograms) and charged to
+    each region's ledger."""
+    dp = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1", "FLAME_NUM_SERVER_ROUNDS": "1",
+          "FLAME_CODEC": "none"}  # fmt: skip
+    runs = (dp | {"FLAME_DP_SAMPLE_RATE": "1e-12", "FLAME_DP_NOISE_MULTIPLIER": "1"},
+            dp | {"FLAME_DP_NOISE_MULTIPLIER": "0"}, dp)  # fmt: skip
+    app = "tests.hostile.probe:app"
+    folder = run_hostile(tmp_path, monkeypatch, app, runs, **PRIVATE_REGION)
+    found = {p.stem[6:]: json.loads(p.read_text()) for p in (tmp_path / "hostile").glob("probe-*")}
     for attempt, setting in (("tiny_rate", "(FLAME_DP_SAMPLE_RATE)"),
                              ("zero_noise", "(FLAME_POLICY_REQUIRE_DP)")):  # fmt: skip
         reasons = found[attempt]

@@ -34,7 +34,7 @@ from flwr.proto.run_pb2 import GetRunResponse
 from flame.data.partition import prepare
 from flame.ops.approval import fab_hash
 from flame.ops.local_deployment import LocalDeployment, free_port
-from flame.settings import FlameSettings, load_settings, region_settings
+from flame.settings import FlameSettings, _region_settings, load_settings
 from tests.test_trust_boundaries import plant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def hostile(
         patch.setitem(FlameSettings.model_config, "env_file", None)
         for key, value in env.items():
             patch.setenv(key, value)
-        region_settings.cache_clear()
+        _region_settings.cache_clear()
         prepare(load_settings())
         with LocalDeployment(base / "deployment", load_settings(), env=env) as running:
             running.start_superlink()
@@ -136,7 +136,7 @@ def hostile(
                 yield running, proxy
             finally:
                 proxy.close()
-    region_settings.cache_clear()
+    _region_settings.cache_clear()
 
 
 def test_the_run_info_cannot_point_the_clientapp_at_a_planted_folder(

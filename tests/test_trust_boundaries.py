@@ -33,7 +33,7 @@ from flwr.cli.build import build_fab_from_disk
 from flame.data.partition import prepare
 from flame.ops.approval import fab_hash
 from flame.ops.local_deployment import LocalDeployment, _bin
-from flame.settings import FlameSettings, load_settings, region_settings
+from flame.settings import FlameSettings, _region_settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -59,12 +59,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
         patch.setitem(FlameSettings.model_config, "env_file", None)
         for key, value in env.items():
             patch.setenv(key, value)
-        region_settings.cache_clear()
+        _region_settings.cache_clear()
         prepare(load_settings())
         with LocalDeployment(base / "deployment", load_settings(), env=env) as running:
             running.start()
             yield running
-    region_settings.cache_clear()
+    _region_settings.cache_clear()
 
 
 def logs_since(deployment: LocalDeployment) -> Callable[[], dict[str, str]]:

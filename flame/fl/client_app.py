@@ -76,7 +76,7 @@ def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, 
 
 def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, str, Split]:
     setup_logging()
-    settings = task_settings(msg)
+    settings = task_settings(context)
     region = region_name(context, settings)
     data_path = str(context.node_config.get("data-path", ""))
     return settings, region, region_arrays(settings.model_dump_json(), region, data_path)[split]
@@ -329,5 +329,5 @@ def fraud_amounts(settings: FlameSettings, x_val: np.ndarray) -> fm.Amounts | No
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Scores the global model on the region's validation rows (no torch import)."""
-    region = region_name(context, task_settings(msg))
+    region = region_name(context, task_settings(context))
     return _reply(msg, region, {"metrics": validation(msg, context)})

@@ -45,13 +45,13 @@ def _train_reply(msg: Message, reply: Message) -> bool:
 
 def _region(msg: Message, context: Context) -> str:
     try:
-        return region_name(context, task_settings(msg))
+        return region_name(context, task_settings(context))
     except (Refusal, ValueError):  # settings it cannot read: the node's own name for itself
         return str(context.node_config.get("region", "a region"))
 
 
 def _region_and_seed(msg: Message, context: Context) -> tuple[FlameSettings, str, int]:
-    settings = task_settings(msg)
+    settings = task_settings(context)
     region = region_name(context, settings)
     return (
         settings,

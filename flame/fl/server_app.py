@@ -31,13 +31,7 @@ from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
-from flame.settings import (
-    RUN_SETTINGS_KEY,
-    FlameSettings,
-    SettingsError,
-    run_settings,
-    server_settings,
-)
+from flame.settings import FlameSettings, SettingsError, server_settings
 from flame.track import plots
 from flame.track.access import login
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
@@ -269,7 +263,6 @@ def serve(grid: Grid, context: Context) -> None:
         resumed.restore(model, strategy)
     else:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
-    sent = ConfigRecord({RUN_SETTINGS_KEY: run_settings(settings)})  # every task carries them
     initial = ArrayRecord(model.state_dict())
     if done >= settings.num_server_rounds:
         log.info("All %d rounds were already complete; saving the final model", done)
@@ -278,8 +271,8 @@ def serve(grid: Grid, context: Context) -> None:
     wait_for_regions(grid, settings)
     polling.cap_pull_backoff(settings.poll_interval)
     try:
-        result = start(with_update_noise(strategy, settings), grid, initial, settings, sent,
-                       round_end, done)  # fmt: skip
+        result = start(with_update_noise(strategy, settings), grid, initial, settings, round_end,
+                       done)  # fmt: skip
     except RunFailed:
         tracker.close("FAILED")
         raise
@@ -291,7 +284,7 @@ def serve(grid: Grid, context: Context) -> None:
 
 def start(
     runner: Strategy, grid: Grid, initial: ArrayRecord, settings: FlameSettings,
-    sent: ConfigRecord, round_end: RoundEnd, done: int,
+    round_end: RoundEnd, done: int,
 ) -> Result:  # fmt: skip
     """Flower's round loop over the rounds left after ``done``."""
     return runner.start(
@@ -299,8 +292,8 @@ def start(
         initial_arrays=initial,
         num_rounds=settings.num_server_rounds - done,
         timeout=settings.round_timeout,
-        train_config=sent,
-        evaluate_config=ConfigRecord(dict(sent)),
+        train_config=ConfigRecord(),  # the run's settings are its run config, not a message's
+        evaluate_config=ConfigRecord(),
         evaluate_fn=round_end,
     )
 

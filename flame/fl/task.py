@@ -1,14 +1,15 @@
-"""What a ClientApp task knows of itself before it runs: the settings the server sent merged
-with the node's own, its region and its seeds. Shared by the ClientApp's handlers and mods."""
+"""What a ClientApp task knows of itself before it runs: the run's settings (Flower's run
+config) merged with the node's own, its region and its seeds. Shared by the ClientApp's handlers
+and mods."""
 
 from __future__ import annotations
 
 import zlib
 
-from flwr.app import Context, Message
+from flwr.app import Context
 
 from flame.fl.protocol import Refusal
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, SettingsError, region_settings
+from flame.settings import FlameSettings, SettingsError, region_settings
 
 
 def region_name(context: Context, settings: FlameSettings) -> str:
@@ -23,16 +24,12 @@ def region_name(context: Context, settings: FlameSettings) -> str:
     return settings.regions[index]
 
 
-def task_settings(msg: Message) -> FlameSettings:
-    """This task's settings: the run's, as the server sent them, and this node's own."""
-    config = msg.content.config_records.get("config")
-    sent = config.get(RUN_SETTINGS_KEY) if config is not None else None
-    if not isinstance(sent, str):
-        raise Refusal("the task carries no run settings (a server running another Flame?)")
+def task_settings(context: Context) -> FlameSettings:
+    """This task's settings: the run's, from its run config, and this node's own."""
     try:
-        return region_settings(sent)
-    except (SettingsError, ValueError) as err:  # a malformed JSON or an invalid value
-        raise Refusal(f"the run settings the server sent are refused: {err}") from None
+        return region_settings(context.run_config)
+    except (SettingsError, ValueError) as err:  # no Flame run, or an invalid value
+        raise Refusal(f"the run's config is refused: {err}") from None
 
 
 def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:

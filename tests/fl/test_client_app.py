@@ -1,5 +1,6 @@
-"""The ClientApp takes the run settings the server sent with the task, and its node settings
-from its own environment: a region's .env need not mirror the server's."""
+"""The ClientApp takes the run settings from the run's config (Flower's run config, the same
+the ServerApp has), and its node settings from its own environment: a region's .env need not
+mirror the server's, and no message carries settings."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flame.fl import client_app
 from flame.fl.client_app import training_plan
 from flame.fl.protocol import EVALUATE_FIRST, VALIDATION_KEY
 from flame.model.net import FraudMLP
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, load_settings, run_settings
+from flame.settings import FlameSettings, load_settings, run_config
 
 
 @pytest.fixture(autouse=True)
@@ -23,22 +24,19 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
 
 
-def _task(
-    settings: FlameSettings | None, kind: str = "train", evaluate_first: bool = False
-) -> Message:
-    run = settings or load_settings()
-    model = FraudMLP(len(feature_names(run.drop_balance_features)), run.hidden_sizes)
+def _task(settings: FlameSettings, kind: str = "train", evaluate_first: bool = False) -> Message:
+    """A task as Flame's ServerApp sends it: weights for ``settings``' model, the round's config."""
+    model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
     config = {"server-round": 2, "threshold": 0.5, EVALUATE_FIRST: evaluate_first}
-    if settings is not None:
-        config[RUN_SETTINGS_KEY] = run_settings(settings)
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)}
     )
     return Message(content, dst_node_id=1, message_type=kind)
 
 
-def _context() -> Context:
-    return Context(1, 1, {"partition-id": 0}, RecordDict(), {})
+def _context(run: FlameSettings | None) -> Context:
+    """The context Flower gives the ClientApp: the run's config (none: another app's run)."""
+    return Context(1, 1, {"partition-id": 0}, RecordDict(), run_config(run) if run else {})
 
 
 def test_run_settings_come_from_the_server_not_the_regions_env(
@@ -53,21 +51,24 @@ def test_run_settings_come_from_the_server_not_the_regions_env(
     monkeypatch.setenv("FLAME_SYNTH_ROWS", "9000")
     monkeypatch.setenv("FLAME_DP", "false")
     monkeypatch.setenv("FLAME_TORCH_THREADS", "2")  # a node setting: the region's own
-    reply = client_app.train(_task(server), _context())
+    reply = client_app.train(_task(server), _context(server))
     metrics = reply.content["metrics"]
     assert metrics["epsilon"] > 0  # trained with DP-SGD, as the server asked
     rows = int(metrics["num_examples"])
     assert metrics["steps"] == training_plan(server, rows).steps
     assert rows < 4000  # a partition of the server's 4,000 rows, not of the env's 9,000
-    assert client_app.task_settings(_task(server)).torch_threads == 2
+    assert client_app.task_settings(_context(server)).torch_threads == 2
 
 
-def test_a_task_without_run_settings_is_refused_in_one_line() -> None:
+def test_a_run_without_flame_run_settings_is_refused_in_one_line() -> None:
     from flame.fl.mods import refusals_as_errors
 
-    reply = refusals_as_errors(_task(None, "evaluate"), _context(), client_app.evaluate)
+    task = _task(load_settings(), "evaluate")
+    reply = refusals_as_errors(task, _context(None), client_app.evaluate)
     assert reply.has_error()
-    assert "refused: the task carries no run settings" in reply.error.reason
+    assert "refused: the run's config is refused: the run's config holds no Flame run setting" in (
+        reply.error.reason
+    )
 
 
 def test_a_train_task_scores_the_model_it_received_before_training_it_when_asked() -> None:
@@ -78,10 +79,10 @@ def test_a_train_task_scores_the_model_it_received_before_training_it_when_asked
     for kind, first in (("train", False), ("train", True), ("evaluate", False)):
         torch.manual_seed(0)  # the same received model in all three
         tasks.append(_task(server, kind, evaluate_first=first))
-    plain = client_app.train(tasks[0], _context())
+    plain = client_app.train(tasks[0], _context(server))
     assert VALIDATION_KEY not in plain.content
-    both = client_app.train(tasks[1], _context())
-    alone = client_app.evaluate(tasks[2], _context())
+    both = client_app.train(tasks[1], _context(server))
+    alone = client_app.evaluate(tasks[2], _context(server))
     assert dict(both.content[VALIDATION_KEY]) == dict(alone.content["metrics"])
     assert both.content["metrics"]["train_loss"] == plain.content["metrics"]["train_loss"]
 
@@ -105,8 +106,8 @@ def test_fraud_amount_sums_travel_only_as_the_regions_policy_allows(
     monkeypatch.setenv("FLAME_POLICY_EVAL_NOISE", noise)
     monkeypatch.setenv("FLAME_POLICY_AMOUNT_CLIP", clip)
     server = load_settings(synth_rows=4000, synth_fraud_rate=0.05)
-    answer = client_app.evaluate(_task(server, "evaluate"), _context()).content["metrics"]
-    settings = client_app.task_settings(_task(server))
+    answer = client_app.evaluate(_task(server, "evaluate"), _context(server)).content["metrics"]
+    settings = client_app.task_settings(_context(server))
     with Ledger(region_folder(settings.state_dir, "us")) as ledger:
         (release,) = ledger.releases()
     assert release.noise == pytest.approx(charged)

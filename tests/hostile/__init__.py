@@ -7,8 +7,10 @@ coordinator, though, controls its own side. ``tests.hostile.serverapp`` is Flowe
 first on the SuperLink's PATH. An attack writes what it learnt into ``HOSTILE_OUT``.
 
 The helpers below are what every attack needs on the server side: the connected nodes, and a
-task message carrying the run settings (the model travels packed: wrap the grid in
-``flame.fl.packing.PackedGrid``).
+task message as Flame's server sends it (the model travels packed: wrap the grid in
+``flame.fl.packing.PackedGrid``). The run settings the regions train with are the run config the
+coordinator submits (``flwr run --run-config``, or ``flame launch`` from its environment): it
+controls them, but for the whole run, never per message.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-
-from flame.settings import RUN_SETTINGS_KEY, FlameSettings, run_settings
 
 APP_ENV = "HOSTILE_SERVERAPP"  # module:attribute of the ServerApp the coordinator runs
 OUT_ENV = "HOSTILE_OUT"  # folder the attack writes its findings to
@@ -41,10 +41,10 @@ def wait_for_nodes(grid: Grid, want: int, timeout: float = 120) -> list[int]:
 
 
 def task(
-    settings: FlameSettings, arrays: ArrayRecord, rnd: int, node: int,
-    kind: str = MessageType.TRAIN, **config: int | float | str | bool,
+    arrays: ArrayRecord, rnd: int, node: int, kind: str = MessageType.TRAIN,
+    **config: int | float | str | bool,
 ) -> Message:  # fmt: skip
     """A train (or evaluate) task for ``node``, as Flame's own server sends it."""
-    record = ConfigRecord({RUN_SETTINGS_KEY: run_settings(settings), "server-round": rnd, **config})
+    record = ConfigRecord({"server-round": rnd, **config})
     content = RecordDict({"arrays": arrays, "config": record})
     return Message(content=content, message_type=kind, dst_node_id=node)

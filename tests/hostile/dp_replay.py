@@ -32,7 +32,8 @@ from flame.model.net import FraudMLP
 from flame.settings import FlameSettings, load_settings
 from tests.hostile import out_folder, task, wait_for_nodes
 
-# run settings the attacker sends (FLAME_DP_BATCH_SIZE beyond any region's rows: q = 1)
+# run settings the attacker submits as the run config (FLAME_DP_BATCH_SIZE beyond any region's
+# rows: q = 1); ``attack_env`` is them as `flame launch` reads them
 ATTACK = {
     "dp": True, "dp_optimizer": "sgd", "dp_noise_multiplier": 1.0, "dp_target_epsilon": 0.0,
     "dp_sample_rate": 0.0, "dp_batch_size": 10**9, "min_local_steps": 1, "local_epochs": 1,
@@ -43,8 +44,19 @@ app = ServerApp()
 log = logging.getLogger("flame.hostile")  # under flame: setup_logging shows it
 
 
+def attack_env() -> dict[str, str]:
+    return {f"FLAME_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in ATTACK.items()}  # fmt: skip
+
+
 def attack_settings(run_config: dict[str, object] | None = None) -> FlameSettings:
-    return load_settings(run_config, **ATTACK)
+    """The run's settings, which the regions train with too (the run config ``attack_env``
+    made); refuses to attack a run of other settings."""
+    settings = load_settings(run_config)
+    wrong = {k: getattr(settings, k) for k, v in ATTACK.items() if getattr(settings, k) != v}
+    if wrong:
+        raise ValueError(f"submit the run with attack_env(): the run config has {wrong}")
+    return settings
 
 
 def new_model(settings: FlameSettings, width: int) -> FraudMLP:
@@ -91,7 +103,7 @@ def main(grid: Grid, context: Context) -> None:
     model = new_model(settings, len(feature_names(settings.drop_balance_features)))
     initial = ArrayRecord(model.state_dict())
     nodes = wait_for_nodes(grid, len(settings.regions))
-    messages = [task(settings, initial, ROUND, node) for node in nodes]
+    messages = [task(initial, ROUND, node) for node in nodes]
     replies = PackedGrid(grid).send_and_receive(messages, timeout=settings.round_timeout)
     out = out_folder()
     for reply in replies:

@@ -1,9 +1,10 @@
-"""A coordinator probing the regions' privacy limits in one run, with the genuine ClientApp on
-the other side: train tasks whose accounting would not hold (a sampling rate below 1/rows, a
-noise multiplier of 0), then evaluate messages with the same weights past the region's cap.
+"""A coordinator probing the regions' privacy limits, with the genuine ClientApp on the other
+side, one probe per run (the run config the coordinator submits is what the regions train with):
+a train task whose accounting would not hold (run config: a sampling rate below 1/rows, or a
+noise multiplier of 0), else evaluate messages with the same weights past the region's cap.
 
-Writes ``<HOSTILE_OUT>/probe.json``: per attempt and region, the region's error reason, or
-``"answered"`` and the fraud histogram it sent.
+Writes ``<HOSTILE_OUT>/probe-<attempt>.json``: per region, the region's error reason, or the
+fraud histogram it sent (a list of them for the evaluations).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def outcome(reply: Message) -> tuple[str, object]:
 def attempt(
     grid: Grid, settings: FlameSettings, arrays: ArrayRecord, nodes: list[int], kind: str
 ) -> dict[str, object]:
-    messages = [task(settings, arrays, 1, node, kind, threshold=0.5) for node in nodes]
+    messages = [task(arrays, 1, node, kind, threshold=0.5) for node in nodes]
     replies = PackedGrid(grid).send_and_receive(messages, timeout=settings.round_timeout)
     return dict(outcome(reply) for reply in replies)
 
@@ -47,20 +48,27 @@ def attempt(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     setup_logging()
-    base = load_settings(
-        context.run_config, dp=True, dp_target_epsilon=1.0, num_server_rounds=1, codec="none"
-    )
-    torch.manual_seed(base.seed)
-    model = FraudMLP(len(feature_names(base.drop_balance_features)), base.hidden_sizes)
+    settings = load_settings(context.run_config)  # the run's: what the regions train with
+    torch.manual_seed(settings.seed)
+    model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
     arrays = ArrayRecord(model.state_dict())
-    nodes = wait_for_nodes(grid, len(base.regions))
-    found: dict[str, object] = {}
-    tiny = base.model_copy(update={"dp_sample_rate": 1e-12, "dp_noise_multiplier": 1.0})
-    found["tiny_rate"] = attempt(grid, tiny, arrays, nodes, MessageType.TRAIN)
-    zero = base.model_copy(update={"dp_noise_multiplier": 0.0})
-    found["zero_noise"] = attempt(grid, zero, arrays, nodes, MessageType.TRAIN)
-    found["evaluations"] = [
-        attempt(grid, base, arrays, nodes, MessageType.EVALUATE) for _ in range(EVALUATIONS)
-    ]
-    (out_folder() / "probe.json").write_text(json.dumps(found, indent=1))
-    log.info("probe done: %s", json.dumps(found)[:2000])
+    nodes = wait_for_nodes(grid, len(settings.regions))
+    name = probe_name(settings)
+    found: object
+    if name == "evaluations":
+        found = [
+            attempt(grid, settings, arrays, nodes, MessageType.EVALUATE) for _ in range(EVALUATIONS)
+        ]
+    else:
+        found = attempt(grid, settings, arrays, nodes, MessageType.TRAIN)
+    (out_folder() / f"probe-{name}.json").write_text(json.dumps(found, indent=1))
+    log.info("probe %s done: %s", name, json.dumps(found)[:2000])
+
+
+def probe_name(settings: FlameSettings) -> str:
+    """Which probe this run's config asks for."""
+    if settings.dp_sample_rate and settings.dp_sample_rate < 1e-6:
+        return "tiny_rate"
+    if settings.dp_noise_multiplier == 0.0:
+        return "zero_noise"
+    return "evaluations"
