@@ -194,9 +194,9 @@ class Bench:
         from flame.model.train import predict_logits
         from flame.settings import load_settings
 
-        settings = _settings(env, load_settings)
+        data = _settings(env, load_settings).data_spec()
         model, card = load_model(model_path)
-        x, y = heldout_arrays(settings)
+        x, y = heldout_arrays(data)
         x = x[:, : len(card.feature_names)]
         probability = fm.sigmoid(predict_logits(model, torch.from_numpy(x)))
         return scores(probability, y, card.threshold)
@@ -208,12 +208,12 @@ class Bench:
         from flame.data.loader import read_paysim_file
         from flame.data.partition import heldout_arrays, prepare
         from flame.model import metrics as fm
-        from flame.model.baseline import union
+        from flame.ops.baseline import union
         from flame.settings import load_settings
 
-        settings = _settings(env, load_settings)
-        prepare(settings)
-        (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
+        data = _settings(env, load_settings).data_spec()
+        prepare(data)
+        (x, y), (x_val, y_val) = union(data, "train"), union(data, "val")
         model = HistGradientBoostingClassifier(random_state=job.seed).fit(x.numpy(), y.numpy())
         p_val = model.predict_proba(x_val.numpy())[:, 1]
         logit = lambda p: np.log(np.clip(p, 1e-12, 1) / np.clip(1 - p, 1e-12, 1))  # noqa: E731
@@ -222,7 +222,7 @@ class Bench:
             frame = read_paysim_file(self.args.real / job.heldout)
             x_eval, y_eval = build_features(frame, True), frame["isFraud"].to_numpy()
         else:
-            x_eval, y_eval = heldout_arrays(settings)
+            x_eval, y_eval = heldout_arrays(data)
         probability = model.predict_proba(x_eval)[:, 1]
         print(f"  hgb {job.column} seed {job.seed} {job.heldout}", flush=True)
         return scores(probability, y_eval, threshold)
@@ -366,7 +366,7 @@ def main() -> None:
                 from flame.data.partition import prepare
                 from flame.settings import load_settings
 
-                prepare(_settings(bench.env(first), load_settings))
+                prepare(_settings(bench.env(first), load_settings).data_spec())
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(zip(todo, pool.map(bench.evaluate, todo), strict=True))
     text, summary = table(results)

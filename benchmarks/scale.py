@@ -56,7 +56,7 @@ def child_prepare(csv: str, cache: str) -> dict:
 
     settings = load_settings(data_path=csv, cache_dir=cache)
     started = time.perf_counter()
-    folder = prepare(settings)
+    folder = prepare(settings.data_spec())
     seconds = time.perf_counter() - started
     summary = json.loads((folder / "summary.json").read_text())
     return {"seconds": seconds, "rss_mb": peak_rss_mb(), "summary": summary}
@@ -68,7 +68,7 @@ def child_load(csv: str, cache: str) -> dict:
 
     settings = load_settings(data_path=csv, cache_dir=cache)
     started = time.perf_counter()
-    arrays = cached_region(settings, "us", "")
+    arrays = cached_region(settings.data_spec(), "us", "")
     assert arrays is not None, "cache missing"
     return {"seconds": time.perf_counter() - started, "rows": len(arrays["train"][1])}
 
@@ -117,7 +117,7 @@ def child_plain_train(csv: str, cache: str, epochs: int) -> dict:
 
     settings = load_settings(data_path=csv, cache_dir=cache)
     torch.set_num_threads(settings.torch_threads)
-    arrays = cached_region(settings, "us", "")
+    arrays = cached_region(settings.data_spec(), "us", "")
     assert arrays is not None
     x, y = (torch.from_numpy(a) for a in arrays["train"])
     pos_weight = torch.tensor(default_pos_weight(y.numpy()))
@@ -248,7 +248,8 @@ def deployment_round(
            "FLAME_NUM_SERVER_ROUNDS": str(rounds),
            "FLAME_WARM_CLIENTAPP": str(warm).lower()} | (extra or {})  # fmt: skip
     subprocess.run([sys.executable, "-c", "from flame.data.partition import prepare; "
-                    "from flame.settings import load_settings; prepare(load_settings())"],
+                    "from flame.settings import load_settings; "
+                    "prepare(load_settings().data_spec())"],
                    env=os.environ | env, check=True)  # fmt: skip
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
         deployment.start()

@@ -67,10 +67,10 @@ def _split(args: argparse.Namespace) -> None:
         if not sep or not out:
             raise ValueError(f"--part expects NAME=FILE.parquet, got {spec!r}")
         outputs[part] = Path(out)
-    for line in write_parts(settings, outputs, args.keep_existing):
+    for line in write_parts(settings.data_spec(), outputs, args.keep_existing):
         print(f"data split: {line}")
     for part, out in outputs.items():  # warm the feature cache the apps load from
-        file_arrays(out, settings, validation=part != "test")
+        file_arrays(out, settings.data_spec(), validation=part != "test")
 
 
 def _compose_regions(args: argparse.Namespace) -> None:
@@ -192,7 +192,7 @@ def _backfill(args: argparse.Namespace) -> None:
 
 def _baseline(args: argparse.Namespace) -> None:
     from flame.files import writable_folder
-    from flame.model.baseline import run_baseline
+    from flame.ops.baseline import run_baseline
     from flame.track.tracking import CsvSink
 
     overrides = {

@@ -27,6 +27,8 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flame.data.spec import DataSpec
+
 log = logging.getLogger("flame.settings")
 
 KAGGLE_FILE = Path("data/PS_20174392719_1491204439457_log.csv")
@@ -519,6 +521,16 @@ class FlameSettings(
         if self.data_path is not None:
             return self.data_path
         return KAGGLE_FILE if KAGGLE_FILE.exists() else None
+
+    def data_spec(self) -> DataSpec:
+        """What ``flame/data`` needs of these settings: the data, its split and the cache."""
+        return DataSpec(
+            source=self.data_source(), synth_rows=self.synth_rows,
+            synth_fraud_rate=self.synth_fraud_rate, seed=self.seed, regions=tuple(self.regions),
+            partitioning=self.partitioning, split=self.split, test_fraction=self.test_fraction,
+            val_fraction=self.val_fraction, drop_balance_features=self.drop_balance_features,
+            cache_dir=self.cache_dir, test_path=self.test_path,
+        )  # fmt: skip
 
 
 # The two routes. Run settings are the run's: Flower's run config, the same for the ServerApp and

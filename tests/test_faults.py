@@ -53,7 +53,7 @@ def test_lost_region_is_skipped_recorded_and_rejoins(tmp_path: Path, monkeypatch
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    prepare(settings)
+    prepare(settings.data_spec())
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, settings, env=env) as deployment:
         deployment.start()
@@ -85,7 +85,7 @@ def test_killed_superlink_and_serverapp_resume_from_the_checkpoint(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    prepare(settings)
+    prepare(settings.data_spec())
     folder = tmp_path / "deployment"
     server_rounds = lambda: _metrics(tmp_path).query("kind == 'server'")["round"]  # noqa: E731
     with LocalDeployment(folder, settings, env=env) as deployment:

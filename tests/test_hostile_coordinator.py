@@ -45,7 +45,7 @@ def deployment_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: 
     } | env  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    prepare(load_settings())
+    prepare(load_settings().data_spec())
     return env
 
 
@@ -105,7 +105,7 @@ def score(folder: Path, found_in: Path, region: str) -> tuple[float, float]:
     initial = {k.split(".", 1)[1]: torch.from_numpy(found[k]) for k in found if "initial." in k}
     model = FraudMLP(found["initial.net.0.weight"].shape[1], settings.hidden_sizes)
     model.load_state_dict(initial)
-    arrays = cached_region(settings, region, "")
+    arrays = cached_region(settings.data_spec(), region, "")
     assert arrays is not None
     x, y = arrays["train"]
     assert len(x) == int(found["rows"])

@@ -122,7 +122,7 @@ def hostile(
         for key, value in env.items():
             patch.setenv(key, value)
         _region_settings.cache_clear()
-        prepare(load_settings())
+        prepare(load_settings().data_spec())
         with LocalDeployment(base / "deployment", load_settings(), env=env) as running:
             running.start_superlink()
             proxy = FleetProxy(running.address)

@@ -67,3 +67,15 @@ def test_flame_imports_have_no_circle_and_never_go_up_a_layer() -> None:
         if None not in (_layer(a), _layer(b)) and _layer(b) > _layer(a)  # type: ignore[operator]
     ]
     assert not upward, f"imports up the layers {' < '.join(LAYERS)}: {upward}"
+
+
+def test_data_and_model_never_see_the_settings_object() -> None:
+    """Settings are read at a process's boundary; flame/data and flame/model take values."""
+    graph = _flame_imports()
+    seen = sorted(
+        module
+        for module, imported in graph.items()
+        if _layer(module) in (LAYERS.index("data"), LAYERS.index("model"))
+        and "flame.settings" in imported
+    )
+    assert not seen, f"these import flame.settings: {seen}"

@@ -69,7 +69,7 @@ def test_tls_and_node_auth_run_completes(
     }  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    prepare(load_settings())
+    prepare(load_settings().data_spec())
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, load_settings(), env=env, certs=certs, sites=sites) as deployment:
         deployment.start()  # registers each region's public key, then starts its node
@@ -142,7 +142,7 @@ def test_a_region_refuses_an_app_it_did_not_approve_before_its_code_runs(
     }  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    prepare(load_settings())
+    prepare(load_settings().data_spec())
     folder = tmp_path / "deployment"
     with LocalDeployment(folder, load_settings(), env=env) as deployment:
         deployment.start()

@@ -60,7 +60,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
         for key, value in env.items():
             patch.setenv(key, value)
         _region_settings.cache_clear()
-        prepare(load_settings())
+        prepare(load_settings().data_spec())
         with LocalDeployment(base / "deployment", load_settings(), env=env) as running:
             running.start()
             yield running

@@ -8,8 +8,8 @@ process (server or region) computes the same assignment without talking to the o
   Dirichlet(1) weights (seeded), so regions differ in type mix and therefore in fraud rate;
 - inside a region, hash fraction < ``val_fraction`` -> the region's local validation rows.
 
-Prepared partitions are stored as Parquet under ``cache_dir/<key>/`` (key = data source +
-split parameters) so later runs and every ClientApp process load them in milliseconds.
+Prepared partitions are stored as ``.npy`` feature arrays under ``cache_dir/<key>/`` (key = data
+source + split parameters) so later runs and every ClientApp process load them in milliseconds.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from flame.data.features import build_features, feature_names, labels
 from flame.data.history import History, StepOrderError
 from flame.data.loader import iter_paysim, read_paysim
 from flame.data.schema import MAX_STEP, TYPES
+from flame.data.spec import DataSpec
 from flame.data.synth import generate
 from flame.files import atomic_dir, atomic_file, writable_folder
-from flame.settings import DataSettings, FlameSettings
 
 log = logging.getLogger(__name__)
 TEST = -1
@@ -49,27 +49,25 @@ def _unit(h: np.ndarray, stream: int) -> np.ndarray:
         ) / 2.0**53
 
 
-def assign_regions(
-    frame: pd.DataFrame, settings: FlameSettings, cutoff: int | None = None
-) -> np.ndarray:
+def assign_regions(frame: pd.DataFrame, data: DataSpec, cutoff: int | None = None) -> np.ndarray:
     """Region index per row (0..N-1), or TEST (-1) for the server's held-out rows.
 
     With FLAME_SPLIT=time, rows after step ``cutoff`` (default: from this frame's steps) are
     the test set."""
-    if settings.split == "time" and cutoff is None:
-        cutoff = time_cutoff(int(frame["step"].min()), int(frame["step"].max()), settings)
-    return _regions(frame, name_hash(frame["nameOrig"], settings.seed), settings, cutoff)
+    if data.split == "time" and cutoff is None:
+        cutoff = time_cutoff(int(frame["step"].min()), int(frame["step"].max()), data)
+    return _regions(frame, name_hash(frame["nameOrig"], data.seed), data, cutoff)
 
 
-def time_cutoff(first: int, last: int, settings: DataSettings) -> int:
+def time_cutoff(first: int, last: int, data: DataSpec) -> int:
     """The last training step of a time split: the final FLAME_TEST_FRACTION of the steps
     ``first..last`` are the test set."""
-    return first + int((last - first + 1) * (1 - settings.test_fraction)) - 1
+    return first + int((last - first + 1) * (1 - data.test_fraction)) - 1
 
 
-def step_range(settings: FlameSettings) -> tuple[int, int]:
+def step_range(data: DataSpec) -> tuple[int, int]:
     """First and last step of the configured data (a validated pass, or the generator's range)."""
-    source = settings.data_source()
+    source = data.source
     if source is None:
         return 1, MAX_STEP
     low, high = MAX_STEP + 1, 0
@@ -79,36 +77,34 @@ def step_range(settings: FlameSettings) -> tuple[int, int]:
 
 
 def _regions(
-    frame: pd.DataFrame, h: np.ndarray, settings: FlameSettings, cutoff: int | None = None
+    frame: pd.DataFrame, h: np.ndarray, data: DataSpec, cutoff: int | None = None
 ) -> np.ndarray:
     u_test, u_region = _unit(h, 1), _unit(h, 2)
-    n = len(settings.regions)
-    if settings.partitioning == "customer":
+    n = len(data.regions)
+    if data.partitioning == "customer":
         region = np.minimum((u_region * n).astype(np.int64), n - 1)
     else:
-        weights = np.random.default_rng(settings.seed).dirichlet(np.ones(n), size=len(TYPES))
+        weights = np.random.default_rng(data.seed).dirichlet(np.ones(n), size=len(TYPES))
         cumulative = np.cumsum(weights, axis=1)[type_codes(frame["type"])]
         region = np.minimum((u_region[:, None] > cumulative).sum(axis=1), n - 1)
     if cutoff is not None:
         return np.where(frame["step"].to_numpy() > cutoff, TEST, region).astype(np.int64)
-    return np.where(u_test < settings.test_fraction, TEST, region).astype(np.int64)
+    return np.where(u_test < data.test_fraction, TEST, region).astype(np.int64)
 
 
-def validation_mask(frame: pd.DataFrame, settings: FlameSettings) -> np.ndarray:
-    return _unit(name_hash(frame["nameOrig"], settings.seed), 3) < settings.val_fraction
+def validation_mask(frame: pd.DataFrame, data: DataSpec) -> np.ndarray:
+    return _unit(name_hash(frame["nameOrig"], data.seed), 3) < data.val_fraction
 
 
 BATCH_ROWS = 500_000
 
 
-def source_batches(settings: FlameSettings) -> Iterator[pd.DataFrame]:
+def source_batches(data: DataSpec) -> Iterator[pd.DataFrame]:
     """Validated batches of the configured data: one CSV streamed, or the synthetic rows."""
-    source = settings.data_source()
+    source = data.source
     if source is None:
-        log.info(
-            "Generating %d synthetic PaySim rows (seed %d)", settings.synth_rows, settings.seed
-        )
-        frame = generate(settings.synth_rows, settings.seed, settings.synth_fraud_rate)
+        log.info("Generating %d synthetic PaySim rows (seed %d)", data.synth_rows, data.seed)
+        frame = generate(data.synth_rows, data.seed, data.synth_fraud_rate)
         for start in range(0, len(frame), BATCH_ROWS):
             yield frame.iloc[start : start + BATCH_ROWS].reset_index(drop=True)
     elif source.is_dir():  # pooled sample files, de-duplicated across files: read whole
@@ -120,50 +116,50 @@ def source_batches(settings: FlameSettings) -> Iterator[pd.DataFrame]:
 
 
 def split_batches(
-    settings: FlameSettings,
+    data: DataSpec,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
     """Each source batch with its rows' region (TEST for the server) and validation flags."""
-    total = settings.synth_rows if settings.data_source() is None else None
-    cutoff = time_cutoff(*step_range(settings), settings) if settings.split == "time" else None
+    total = data.synth_rows if data.source is None else None
+    cutoff = time_cutoff(*step_range(data), data) if data.split == "time" else None
     if cutoff is not None:
         log.info("Time split: steps after %d are the server's test set", cutoff)
     with tqdm(total=total, desc="preparing partitions", unit="row", unit_scale=True) as bar:
-        for batch in source_batches(settings):
-            h = name_hash(batch["nameOrig"], settings.seed)
-            region = _regions(batch, h, settings, cutoff)
-            yield batch, region, _unit(h, 3) < settings.val_fraction
+        for batch in source_batches(data):
+            h = name_hash(batch["nameOrig"], data.seed)
+            region = _regions(batch, h, data, cutoff)
+            yield batch, region, _unit(h, 3) < data.val_fraction
             bar.update(len(batch))
 
 
-def prepare(settings: FlameSettings) -> Path:
+def prepare(data: DataSpec) -> Path:
     """Folder with the ``test`` and ``region-<name>`` feature arrays and ``summary.json``.
 
     Streams the source batch by batch, so memory is bounded by one batch (plus the synthetic
     frame when no CSV is configured); built once per cache key, atomically.
     """
-    folder = partition_folder(settings)
+    folder = partition_folder(data)
     if (folder / "done").exists():
         return folder
-    writable_folder(settings.cache_dir, "FLAME_CACHE_DIR")
+    writable_folder(data.cache_dir, "FLAME_CACHE_DIR")
     with atomic_dir(folder) as staging:
-        summary = _write_arrays(staging, settings)
+        summary = _write_arrays(staging, data)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
         (staging / "done").touch()
     log.info("Prepared partitions in %s: %s", folder, summary)
     return folder
 
 
-def _write_arrays(folder: Path, settings: FlameSettings) -> dict[str, dict[str, int]]:
+def _write_arrays(folder: Path, data: DataSpec) -> dict[str, dict[str, int]]:
     cols = len(feature_names())
     parts = {"test": SplitWriter(folder, "test", cols, ("all",))}
-    parts |= {r: SplitWriter(folder, f"region-{r}", cols, SPLITS) for r in settings.regions}
+    parts |= {r: SplitWriter(folder, f"region-{r}", cols, SPLITS) for r in data.regions}
     frauds = dict.fromkeys(parts, 0)
     history = {name: History() for name in parts}  # each party's own rows only
-    for batch, region, val in split_batches(settings):
+    for batch, region, val in split_batches(data):
         for index, name in enumerate(parts):  # "test" first, then regions 0..N-1
             mask = region == (TEST if name == "test" else index - 1)
             rows = batch[mask]
-            x, y = _features(rows, history[name], settings.data_source()), labels(rows)
+            x, y = _features(rows, history[name], data.source), labels(rows)
             parts[name].append(x, y, None if name == "test" else val[mask])
             frauds[name] += int(y.sum())
     summary = {}
@@ -183,34 +179,34 @@ def _features(rows: pd.DataFrame, history: History, source: Path | None) -> np.n
         raise StepOrderError(f"{source or 'synthetic data'}: {err}") from None
 
 
-def heldout_arrays(settings: FlameSettings) -> tuple[np.ndarray, np.ndarray]:
+def heldout_arrays(data: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """The server's held-out test features and labels."""
-    if settings.test_path is not None:
-        if not settings.test_path.exists():
-            raise FileNotFoundError(f"FLAME_TEST_PATH {settings.test_path} does not exist")
-        return file_arrays(settings.test_path, settings, validation=False)["all"]
-    return load_split(prepare(settings), "test", "all", width(settings))
+    if data.test_path is not None:
+        if not data.test_path.exists():
+            raise FileNotFoundError(f"FLAME_TEST_PATH {data.test_path} does not exist")
+        return file_arrays(data.test_path, data, validation=False)["all"]
+    return load_split(prepare(data), "test", "all", width(data))
 
 
-def region_arrays(settings: FlameSettings, region: str) -> dict[str, tuple[np.ndarray, ...]]:
+def region_arrays(data: DataSpec, region: str) -> dict[str, tuple[np.ndarray, ...]]:
     """``{"train": (x, y), "val": (x, y)}`` of one region from the prepared partitions."""
-    if region not in settings.regions:
-        raise ValueError(f"region {region!r} is not in FLAME_REGIONS {settings.regions}")
-    return load_all(prepare(settings), f"region-{region}", SPLITS, width(settings))
+    if region not in data.regions:
+        raise ValueError(f"region {region!r} is not in FLAME_REGIONS {data.regions}")
+    return load_all(prepare(data), f"region-{region}", SPLITS, width(data))
 
 
 def file_arrays(
-    path: Path, settings: FlameSettings, validation: bool = True
+    path: Path, data: DataSpec, validation: bool = True
 ) -> dict[str, tuple[np.ndarray, ...]]:
     """Feature arrays of a data owner's own file (CSV or Parquet), cached by file identity.
 
     With ``validation`` the rows are split into ``train``/``val`` (the file's ``is_val``
     column, else the seeded hash); otherwise everything is ``all``.
     """
-    folder = file_folder(path, settings, validation)
+    folder = file_folder(path, data, validation)
     splits = SPLITS if validation else ("all",)
     if not (folder / "done").exists():
-        writable_folder(settings.cache_dir, "FLAME_CACHE_DIR")
+        writable_folder(data.cache_dir, "FLAME_CACHE_DIR")
         with atomic_dir(folder) as staging:
             writer, history = SplitWriter(staging, "data", len(feature_names()), splits), History()
             for batch in tqdm(_file_batches(path), desc=f"features of {path}", unit="batch"):
@@ -219,12 +215,12 @@ def file_arrays(
                     val = (
                         batch["is_val"].to_numpy(bool)
                         if "is_val" in batch
-                        else validation_mask(batch, settings)
+                        else validation_mask(batch, data)
                     )
                 writer.append(_features(batch, history, path), labels(batch), val)
             writer.close()
             (staging / "done").touch()
-    return load_all(folder, "data", splits, width(settings))
+    return load_all(folder, "data", splits, width(data))
 
 
 def _file_batches(path: Path) -> Iterator[pd.DataFrame]:
@@ -235,9 +231,7 @@ def _file_batches(path: Path) -> Iterator[pd.DataFrame]:
         yield from iter_paysim(path)
 
 
-def write_parts(
-    settings: FlameSettings, outputs: dict[str, Path], keep_existing: bool
-) -> list[str]:
+def write_parts(data: DataSpec, outputs: dict[str, Path], keep_existing: bool) -> list[str]:
     """Write regions' rows (with ``is_val``) or the test set as Parquet, in one pass.
 
     ``outputs`` maps a part (a region name, its index in FLAME_REGIONS, or ``test``) to a file.
@@ -245,26 +239,24 @@ def write_parts(
     left alone, and with ``keep_existing`` any existing file is (a region never replaces the
     partition a data owner's split step gave it with synthetic rows). Returns what was done.
     """
-    key, todo, done = partition_key(settings), {}, []
+    key, todo, done = partition_key(data), {}, []
     for part, out in outputs.items():
-        if part.isdigit() and int(part) < len(settings.regions):
-            part = settings.regions[int(part)]
-        if part != "test" and part not in settings.regions:
-            raise ValueError(
-                f"part {part!r} is neither 'test' nor in FLAME_REGIONS {settings.regions}"
-            )
+        if part.isdigit() and int(part) < len(data.regions):
+            part = data.regions[int(part)]
+        if part != "test" and part not in data.regions:
+            raise ValueError(f"part {part!r} is neither 'test' nor in FLAME_REGIONS {data.regions}")
         writable_folder(out.parent, f"--part {part}={out}: folder")
         stamp = out.with_name(out.name + ".source")
         if out.exists() and (keep_existing or (stamp.exists() and stamp.read_text() == key)):
             done.append(f"{part}: kept {out}")
         else:
-            todo[TEST if part == "test" else settings.regions.index(part)] = (part, out)
+            todo[TEST if part == "test" else data.regions.index(part)] = (part, out)
     if not todo:
         return done
     with ExitStack() as stack:
         staging = {i: stack.enter_context(atomic_file(out)) for i, (_, out) in todo.items()}
         writers: dict[int, pq.ParquetWriter] = {}
-        for batch, region, val in split_batches(settings):
+        for batch, region, val in split_batches(data):
             for i in todo:
                 mask = region == i
                 rows = batch[mask] if i == TEST else batch[mask].assign(is_val=val[mask])

@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 
 from flame.data.cache import Split, cached_region
 from flame.data.features import amounts
+from flame.data.spec import DataSpec
 from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.packing import packed_arrays
@@ -61,16 +62,13 @@ log = logging.getLogger("flame.client")
 
 
 @lru_cache(maxsize=4)
-def region_arrays(settings_json: str, region: str, data_path: str) -> dict[str, Split]:
+def region_arrays(data: DataSpec, region: str, data_path: str) -> dict[str, Split]:
     """Train and validation arrays of one region, loaded once per process."""
-    settings = FlameSettings.model_validate_json(settings_json)
-    arrays = cached_region(settings, region, data_path)
+    arrays = cached_region(data, region, data_path)
     if arrays is None:  # first use: build the cache (imports pandas/pyarrow once)
         from flame.data.partition import file_arrays, region_arrays
 
-        arrays = (
-            file_arrays(Path(data_path), settings) if data_path else region_arrays(settings, region)
-        )
+        arrays = file_arrays(Path(data_path), data) if data_path else region_arrays(data, region)
     return arrays
 
 
@@ -79,7 +77,7 @@ def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, s
     settings = task_settings(context)
     region = region_name(context, settings)
     data_path = str(context.node_config.get("data-path", ""))
-    return settings, region, region_arrays(settings.model_dump_json(), region, data_path)[split]
+    return settings, region, region_arrays(settings.data_spec(), region, data_path)[split]
 
 
 def _model(msg: Message, settings: FlameSettings) -> FraudMLP:

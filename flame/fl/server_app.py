@@ -196,7 +196,7 @@ def run_folder(settings: FlameSettings) -> tuple[Path, Resumed | None]:
 
 
 def test_set(settings: FlameSettings, out: Path) -> tuple[torch.Tensor, np.ndarray]:
-    x, y = heldout_arrays(settings)
+    x, y = heldout_arrays(settings.data_spec())
     fm.require_usable_rows(y, "the server's test set", fm.UNDEFINED)
     log.info("Run folder %s; server test set %d rows, %d frauds", out, len(y), int(y.sum()))
     return torch.from_numpy(x), y

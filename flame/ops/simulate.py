@@ -56,7 +56,7 @@ def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
     out = settings.out_dir or settings.resolved_out_dir()
     if not settings.resume:
         check_new_folder(out)  # before any work, not after preparing the data
-    prepare(settings)  # once, before the ClientApps start
+    prepare(settings.data_spec())  # once, before the ClientApps start
     env = {"FLAME_OUT_DIR": str(out), "FLAME_FLOWER_DUMPS": str(verbose).lower(),
            # Ray's FutureWarning about GPU variables on a CPU-only run: today's behaviour, quietly
            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}  # fmt: skip

@@ -18,20 +18,26 @@ from flame.data.partition import (
     time_cutoff,
     validation_mask,
 )
+from flame.data.spec import DataSpec
 from flame.data.synth import generate, write_csv
 from flame.settings import load_settings
 
 
+def spec(**settings: object) -> DataSpec:
+    """What the data functions get: the data part of settings read as a process would."""
+    return load_settings(**settings).data_spec()  # type: ignore[arg-type]
+
+
 def test_regions_are_disjoint_cover_everything_and_are_deterministic() -> None:
-    settings = load_settings(regions="us,eu,apac")
+    data = spec(regions="us,eu,apac")
     frame = generate(30_000, seed=1)
-    region = assign_regions(frame, settings)
+    region = assign_regions(frame, data)
     assert set(np.unique(region)) == {TEST, 0, 1, 2}
-    assert abs((region == TEST).mean() - settings.test_fraction) < 0.02
-    assert np.array_equal(region, assign_regions(frame, settings))
+    assert abs((region == TEST).mean() - data.test_fraction) < 0.02
+    assert np.array_equal(region, assign_regions(frame, data))
     shuffled = frame.sample(frac=1.0, random_state=0)
-    assert np.array_equal(assign_regions(shuffled, settings), region[shuffled.index])
-    other_seed = assign_regions(frame, load_settings(regions="us,eu,apac", seed=1))
+    assert np.array_equal(assign_regions(shuffled, data), region[shuffled.index])
+    other_seed = assign_regions(frame, spec(regions="us,eu,apac", seed=1))
     assert not np.array_equal(region, other_seed)
 
 
@@ -40,17 +46,17 @@ def test_time_split_tests_on_the_last_steps_and_trains_on_earlier_ones(tmp_path:
     frame = frame[frame["step"] <= 500].reset_index(drop=True)
     csv = tmp_path / "early.csv"
     write_csv(frame, csv)
-    settings = load_settings(split="time", data_path=csv)
-    assert step_range(settings) == (int(frame["step"].min()), 500)
-    cutoff = time_cutoff(1, 500, settings)
+    data = spec(split="time", data_path=csv)
+    assert step_range(data) == (int(frame["step"].min()), 500)
+    cutoff = time_cutoff(1, 500, data)
     assert cutoff == 400  # steps 401..500: the last 20 % of the steps
-    region = assign_regions(frame, settings)
+    region = assign_regions(frame, data)
     steps = frame["step"].to_numpy()
     assert (steps[region == TEST] > cutoff).all() and (steps[region != TEST] <= cutoff).all()
     assert set(np.unique(region)) == {TEST, 0, 1}
-    x_test, _ = heldout_arrays(settings)  # the prepared partitions use the same cut
+    x_test, _ = heldout_arrays(data)  # the prepared partitions use the same cut
     assert len(x_test) == int((steps > cutoff).sum())
-    hashed = load_settings(data_path=csv)
+    hashed = spec(data_path=csv)
     assert len(heldout_arrays(hashed)[0]) != len(x_test)  # a separate cache entry
 
 
@@ -58,24 +64,24 @@ def test_non_iid_regions_differ_in_type_mix() -> None:
     frame = generate(60_000, seed=5)
     mixes = []
     for scheme in ("customer", "non-iid"):
-        region = assign_regions(frame, load_settings(partitioning=scheme))
+        region = assign_regions(frame, spec(partitioning=scheme))
         mix = pd.crosstab(region[region != TEST], frame["type"][region != TEST], normalize="index")
         mixes.append((mix.loc[0] - mix.loc[1]).abs().max())
     assert mixes[0] < 0.02 < mixes[1]
 
 
 def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
-    settings = load_settings(synth_rows=20_000)
-    folder = prepare(settings)
-    assert prepare(settings) == folder  # cached
-    frame = generate(20_000, settings.seed, settings.synth_fraud_rate)
-    region, val = assign_regions(frame, settings), validation_mask(frame, settings)
-    x_test, _ = heldout_arrays(settings)
+    data = spec(synth_rows=20_000)
+    folder = prepare(data)
+    assert prepare(data) == folder  # cached
+    frame = generate(20_000, data.seed, data.synth_fraud_rate)
+    region, val = assign_regions(frame, data), validation_mask(frame, data)
+    x_test, _ = heldout_arrays(data)
     # same rows, same order; history features from the server's own rows only
-    drop = settings.drop_balance_features  # the default model's features
+    drop = data.drop_balance_features  # the default model's features
     assert np.array_equal(x_test, build_features(frame[region == TEST], drop))
-    for i, name in enumerate(settings.regions):
-        arrays = region_arrays(settings, name)
+    for i, name in enumerate(data.regions):
+        arrays = region_arrays(data, name)
         mask = region == i
         own = build_features(frame[mask], drop)  # a region's history: its own rows (train, val)
         assert np.array_equal(arrays["train"][0], own[~val[mask]])
@@ -84,10 +90,10 @@ def test_prepare_writes_cached_feature_arrays_covering_every_row() -> None:
 
 
 def test_drop_balances_is_a_column_slice_of_the_cache() -> None:
-    with_balances = load_settings(synth_rows=5_000, drop_balance_features=False)
+    with_balances = spec(synth_rows=5_000, drop_balance_features=False)
     full = region_arrays(with_balances, "us")["train"][0]
     assert full.shape[1] == len(feature_names(False))
-    dropped = region_arrays(load_settings(synth_rows=5_000, drop_balance_features=True), "us")
+    dropped = region_arrays(spec(synth_rows=5_000, drop_balance_features=True), "us")
     assert dropped["train"][0].shape[1] == len(feature_names(True))
     assert np.array_equal(dropped["train"][0], full[:, : len(feature_names(True))])
 
@@ -108,10 +114,10 @@ def test_name_hash_is_stable_and_spreads() -> None:
 def test_streamed_preparation_equals_whole_file(tmp_path: Path) -> None:
     frame = generate(12_000, seed=3)
     write_csv(frame, tmp_path / "p.csv")
-    settings = load_settings(data_path=tmp_path / "p.csv")
+    data = spec(data_path=tmp_path / "p.csv")
     with patch("flame.data.loader.BLOCK_BYTES", 64 << 10):  # ~30 batches
-        streamed = region_arrays(settings, "eu")["train"][0]
-    mask = assign_regions(frame, settings) == 1
-    drop = settings.drop_balance_features
-    whole = build_features(frame[mask], drop)[~validation_mask(frame, settings)[mask]]
+        streamed = region_arrays(data, "eu")["train"][0]
+    mask = assign_regions(frame, data) == 1
+    drop = data.drop_balance_features
+    whole = build_features(frame[mask], drop)[~validation_mask(frame, data)[mask]]
     assert np.allclose(streamed, whole, atol=1e-6)

@@ -114,7 +114,7 @@ def test_fraud_amount_sums_travel_only_as_the_regions_policy_allows(
     if clip == "0" and noise != "0":
         assert "hist_amount" not in answer
         return
-    x, y = region_arrays(settings.model_dump_json(), "us", "")["val"]
+    x, y = region_arrays(settings.data_spec(), "us", "")["val"]
     money = amounts(x)[y == 1]
     if noise == "0":  # the exact sum of the fraud rows' amounts, bin by bin
         assert sum(answer["hist_amount"]) == pytest.approx(money.sum(), rel=1e-6)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_write_parts_by_name_index_and_test_in_one_pass(tmp_path: Path) -> None:
-    settings = load_settings(synth_rows=5_000)
+    settings = load_settings(synth_rows=5_000).data_spec()
     outputs = {"0": tmp_path / "us.parquet", "eu": tmp_path / "eu.parquet"}
     outputs["test"] = tmp_path / "test.parquet"
     done = write_parts(settings, outputs, False)
@@ -35,10 +35,10 @@ def test_write_parts_by_name_index_and_test_in_one_pass(tmp_path: Path) -> None:
 
 def test_write_parts_keeps_or_replaces(tmp_path: Path) -> None:
     out = {"us": tmp_path / "us.parquet"}
-    first = load_settings(synth_rows=3_000)
+    first = load_settings(synth_rows=3_000).data_spec()
     write_parts(first, out, False)
     assert "kept" in write_parts(first, out, False)[0]  # up to date
-    other = load_settings(synth_rows=4_000)
+    other = load_settings(synth_rows=4_000).data_spec()
     assert "kept" in write_parts(other, out, True)[0]  # keep_existing wins
     assert "wrote" in write_parts(other, out, False)[0]  # stale: replaced
     with pytest.raises(ValueError, match="FLAME_REGIONS"):

@@ -19,19 +19,20 @@ import torch
 
 from flame.data.features import amounts
 from flame.data.partition import heldout_arrays, region_arrays
+from flame.data.spec import DataSpec
 from flame.model import metrics as fm
 from flame.model.net import new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import Plan, default_pos_weight, predict_logits, train_steps
 from flame.settings import FlameSettings
 
-log = logging.getLogger("flame.model.baseline")
+log = logging.getLogger("flame.ops.baseline")
 CENTRAL = "central"
 
 
-def union(settings: FlameSettings, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def union(data: DataSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All regions' rows of one split, concatenated."""
-    parts = [region_arrays(settings, r)[split] for r in settings.regions]
+    parts = [region_arrays(data, r)[split] for r in data.regions]
     x, y = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
     return torch.from_numpy(x), torch.from_numpy(y)
 
@@ -48,8 +49,9 @@ def run_baseline(
     """Central training; the selected model's test-set metrics (and ``model.pt`` in ``out``,
     each round's figures to ``sink``)."""
     torch.set_num_threads(settings.torch_threads)
-    (x, y), (x_val, y_val) = union(settings, "train"), union(settings, "val")
-    x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(settings))
+    data = settings.data_spec()
+    (x, y), (x_val, y_val) = union(data, "train"), union(data, "val")
+    x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(data))
     fm.require_usable_rows(y.numpy(), "the regions' training rows", "nothing to learn fraud from")
     fm.require_usable_rows(y_test.numpy(), "the server's test set", fm.UNDEFINED)
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
