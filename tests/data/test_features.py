@@ -92,3 +92,18 @@ def test_error_features_separate_fraud_transfers() -> None:
         dest_zero[frame["type"].isin(["TRANSFER", "CASH_OUT"]).to_numpy() & ~fraud_transfer].mean()
         < 0.01
     )
+
+
+def test_the_hour_reaches_only_the_types_fraud_is_of() -> None:
+    """On CASH_IN, PAYMENT and DEBIT rows (never fraud in PaySim) no feature moves with the
+    hour; on TRANSFER and CASH_OUT rows the hour features do."""
+    frame = generate(3_000, seed=6)
+    hours = [i for i, n in enumerate(feature_names()) if "hour" in n]
+    for kind in ("CASH_IN", "PAYMENT", "DEBIT", "TRANSFER", "CASH_OUT"):
+        row = frame[frame["type"] == kind].iloc[[0]]
+        by_hour = np.vstack([build_features(row.assign(step=h)) for h in range(1, 25)])
+        moved = np.ptp(by_hour, axis=0)[hours] > 0
+        if kind in ("TRANSFER", "CASH_OUT"):
+            assert moved.all(), kind
+        else:
+            assert np.ptp(by_hour, axis=0).max() == 0, kind
