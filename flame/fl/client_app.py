@@ -169,7 +169,7 @@ class RegionState:
         from flame.fl.region_secret import region_folder
 
         self.folder = region_folder(settings.state_dir, region)
-        self.settings, self.run_id, self.round = settings, run_id, rnd
+        self.settings, self.region, self.run_id, self.round = settings, region, run_id, rnd
 
     @classmethod
     def of_task(cls, msg: Message, settings: FlameSettings, region: str) -> RegionState:
@@ -223,44 +223,19 @@ def train(msg: Message, context: Context) -> Message:
     when the server asks: FLAME_EVALUATE_IN_TRAIN); the reply's weights are then turned into
     what travels by the mods (simulated attacks, codecs: flame/fl/mods.py)."""
     started = time.perf_counter()
-    import torch
-
-    from flame.model.train import default_pos_weight, train_steps
-
     config = msg.content["config"]
-    settings, region, (x_np, y_np) = training_rows(msg, context)
-    model = _model(msg, settings)
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    rnd = int(msg.content["config"]["server-round"])
+    settings, region, (x, y) = training_rows(msg, context)
+    model, rnd = _model(msg, settings), int(config["server-round"])
     plan = training_plan(settings, len(x))
     enforce_policy(settings, len(x), plan, region in settings.adversarial_regions)
     # after the policy check: a task the region refuses answers nothing and spends nothing
     scored = {VALIDATION_KEY: validation(msg, context)} if config.get(EVALUATE_FIRST) else {}
-    pos_weight = settings.pos_weight or default_pos_weight(y_np)
     state = RegionState.of_task(msg, settings, region)
-    extra: dict[str, float] = {}
-    if settings.dp:
-        from flame.fl.privacy import dp_train
-
-        loss, epsilon, exhausted = dp_train(
-            model, x, y, config=dp_config(settings), plan=plan, rnd=rnd,
-            history=state.history(TRAIN), pos_weight=pos_weight,
-            charge=functools.partial(state.charge, TRAIN),
-        )  # fmt: skip
-        extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
-    else:
-        state.charge(TRAIN, 0.0, min(1.0, settings.batch_size / len(x)), plan.steps)
-        loss = train_steps(
-            model, x, y, plan=plan, rnd=rnd, batch_size=settings.batch_size,
-            pos_weight=pos_weight, seed=region_seed(settings, region, rnd),
-            desc=f"{region} round {rnd}",
-        )  # fmt: skip
-    if not extra.get("dp_exhausted"):
-        converging(loss, model, y_np, pos_weight, settings)
+    loss, extra = local_training(model, x, y, settings, state, plan)
     sent_loss = math.nan if settings.dp else loss  # not a private figure: stays in the region
     record = MetricRecord(
         {"train_loss": sent_loss, "num_examples": len(x), "steps": plan.steps, **extra}
-        | (data_summary(x_np, y_np) if rnd == 1 and not settings.dp else {})
+        | (data_summary(x, y) if rnd == 1 and not settings.dp else {})
     )
     log.info(
         "%s round %d train: %d rows, %d steps in %.2f s (process up %.2f s), loss %.5f",
@@ -268,6 +243,40 @@ def train(msg: Message, context: Context) -> Message:
     )  # fmt: skip
     content = {"arrays": ArrayRecord(model.state_dict()), "metrics": record}
     return _reply(msg, region, content | scored)
+
+
+def local_training(
+    model: FraudMLP, x: np.ndarray, y: np.ndarray, settings: FlameSettings, state: RegionState,
+    plan: Plan,
+) -> tuple[float, dict[str, float]]:  # fmt: skip
+    """This round's steps on the region's rows, DP-SGD or plain, charged to its ledger first:
+    the mean loss and, under DP, the run's ε so far and whether the budget ran out."""
+    import torch
+
+    from flame.model.train import default_pos_weight, train_steps
+
+    rnd, region = state.round, state.region
+    pos_weight = settings.pos_weight or default_pos_weight(y)
+    extra: dict[str, float] = {}
+    if settings.dp:
+        from flame.fl.privacy import dp_train
+
+        loss, epsilon, exhausted = dp_train(
+            model, torch.from_numpy(x), torch.from_numpy(y), config=dp_config(settings),
+            plan=plan, rnd=rnd, history=state.history(TRAIN), pos_weight=pos_weight,
+            charge=functools.partial(state.charge, TRAIN),
+        )  # fmt: skip
+        extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
+    else:
+        state.charge(TRAIN, 0.0, min(1.0, settings.batch_size / len(x)), plan.steps)
+        loss = train_steps(
+            model, torch.from_numpy(x), torch.from_numpy(y), plan=plan, rnd=rnd,
+            batch_size=settings.batch_size, pos_weight=pos_weight,
+            seed=region_seed(settings, region, rnd), desc=f"{region} round {rnd}",
+        )  # fmt: skip
+    if not extra.get("dp_exhausted"):
+        converging(loss, model, y, pos_weight, settings)
+    return loss, extra
 
 
 def converging(
