@@ -22,6 +22,7 @@ from flame.fl.protocol import BAD_INPUT, RunFailed, RunLearntNothing
 from flame.fl.strategy import (
     ClippedNoisy,
     FlameStrategy,
+    RoundClock,
     Selected,
     build_strategy,
     evaluated_through,
@@ -79,8 +80,8 @@ class RoundEnd:
         self.alive: dict[int, bool] = {}  # per trained round: its model tells rows apart
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
-        rnd += self.strategy.offset
-        if self.strategy.offset and rnd == self.strategy.offset:  # the resumed model
+        rnd = self.strategy.clock(rnd)
+        if self.strategy.clock.resumed_from(rnd):  # round 0 of a resumed run
             if self.strategy.waits_for_next_round(rnd):
                 self.pending = (rnd, arrays)  # its regions score it in the next round
             return MetricRecord()  # else the run that made it logged it
@@ -100,7 +101,7 @@ class RoundEnd:
         # round 0 (or a run whose regions never score): no threshold was chosen for the budget
         chosen = self.strategy.auto_threshold and clients is not None
         scored = self.evaluator.score(arrays, threshold, budget=chosen)
-        if rnd > self.strategy.offset:
+        if self.strategy.clock.made(rnd):
             self.alive[rnd] = not self.evaluator.constant()
         self.strategy.tracker.log(SERVER, rnd, "evaluate", scored)
         log.info(_summary(rnd, scored, clients if rnd else None))
@@ -170,10 +171,10 @@ class Resumed:
     selected: dict[str, np.ndarray] | None
 
     def restore(self, model: FraudMLP, strategy: FlameStrategy) -> None:
-        """The last global model into ``model``; the round offset, threshold and selected model
+        """The last global model into ``model``; the rounds done, threshold and selected model
         into ``strategy``."""
         model.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
-        strategy.offset, strategy.threshold = self.state.round, self.state.threshold
+        strategy.clock, strategy.threshold = RoundClock(self.state.round), self.state.threshold
         if self.selected is not None:
             weights = ArrayRecord({k: torch.from_numpy(v) for k, v in self.selected.items()})
             s = self.state

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -36,6 +37,7 @@ AGGREGATORS: dict[str, type[FedAvg]] = {
 }
 
 log = logging.getLogger("flame.fl.strategy")
+T = TypeVar("T")
 
 
 def region_of(content: RecordDict) -> str:
@@ -81,6 +83,35 @@ class Selected:
     threshold: float
     val_pr_auc: float
     val_counts: list[float] = field(default_factory=list)  # its pooled validation histogram
+
+
+@dataclass
+class RoundClock:
+    """Flower counts a run's rounds from 1; a run resumed after round ``done`` continues the
+    whole run's count, so its round r is round ``done + r``."""
+
+    done: int = 0  # rounds completed before this run started (a resume)
+
+    def __call__(self, server_round: int) -> int:
+        return self.done + server_round
+
+    def resumed_from(self, rnd: int) -> bool:
+        """Whether round ``rnd``'s model is the one this run resumed (the earlier run's last)."""
+        return self.done > 0 and rnd == self.done
+
+    def made(self, rnd: int) -> bool:
+        """Whether round ``rnd``'s model was trained by this run (not the one it resumed)."""
+        return rnd > self.done
+
+
+def whole_run_round(method: Callable[..., T]) -> Callable[..., T]:
+    """A Flower entry point of the strategy, called with the whole run's round."""
+
+    @functools.wraps(method)
+    def called(self: FlameStrategy, server_round: int, *args: Any) -> T:
+        return method(self, self.clock(server_round), *args)
+
+    return called
 
 
 class FlameStrategy(FedAvg):
@@ -130,7 +161,7 @@ class FlameStrategy(FedAvg):
         self.threshold = threshold or 0.5
         self.alert_rate = alert_rate
         self.regions = list(regions)
-        self.offset = 0  # rounds completed before this run started (resume)
+        self.clock = RoundClock()  # a resumed run's rounds continue the whole run's count
         self.select_best = select_best
         self.eval_arrays: ArrayRecord | None = None
         self.selected: Selected | None = None
@@ -166,20 +197,20 @@ class FlameStrategy(FedAvg):
             )  # fmt: skip
         return {"regions": len(answered), "missing": ";".join(missing)}
 
+    @whole_run_round
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        server_round += self.offset
         if self.waits_for_next_round(server_round):
             return []  # the next round's train tasks score this model
         config["threshold"] = self.threshold
         self.eval_arrays = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)
 
+    @whole_run_round
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        server_round += self.offset
         self.round_arrays = arrays
         config[EVALUATE_FIRST] = self.evaluate_in_train and server_round > 1
         if config[EVALUATE_FIRST]:
@@ -202,10 +233,10 @@ class FlameStrategy(FedAvg):
         roll = {"regions": len(scored), "missing": ";".join(missing)}
         self.evaluated(server_round - 1, scored, roll)  # type: ignore[arg-type]
 
+    @whole_run_round
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server_round += self.offset
         replies = by_region(replies)  # a fixed order: the same seed gives the same model
         self.take_validation(server_round, replies)
         roll = self.roll_call(server_round, "train", replies)
@@ -252,10 +283,10 @@ class FlameStrategy(FedAvg):
         self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
 
+    @whole_run_round
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        server_round += self.offset
         replies = by_region(replies)
         if not replies and self.waits_for_next_round(server_round):
             return None  # scored in the next round's train replies
@@ -322,7 +353,7 @@ class ClippedNoisy(DifferentialPrivacyServerSideFixedClipping):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = by_region(replies)
         strategy: FlameStrategy = self.strategy  # type: ignore[assignment]
-        strategy.take_validation(server_round + strategy.offset, replies)
+        strategy.take_validation(strategy.clock(server_round), replies)
         return super().aggregate_train(server_round, replies)
 
 
