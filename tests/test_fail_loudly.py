@@ -106,14 +106,16 @@ def _run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    ("learning_rate", "warm_start", "says"),
-    [("1000", "20000", "training diverged"), ("3000", "20000", "training diverged"),
-     ("1", "0", "training learnt nothing")],  # no divergence: every ReLU dies, the loss stays
+    ("learning_rate", "warm_start", "hidden", "says"),
+    [("1000", "20000", None, "training diverged"), ("3000", "20000", None, "training diverged"),
+     # no divergence: the one hidden ReLU dies, every row gets the same score, the loss stays
+     ("1", "0", "1", "training learnt nothing")],
 )  # fmt: skip
 def test_a_run_that_diverges_stops_names_the_setting_and_saves_no_model(
-    tmp_path: Path, learning_rate: str, warm_start: str, says: str
+    tmp_path: Path, learning_rate: str, warm_start: str, hidden: str | None, says: str
 ) -> None:
-    proc = _run(tmp_path, {"FLAME_LEARNING_RATE": learning_rate, "FLAME_PRETRAIN_ROWS": warm_start})
+    env = {"FLAME_LEARNING_RATE": learning_rate, "FLAME_PRETRAIN_ROWS": warm_start}
+    proc = _run(tmp_path, env | ({"FLAME_HIDDEN_SIZES": hidden} if hidden else {}))
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = _one_line(
         proc.stderr, "the run failed", says, f"FLAME_LEARNING_RATE (now {learning_rate})"
