@@ -3,6 +3,7 @@ synthetic PaySim; prints the table and writes quality.{md,json,png} to --out.
 
     python benchmarks/quality.py [--out benchmarks/results] [--seeds 1,2,3] [--rounds 5]
                                  [--synth-rows 1000000] [--real DIR] [--only real|synth]
+                                 [--headline] [--rows NAMES] [--set FLAME_X=V] [--work DIR]
 
 Every federated number is a real Flower simulation (``main.py``), every central one a real
 ``flame baseline`` run, each in its own process, two at a time. Data columns:
@@ -22,7 +23,14 @@ HistGradientBoosting row is scikit-learn's classifier on the same no-balance fea
 same training rows (threshold: F1-optimal on the same validation rows). Every Flame model starts
 from the warm start (``flame.model.pretrain``: synthetic rows only, from their own seed); the
 rows marked "no warm start" start from random weights (``FLAME_PRETRAIN_ROWS=0``), on the real
-column only.
+column only. The rows "warm start alone" score that synthetic-only starting model itself, with no
+federated round (``benchmarks/warm_alone.py``): what the regions' rows add is the gap between it
+and the trained rows.
+
+For the real column the server evaluates every round's global model on the held-out file
+(``FLAME_TEST_PATH``; training and model selection never read it), so the second table shows,
+per round, the held-out PR-AUC beside the pooled validation PR-AUC the selection rule reads, and
+how the kept round does against "always the final round".
 """
 
 from __future__ import annotations
@@ -56,34 +64,48 @@ class Row:
     """One row of the table: how its models are trained."""
 
     name: str
-    kind: str  # "federated", "central" or "hgb"
+    kind: str  # "federated", "central", "hgb" or "warm" (the warm start alone, no training)
     env: dict[str, str] = field(default_factory=dict)
     drop_balances: bool = True  # the default model leaves the balance columns out
     real_only: bool = False  # an ablation: the real column only (the one it is about)
+    headline: bool = True  # one of README's "Results at a glance" rows (--headline)
 
 
 COLD = {"FLAME_PRETRAIN_ROWS": "0"}  # no warm start: random initial weights
 DP1 = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"}
 WITH = False  # drop_balances=WITH: the model with the balance columns (--with-balances)
 ROWS = (
-    Row("central, with balances", "central", drop_balances=WITH),
-    Row("federated, with balances", "federated", drop_balances=WITH),
-    Row("federated DP ε=1, with balances", "federated", DP1, drop_balances=WITH),
-    Row("federated DP ε=3, with balances", "federated",
-        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "3"}, drop_balances=WITH),
-    Row("federated DP ε=8, with balances", "federated",
-        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}, drop_balances=WITH),
-    Row("federated DP clip only (σ=0), with balances", "federated",
-        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, drop_balances=WITH),
+    # without the balance columns: the default model
+    Row("warm start alone, no balances", "warm"),
     Row("federated, no balances (the default model)", "federated"),
-    Row("central, no balances", "central"),
-    Row("HistGradientBoosting, no balances", "hgb"),
-    Row("federated, with balances, no warm start", "federated", COLD, drop_balances=WITH,
-        real_only=True),
-    Row("federated DP ε=1, with balances, no warm start", "federated", DP1 | COLD,
-        drop_balances=WITH, real_only=True),
     Row("federated, no balances, no warm start", "federated", COLD, real_only=True),
     Row("federated DP ε=1, no balances", "federated", DP1, real_only=True),
+    Row("federated DP ε=1, no balances, no warm start", "federated", DP1 | COLD,
+        real_only=True),
+    Row("central, no balances", "central"),
+    Row("central, no balances, no warm start", "central", COLD, real_only=True),
+    Row("HistGradientBoosting, no balances", "hgb"),
+    # with the balance columns (--with-balances)
+    Row("warm start alone, with balances", "warm", drop_balances=WITH),
+    Row("federated, with balances", "federated", drop_balances=WITH),
+    Row("federated, with balances, no warm start", "federated", COLD, drop_balances=WITH,
+        real_only=True),
+    Row("federated DP ε=1, with balances", "federated", DP1, drop_balances=WITH),
+    Row("federated DP ε=1, with balances, no warm start", "federated", DP1 | COLD,
+        drop_balances=WITH, real_only=True),
+    Row("central, with balances", "central", drop_balances=WITH),
+    Row("central, with balances, no warm start", "central", COLD, drop_balances=WITH,
+        real_only=True),
+    # ablations (not in README's table)
+    Row("federated DP ε=3, with balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "3"}, drop_balances=WITH,
+        headline=False),
+    Row("federated DP ε=8, with balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}, drop_balances=WITH,
+        headline=False),
+    Row("federated DP clip only (σ=0), with balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, drop_balances=WITH,
+        headline=False),
 )  # fmt: skip
 
 
@@ -135,6 +157,9 @@ class Bench:
         env["FLAME_ALERT_RATE"] = "0"  # the F1 column: at the F1-optimal stored threshold
         if job.column == "real":
             env["FLAME_DATA_PATH"] = str(self.train_dir(job.heldout))
+            # the server's per-round evaluation on the held-out file (metrics.csv): training
+            # and model selection never read the test set
+            env["FLAME_TEST_PATH"] = str((self.args.real / job.heldout).resolve())
         else:
             env |= {"FLAME_DATA_PATH": "", "FLAME_SYNTH_ROWS": str(self.args.synth_rows)}
             env |= {"FLAME_SYNTH_FRAUD_RATE": str(FRAUD_RATE)}
@@ -163,6 +188,9 @@ class Bench:
             self.reused += 1
         elif job.row.kind == "federated":
             run([sys.executable, "main.py", "--out", str(out)], env, out / "log.txt")
+        elif job.row.kind == "warm":
+            run([sys.executable, "benchmarks/warm_alone.py", "--out", str(out)], env,
+                out / "log.txt")  # fmt: skip
         else:
             run([sys.executable, "-m", "flame.cli", "baseline", "--out", str(out)], env,
                 out / "log.txt")  # fmt: skip
@@ -171,7 +199,7 @@ class Bench:
             if not done:
                 run([sys.executable, "-m", "flame.cli", "score", str(heldout), "--model",
                      str(model), "--out", str(scored)], env, out / "score-log.txt")  # fmt: skip
-            return self.from_scored(scored)
+            return self.from_scored(scored) | rounds(out / "metrics.csv")
         return self.on_test_set(model, env)
 
     @staticmethod
@@ -228,6 +256,58 @@ class Bench:
         return scores(probability, y_eval, threshold)
 
 
+def rounds(metrics_csv: Path) -> dict[str, object]:
+    """A federated run's figures per round (``metrics.csv``): the pooled validation PR-AUC
+    model selection reads, the held-out file's PR-AUC (the server's evaluation), the round
+    kept. Empty for a run without rounds (central, warm start alone)."""
+    import pandas as pd
+
+    if not metrics_csv.exists():
+        return {}
+    frame = pd.read_csv(metrics_csv)
+    frame = frame[(frame["stage"] == "evaluate") & (frame["round"] > 0)]
+    by_kind = {k: g.set_index("round")["pr_auc"] for k, g in frame.groupby("kind")}
+    if "client_aggregate" not in by_kind or "selected" not in by_kind:
+        return {}
+    held = by_kind["server"]
+    return {
+        "validation_by_round": [float(v) for v in by_kind["client_aggregate"].sort_index()],
+        "heldout_by_round": [float(held[r]) for r in sorted(held.index)],
+        "selected_round": int(by_kind["selected"].index[0]),
+    }
+
+
+def round_table(results: list[tuple[Job, dict]]) -> str:
+    """Per round, mean over the real column's runs (seeds x held-out files): validation and
+    held-out PR-AUC, and the selection rule against "always the final round"."""
+    runs: dict[str, list[dict]] = {}
+    for job, result in results:
+        if job.column == "real" and "heldout_by_round" in result:
+            runs.setdefault(job.row.name, []).append(result)
+    if not runs:
+        return ""
+    n = max(len(r["heldout_by_round"]) for rs in runs.values() for r in rs)
+    head = " | ".join(f"r{i}" for i in range(1, n + 1))
+    lines = [
+        f"| model | held-out PR-AUC per round: {head} | validation per round: {head} "
+        "| kept round (mean) | kept | final round | kept − final: wins / ties / losses |",
+        "|---|" + "---:|" * (2 * n + 4),
+    ]
+    for name in (r.name for r in ROWS if r.name in runs):
+        rs = runs[name]
+        held = np.array([r["heldout_by_round"] for r in rs if len(r["heldout_by_round"]) == n])
+        val = np.array([r["validation_by_round"] for r in rs if len(r["validation_by_round"]) == n])
+        kept = np.array([r["pr_auc"] for r in rs])
+        final = np.array([r["heldout_by_round"][-1] for r in rs])
+        diff = kept - final
+        record = f"{(diff > 1e-3).sum()} / {(abs(diff) <= 1e-3).sum()} / {(diff < -1e-3).sum()}"
+        cells = [f"{v:.3f}" for v in held.mean(axis=0)] + [f"{v:.3f}" for v in val.mean(axis=0)]
+        cells += [f"{np.mean([r['selected_round'] for r in rs]):.1f}", f"{kept.mean():.3f}"]
+        cells += [f"{final.mean():.3f}", record]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _settings(env: dict[str, str], load_settings):  # type: ignore[no-untyped-def]
     """Settings as the child processes see them (env applied, nothing else of ours)."""
     saved = dict(os.environ)
@@ -239,11 +319,11 @@ def _settings(env: dict[str, str], load_settings):  # type: ignore[no-untyped-de
         os.environ.update(saved)
 
 
-def selected_rows(names: str | None) -> list[Row]:
+def selected_rows(names: str | None, headline: bool = False) -> list[Row]:
     """The row named exactly ``names``, else the rows whose name contains one of the
-    comma-separated ``names`` (all when None)."""
+    comma-separated ``names`` (all when None; README's rows only with ``headline``)."""
     if not names:
-        return list(ROWS)
+        return [r for r in ROWS if r.headline or not headline]
     if exact := [r for r in ROWS if r.name == names.strip()]:
         return exact
     wanted = [n.strip() for n in names.split(",")]
@@ -255,7 +335,7 @@ def selected_rows(names: str | None) -> list[Row]:
 
 def jobs(args: argparse.Namespace) -> list[Job]:
     out = []
-    for row in selected_rows(args.rows):
+    for row in selected_rows(args.rows, args.headline):
         if args.only in (None, "real"):
             out += [Job(row, "real", s, f) for s in args.seeds for f in REAL_FILES]
         if args.only in (None, "synth") and not row.real_only:
@@ -342,6 +422,11 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     p.add_argument("--rows", help="only rows whose name contains one of these (comma-separated)")
     p.add_argument(
+        "--headline", action="store_true",
+        help="only README's rows (no ε=3, ε=8 or clipping-only ablation): with --only real, "
+        "the run README's \"Results at a glance\" comes from",
+    )  # fmt: skip
+    p.add_argument(
         "--set", action="append", default=[], metavar="FLAME_X=V",
         help="a setting for every run (repeatable): to try a hyper-parameter by leaving one "
         "file out; never tune on the number you report",
@@ -370,6 +455,13 @@ def main() -> None:
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(zip(todo, pool.map(bench.evaluate, todo), strict=True))
     text, summary = table(results)
+    if per_round := round_table(results):
+        text += (
+            "\n\nPer round (federated runs, real column; the held-out file's PR-AUC as the server "
+            "evaluates it each round, the pooled validation PR-AUC the selection rule reads; "
+            '"kept" is the selected model\'s held-out PR-AUC as `flame score` gives it):\n\n'
+            + per_round
+        )
     minutes = (time.time() - started) / 60
     machine = f"{os.cpu_count()} CPUs, {sys.platform}"
     reused = (

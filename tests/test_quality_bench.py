@@ -40,3 +40,37 @@ def test_table_averages_the_held_out_files_then_the_seeds() -> None:
     assert cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.2)
     assert cell["seeds"] == 2
     assert "0.600 ± 0.200" in text
+
+
+def test_rounds_reads_validation_held_out_and_the_kept_round(tmp_path: Path) -> None:
+    head = "time,kind,round,stage,pr_auc\n"
+    lines = ["0,server,0,evaluate,0.1", "1,client_aggregate,1,train,"]
+    for rnd, (val, held) in enumerate(((0.90, 0.80), (0.95, 0.85), (0.94, 0.88)), start=1):
+        lines += [f"1,client_aggregate,{rnd},evaluate,{val}", f"1,server,{rnd},evaluate,{held}"]
+    lines.append("2,selected,2,evaluate,0.85")
+    (tmp_path / "metrics.csv").write_text(head + "\n".join(lines) + "\n")
+    got = quality.rounds(tmp_path / "metrics.csv")
+    assert got == {
+        "validation_by_round": [0.90, 0.95, 0.94],
+        "heldout_by_round": [0.80, 0.85, 0.88],
+        "selected_round": 2,
+    }
+    assert quality.rounds(tmp_path / "missing.csv") == {}
+
+
+def test_round_table_counts_the_rule_against_the_final_round() -> None:
+    row = quality.ROWS[1]
+    kept_final = ((0.85, 0.88), (0.90, 0.90), (0.95, 0.91))  # a loss, a tie, a win
+    results = [
+        (quality.Job(row, "real", 1, name), {
+            "pr_auc": kept, "heldout_by_round": [0.5, final], "validation_by_round": [0.9, 0.9],
+            "selected_round": 1 if kept != final else 2,
+        })
+        for name, (kept, final) in zip(quality.REAL_FILES, kept_final, strict=True)
+    ]  # fmt: skip
+    text = quality.round_table(results)
+    line = next(x for x in text.splitlines() if x.startswith(f"| {row.name} |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["0.500", f"{np.mean([f for _, f in kept_final]):.3f}"]
+    assert cells[-1] == "1 / 1 / 1"
+    assert quality.round_table([]) == ""

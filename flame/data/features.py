@@ -3,13 +3,12 @@ every region (and the server) from its own rows.
 
 No statistic is fitted anywhere — not on a region's data and never on the server's test set.
 Money is mapped by ``signed_log(x) = sign(x) * log1p(|x|) / 20`` (PaySim amounts stay below
-1e9, so values stay within about [-1, 1]); hour of day is ``step % 24``.
+1e9, so values stay within about [-1, 1]).
 
 | feature | definition |
 |---|---|
 | ``type_<T>`` (5) | one-hot transaction type |
 | ``log_amount`` | signed_log(amount) |
-| ``hour_sin``, ``hour_cos`` | hour of day on the unit circle, on TRANSFER and CASH_OUT rows only |
 | ``dest_is_merchant`` | ``nameDest`` starts with ``M`` |
 | ``amount_round_1k`` | amount is a whole multiple of 1,000 |
 | ``amount_whole_million`` | amount is a whole multiple of 1,000,000 (and not 0) |
@@ -25,11 +24,13 @@ Money is mapped by ``signed_log(x) = sign(x) * log1p(|x|) / 20`` (PaySim amounts
 | ``dest_zero`` | oldbalanceDest = newbalanceDest = 0 with amount > 0 |
 | ``orig_drained`` | oldbalanceOrg > 0 and newbalanceOrig = 0 |
 
-The hour reaches only the two types PaySim's frauds are ever of, and only as a smooth daily
-profile: on the other types it says nothing about fraud, and a noisy optimiser (DP-SGD) learnt
-from it a rule ("genuine traffic comes at these hours") that held on the training files only;
-a one-hot hour per risky row (version 2) let a model memorise the hours its few training rows
-happened to cover (``benchmarks/results/quality-dp-scratch.md``).
+The hour of day is not a feature (version 5). A region's rows cover the hours its files
+happen to cover: in the shared real samples the genuine rows come at hour 1 only, or at hours
+17-23, while frauds come at every hour, so "a transfer at another hour is fraud" holds on the
+training files and is false on a file whose genuine rows span the day. DP-SGD from random
+weights learnt that rule first, in every form the hour was given (a one-hot hour, sin/cos on
+every row, sin/cos on TRANSFER and CASH_OUT rows only), and without the hour it learns the
+type, amount and balance rules that transfer (``benchmarks/results/quality-no-hour.md``).
 
 **History features** (``dest_*``, ``cashout_after_transfer``) read only earlier rows: rows of an
 earlier step, or of the same step earlier in the file (a file need not be sorted: rows are
@@ -58,12 +59,11 @@ from flame.data.schema import TYPES
 if TYPE_CHECKING:
     import pandas as pd
 
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 LOG_SCALE = 20.0
 TEN_MILLION = 10_000_000.0
 BALANCES = ("oldbalanceOrg", "newbalanceOrig", "oldbalanceDest", "newbalanceDest")
 AMOUNT_FLAGS = ("amount_round_1k", "amount_whole_million", "amount_10m", "amount_no_cents")
-RISKY = ("TRANSFER", "CASH_OUT")
 
 
 def signed_log(x: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def amounts(x: np.ndarray) -> np.ndarray:
 
 
 def feature_names(drop_balances: bool = False) -> list[str]:
-    names = [f"type_{t}" for t in TYPES] + ["log_amount", "hour_sin", "hour_cos"]
+    names = [f"type_{t}" for t in TYPES] + ["log_amount"]
     names += ["dest_is_merchant", *AMOUNT_FLAGS]
     names += HISTORY
     if not drop_balances:
@@ -105,16 +105,11 @@ def build_features(
     """
     codes = type_codes(frame["type"])
     amount = np.asarray(frame["amount"], dtype=np.float64)
-    hour = np.asarray(frame["step"]) % 24
-    angle = 2 * np.pi * hour / 24
-    risky = np.isin(codes, [TYPES.index(t) for t in RISKY])
     columns = [
         np.eye(len(TYPES), dtype=np.float32)[codes],
         np.column_stack(
             [
                 signed_log(amount),
-                np.sin(angle) * risky,
-                np.cos(angle) * risky,
                 merchant(frame["nameDest"]),
                 amount % 1_000 == 0,
                 (amount % 1_000_000 == 0) & (amount > 0),
