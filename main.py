@@ -12,21 +12,14 @@ import sys
 from flame.fl.protocol import RunFailed
 from flame.log import setup_logging
 from flame.ops.simulate import run
-from flame.settings import SettingsError
+from flame.settings import SettingsError, add_run_flags
 from flame.track.report import print_rounds
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rounds", type=int, dest="num_server_rounds", help="federated rounds")
-    p.add_argument("--local-epochs", type=int, help="epochs per round on each region")
-    p.add_argument("--regions", help="comma-separated region names (default us,eu)")
-    p.add_argument("--rows", type=int, dest="synth_rows", help="synthetic rows to generate")
-    p.add_argument(
-        "--fraud-rate", type=float, dest="synth_fraud_rate", help="synthetic fraud share"
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     p.add_argument("--data", dest="data_path", help="PaySim CSV file or folder of CSVs")
-    p.add_argument("--partitioning", choices=["customer", "non-iid"])
     p.add_argument(
         "--with-balances", action="store_const", const=False, dest="drop_balance_features",
         help="keep the four balance columns (the default leaves them out, as the data's owner "
@@ -39,16 +32,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         dest="drop_balance_features",
         help=argparse.SUPPRESS,
     )
-    p.add_argument(
-        "--split", choices=["hash", "time"], help="server test set: hash, or the last steps"
-    )
-    p.add_argument("--seed", type=int)
     p.add_argument("--out", dest="out_dir", help="run folder (default runs/<timestamp>)")
     p.add_argument(
         "--verbose",
         action="store_true",
         help="also Flower's per-round record dumps and its simulation notes",
     )
+    add_run_flags(p)  # --rounds, --local-epochs, --dp-target-epsilon, ...: every run setting
     return p.parse_args(argv)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flame.data.schema import PaySimFormatError
 from flame.log import setup_logging
-from flame.settings import SettingsError, load_settings
+from flame.settings import RUN_CONFIG_FIELDS, SettingsError, add_run_flags, load_settings
 
 
 def _count(text: str) -> int:
@@ -195,10 +195,9 @@ def _baseline(args: argparse.Namespace) -> None:
     from flame.ops.baseline import run_baseline
     from flame.track.tracking import CsvSink
 
-    overrides = {
-        "data_path": args.data, "synth_rows": args.rows, "seed": args.seed,
-        "drop_balance_features": args.drop_balance_features, "split": args.split,
-        "num_server_rounds": args.rounds, "out_dir": args.out,
+    overrides = {f: getattr(args, f) for f in RUN_CONFIG_FIELDS} | {
+        "data_path": args.data, "drop_balance_features": args.drop_balance_features,
+        "out_dir": args.out,
     }  # fmt: skip
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     out = writable_folder(settings.resolved_out_dir(), "--out")
@@ -383,9 +382,6 @@ def parser() -> argparse.ArgumentParser:
 
     base = sub.add_parser("baseline", help="train the same model centrally on the regions' union")
     base.add_argument("--data", type=Path, help="PaySim CSV or folder (default: FLAME_DATA_PATH)")
-    base.add_argument("--rows", type=int, help="synthetic rows when no data file is used")
-    base.add_argument("--seed", type=int)
-    base.add_argument("--rounds", type=int, help="as many step blocks as federated rounds")
     base.add_argument(
         "--with-balances",
         action="store_const",
@@ -400,8 +396,8 @@ def parser() -> argparse.ArgumentParser:
         dest="drop_balance_features",
         help=argparse.SUPPRESS,
     )
-    base.add_argument("--split", choices=["hash", "time"], help="server test set (FLAME_SPLIT)")
     base.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
+    add_run_flags(base, "run settings (--rounds: as many step blocks as federated rounds)")
     base.set_defaults(func=_baseline)
 
     score = sub.add_parser("score", help="score a PaySim CSV with a saved model")

@@ -12,6 +12,7 @@ node settings come from each machine's own environment.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
 import json
@@ -21,7 +22,8 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -714,6 +716,43 @@ def region_settings(run_config: Mapping[str, Any]) -> FlameSettings:
 @functools.lru_cache(maxsize=4)
 def _region_settings(run: tuple[tuple[str, Any], ...]) -> FlameSettings:
     return load_settings(dict(run))
+
+
+# the short flags main.py and flame baseline have always had, for three run settings
+FLAG_ALIASES = {"num_server_rounds": "--rounds", "synth_rows": "--rows",
+                "synth_fraud_rate": "--fraud-rate"}  # fmt: skip
+
+
+def add_run_flags(parser: argparse.ArgumentParser, title: str = "run settings") -> None:
+    """A flag for every run setting, from its field: ``--dp-target-epsilon`` sets
+    FLAME_DP_TARGET_EPSILON (the run-config key), with the field's description and choices.
+    A flag's value is text, validated with the settings (so a bad value names FLAME_X)."""
+    group = parser.add_argument_group(title, "each flag overrides FLAME_<NAME> of .env")
+    fields = FlameSettings.model_fields
+    for name in RUN_CONFIG_FIELDS:
+        field = fields[name]
+        flags = [*([FLAG_ALIASES[name]] if name in FLAG_ALIASES else []), f"--{config_key(name)}"]
+        kind = field.annotation  # X | None: X
+        if get_origin(kind) is UnionType:
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        choices = _choices(kind)
+        default = config_value(field.get_default(call_default_factory=True))
+        group.add_argument(
+            *flags, dest=name, choices=choices, metavar=None if choices else _metavar(kind),
+            help=f"{field.description} (default: {json.dumps(default)})",
+        )  # fmt: skip
+
+
+def _choices(kind: Any) -> list[str] | None:
+    if get_origin(kind) is Literal:
+        return [str(a) for a in get_args(kind)]
+    return ["true", "false"] if kind is bool else None
+
+
+def _metavar(kind: Any) -> str:
+    if get_origin(kind) is list:
+        return "A,B"
+    return {int: "N", float: "X"}.get(kind, "TEXT")
 
 
 def env_example() -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flame.settings import (
+    RUN_CONFIG_FIELDS,
     RUN_FIELDS,
     FlameSettings,
     SettingsError,
@@ -220,3 +221,25 @@ def test_a_tracking_uri_mlflow_cannot_use_is_refused_by_name(
 def test_a_tracking_uri_mlflow_can_use_is_kept(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
     monkeypatch.setenv("FLAME_MLFLOW_TRACKING_URI", uri)
     assert load_settings().mlflow_tracking_uri == uri
+
+
+def test_every_run_setting_is_a_flag_of_main_py_and_flame_baseline() -> None:
+    """The flags come from the settings' fields: a run knob added to the settings is a flag of
+    both entry points, with its choices, and a flag's value is the setting's value."""
+    from flame.cli import parser
+    from main import parse
+
+    baseline = parser().parse_args
+    argv = ["--rounds", "4", "--dp-target-epsilon", "2", "--codec", "int8", "--dp", "true"]
+    argv += ["--hidden-sizes", "8,4", "--regions", "a,b,c"]
+    for args in (vars(parse(argv)), vars(baseline(["baseline", *argv]))):
+        given = {k: v for k, v in args.items() if k in RUN_CONFIG_FIELDS and v is not None}
+        settings = load_settings(**given)
+        assert (settings.num_server_rounds, settings.dp_target_epsilon) == (4, 2.0)
+        assert (settings.codec, settings.dp, settings.hidden_sizes) == ("int8", True, [8, 4])
+        assert settings.regions == ["a", "b", "c"]
+        unset = set(RUN_CONFIG_FIELDS) - set(given)
+        assert all(args[f] is None for f in unset)  # the rest: .env's, not the flags' defaults
+    for bad in (["--codec", "gzip"], ["--dp", "yes"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
