@@ -53,7 +53,8 @@ from flame.model.train import Plan, set_lr
 log = logging.getLogger("flame.fl.privacy")
 PHYSICAL_BATCH = 4096
 WHAT = {TRAIN: "this round's training", EVALUATE: "this evaluation answer"}
-History = list[tuple[float, float, int]]
+Noisy = tuple[float, float, int]  # one training release: (σ, q, steps)
+History = list[Noisy]
 
 
 @dataclass(frozen=True)
@@ -362,31 +363,59 @@ def dp_train(
     before any step (refusing it if the region's caps say so) and returns the run's ε with it
     and the secret key this release alone draws its Poisson samples and noise from. Returns
     (mean loss, the run's ε, budget exhausted?)."""
-    rows = len(x)
-    sample_rate = config.effective_rate(rows)
+    sample_rate = config.effective_rate(len(x))
     sigma = noise_multiplier(config, sample_rate, plan.total)
-    planned = epsilon_of([*history, (sigma, sample_rate, plan.steps)], config.delta)
-    budget = config.target_epsilon
-    if budget > 0 and planned > budget * 1.01:  # 1 % = Opacus's noise search tolerance
-        spent = epsilon_of(history, config.delta)
-        log.warning(
-            "privacy budget spent: ε=%.3f of %.3f; another round would reach %.3f, "
-            "so this region stops training",
-            spent, budget, planned,
-        )  # fmt: skip
+    release = (sigma, sample_rate, plan.steps)
+    if (spent := over_budget(config, history, release)) is not None:
         return math.nan, spent, True
+    epsilon, key = charge(*release)
+    engine, private, optimizer, loader = make_private(
+        model, TensorDataset(x, y), config, release, plan.lr_at(rnd, 0), key
+    )
+    loss = private_steps(private, optimizer, loader, plan, rnd, pos_weight, key)
+    private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
+    if engine.accountant.history != [release]:  # what was charged
+        raise RuntimeError(f"DP accounting: Opacus recorded {engine.accountant.history}")
+    log.info(
+        "DP round: σ=%.3f, q=%.4f, %d steps, the run's ε so far %.3f",
+        sigma, sample_rate, plan.steps, epsilon,
+    )  # fmt: skip
+    return loss, epsilon, False
 
-    epsilon, key = charge(sigma, sample_rate, plan.steps)
-    generator = sampling_generator(SecretStream(key, b"poisson sampling"))
+
+def over_budget(config: DPConfig, history: History, release: Noisy) -> float | None:
+    """The ε spent so far if ``release`` would take the run past its budget (with a warning),
+    else None."""
+    planned = epsilon_of([*history, release], config.delta)
+    budget = config.target_epsilon
+    if budget <= 0 or planned <= budget * 1.01:  # 1 % = Opacus's noise search tolerance
+        return None
+    spent = epsilon_of(history, config.delta)
+    log.warning(
+        "privacy budget spent: ε=%.3f of %.3f; another round would reach %.3f, "
+        "so this region stops training",
+        spent, budget, planned,
+    )  # fmt: skip
+    return spent
+
+
+def make_private(
+    model: nn.Module, rows: TensorDataset, config: DPConfig, release: Noisy, lr: float,
+    key: bytes,
+) -> tuple[PrivacyEngine, nn.Module, DPOptimizer, DataLoader]:  # fmt: skip
+    """Opacus's engine, model, optimiser and loader for one release: Poisson samples from the
+    release's secret key, at exactly the sampling rate that was charged."""
+    sigma, sample_rate, _ = release
     loader = DPDataLoader.from_data_loader(
-        DataLoader(TensorDataset(x, y), batch_size=config.logical_batch(rows)), generator=generator
+        DataLoader(rows, batch_size=config.logical_batch(len(rows))),
+        generator=sampling_generator(SecretStream(key, b"poisson sampling")),
     )
     if 1 / len(loader) != sample_rate:
         raise RuntimeError(f"DP accounting: Opacus samples at {1 / len(loader)}, not {sample_rate}")
     engine = PrivacyEngine(accountant="rdp")
     private, optimizer, loader = engine.make_private(
         module=model,
-        optimizer=_optimizer(model, config, plan.lr_at(rnd, 0)),
+        optimizer=_optimizer(model, config, lr),
         data_loader=loader,  # already Poisson-sampled, from the region's generator
         noise_multiplier=sigma,
         max_grad_norm=config.max_grad_norm,
@@ -394,6 +423,15 @@ def dp_train(
     )
     if isinstance(optimizer.original_optimizer, AdamBC):  # the noise Opacus really adds
         optimizer.original_optimizer.noise_std = lambda: gradient_noise_std(optimizer)
+    return engine, private, optimizer, loader
+
+
+def private_steps(
+    private: nn.Module, optimizer: DPOptimizer, loader: DataLoader, plan: Plan, rnd: int,
+    pos_weight: float, key: bytes,
+) -> float:  # fmt: skip
+    """Round ``rnd``'s ``plan.steps`` logical DP-SGD steps, the noise drawn from the release's
+    secret key; the mean loss."""
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     private.train()
     total, step = torch.zeros(()), 0
@@ -419,14 +457,7 @@ def dp_train(
                     bar.update()
                     if step == plan.steps:
                         break
-    private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
-    if engine.accountant.history != [(sigma, sample_rate, plan.steps)]:  # what was charged
-        raise RuntimeError(f"DP accounting: Opacus recorded {engine.accountant.history}")
-    log.info(
-        "DP round: σ=%.3f, q=%.4f, %d steps, the run's ε so far %.3f",
-        sigma, sample_rate, plan.steps, epsilon,
-    )  # fmt: skip
-    return total.item() / max(plan.steps, 1), epsilon, False
+    return total.item() / max(plan.steps, 1)
 
 
 def ledger_report(state_dir: Path, policy: RegionPolicy) -> list[str]:
