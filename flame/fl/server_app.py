@@ -239,6 +239,17 @@ def main(grid: Grid, context: Context) -> None:
         raise SettingsError(f"{BAD_INPUT}{err}") from err
 
 
+@dataclass
+class ServerRun:
+    """What the ServerApp holds through one run."""
+
+    model: FraudMLP  # the global model (its weights: the initial model, then the saved one)
+    card: ModelCard
+    strategy: FlameStrategy
+    round_end: RoundEnd  # what ends each round: the server's evaluation and the checkpoint
+    tracker: Tracker
+
+
 def serve(grid: Grid, context: Context) -> None:
     settings = server_settings(context.run_config)
     setup_logging(verbose=settings.flower_dumps)
@@ -246,6 +257,30 @@ def serve(grid: Grid, context: Context) -> None:
     torch.set_num_threads(settings.torch_threads)
     out, resumed = run_folder(settings)
     done = resumed.state.round if resumed else 0  # rounds completed before this run
+    run = set_up(settings, out, resumed)
+    initial = ArrayRecord(run.model.state_dict())
+    if done >= settings.num_server_rounds:
+        log.info("All %d rounds were already complete; saving the final model", done)
+        run.round_end(0, initial)
+        return finish(out, run, initial, settings)
+    wait_for_regions(grid, settings)
+    polling.cap_pull_backoff(settings.poll_interval)
+    try:
+        runner = with_update_noise(run.strategy, settings)
+        result = start(runner, grid, initial, settings, run.round_end, done)
+    except RunFailed:
+        run.tracker.close("FAILED")
+        raise
+    if run.strategy.trained_rounds == 0:
+        run.tracker.close("FAILED")
+        raise nothing_trained(run.strategy, settings, done)
+    finish(out, run, result.arrays or initial, settings)
+
+
+def set_up(settings: FlameSettings, out: Path, resumed: Resumed | None) -> ServerRun:
+    """The run's test set, initial model (warm start, or a resumed run's checkpoint),
+    tracker, strategy and round end."""
+    done = resumed.state.round if resumed else 0
     x_test, y_test = test_set(settings, out)
     log.info(privacy_line(settings))
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
@@ -264,23 +299,7 @@ def serve(grid: Grid, context: Context) -> None:
         resumed.restore(model, strategy)
     else:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
-    initial = ArrayRecord(model.state_dict())
-    if done >= settings.num_server_rounds:
-        log.info("All %d rounds were already complete; saving the final model", done)
-        round_end(0, initial)
-        return finish(out, model, card, initial, round_end, tracker, settings)
-    wait_for_regions(grid, settings)
-    polling.cap_pull_backoff(settings.poll_interval)
-    try:
-        result = start(with_update_noise(strategy, settings), grid, initial, settings, round_end,
-                       done)  # fmt: skip
-    except RunFailed:
-        tracker.close("FAILED")
-        raise
-    if strategy.trained_rounds == 0:
-        tracker.close("FAILED")
-        raise nothing_trained(strategy, settings, done)
-    finish(out, model, card, result.arrays or initial, round_end, tracker, settings)
+    return ServerRun(model, card, strategy, round_end, tracker)
 
 
 def start(
@@ -330,31 +349,14 @@ def operating_point(card: ModelCard) -> plots.OperatingPoint | None:
     )
 
 
-def finish(
-    out: Path,
-    model: FraudMLP,
-    card: ModelCard,
-    arrays: ArrayRecord,
-    round_end: RoundEnd,
-    tracker: Tracker,
-    settings: FlameSettings,
-) -> None:
+def finish(out: Path, run: ServerRun, arrays: ArrayRecord, settings: FlameSettings) -> None:
     """Save the selected global model (``strategy.selected``, else ``arrays``) with its card,
     plots and artifacts."""
-    strategy, evaluator = round_end.strategy, round_end.evaluator
-    chosen = strategy.selected
-    if chosen is not None:
-        arrays, card.threshold, card.selected_round = chosen.arrays, chosen.threshold, chosen.round
-        card.validation_score_counts = chosen.val_counts
-        card.validation_score_edges = fm.probability_edges(len(chosen.val_counts))
-        log.info(
-            "Selected round %d: pooled client validation PR-AUC %.4f",
-            chosen.round, chosen.val_pr_auc,
-        )  # fmt: skip
-    else:
-        card.threshold = strategy.threshold
+    card, evaluator, tracker = run.card, run.round_end.evaluator, run.tracker
+    chosen = run.strategy.selected
+    arrays = selected_arrays(card, run.strategy, arrays)
     scored = evaluator.score(arrays, card.threshold, budget=chosen is not None)
-    alive = round_end.alive
+    alive = run.round_end.alive
     if evaluator.constant() or (alive and not any(alive.values())):
         tracker.close("FAILED")
         which = "the model to save" if evaluator.constant() else "every trained round's model"
@@ -364,8 +366,8 @@ def finish(
             "was saved"
         )
     card.metrics = {k: float(v) for k, v in scored.items()}
-    model.load_state_dict(arrays.to_torch_state_dict())
-    save_model(out / "model.pt", model, card)
+    run.model.load_state_dict(arrays.to_torch_state_dict())
+    save_model(out / "model.pt", run.model, card)
     tracker.log(SELECTED, card.selected_round, "evaluate", card.metrics)
     artifacts = [out / "model.pt"]
     artifacts += plots.curves(
@@ -374,8 +376,23 @@ def finish(
     if (table := tracker.close_csv()) is not None:
         artifacts += [table, plots.rounds(table, out)]
     tracker.artifacts(artifacts)
-    tracker.model(
-        out / "model.pt", card, model_tags(evaluator.test_digest, settings, strategy.epsilon)
-    )
+    tags = model_tags(evaluator.test_digest, settings, run.strategy.epsilon)
+    tracker.model(out / "model.pt", card, tags)
     tracker.close()
     log.info("Saved the model to %s (threshold %.6f)", out / "model.pt", card.threshold)
+
+
+def selected_arrays(card: ModelCard, strategy: FlameStrategy, last: ArrayRecord) -> ArrayRecord:
+    """The model selection kept (its round, threshold and validation scores onto ``card``),
+    else ``last`` at the strategy's threshold."""
+    chosen = strategy.selected
+    if chosen is None:
+        card.threshold = strategy.threshold
+        return last
+    card.threshold, card.selected_round = chosen.threshold, chosen.round
+    card.validation_score_counts = chosen.val_counts
+    card.validation_score_edges = fm.probability_edges(len(chosen.val_counts))
+    log.info(
+        "Selected round %d: pooled client validation PR-AUC %.4f", chosen.round, chosen.val_pr_auc
+    )
+    return chosen.arrays

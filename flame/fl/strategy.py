@@ -240,37 +240,8 @@ class FlameStrategy(FedAvg):
         replies = by_region(replies)  # a fixed order: the same seed gives the same model
         self.take_validation(server_round, replies)
         roll = self.roll_call(server_round, "train", replies)
-        kept = []
         totals = {"bytes_sent": 0.0, "bytes_received": 0.0}
-        for msg in replies:
-            if msg.has_error():
-                kept.append(msg)
-                continue
-            record = metric_record(msg.content)
-            row = {"loss": record["train_loss"], "num_examples": record["num_examples"]}
-            if "epsilon" in record:
-                row["epsilon"] = record["epsilon"]
-                self.epsilon = max(self.epsilon, float(record["epsilon"]))
-            for key in totals:
-                row[key] = record[key]
-                totals[key] += float(record[key])
-            region = region_of(msg.content)
-            self.tracker.log(client_kind(region), server_round, "train", row)
-            if "data_digest" in record:  # round 1: what the region trains on (no rows)
-                digest = f"{int(record['data_digest']):013x}"
-                self.tracker.dataset(
-                    f"region-{region}", int(record["num_examples"]), int(record["num_frauds"]),
-                    digest,
-                )  # fmt: skip
-            if record.get("dp_exhausted", 0):
-                log.warning("round %d: region %s sat out, its privacy budget is spent",
-                            server_round, region)  # fmt: skip
-            else:
-                if self.codec != "none" and self.round_arrays is not None:
-                    msg.content["arrays"] = server_decode(
-                        msg.content["arrays"], self.round_arrays, self.codec
-                    )
-                kept.append(msg)
+        kept = [m for m in replies if m.has_error() or self.took_update(server_round, m, totals)]
         arrays, metrics = super().aggregate_train(server_round, kept)
         if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
             raise RunDiverged(f"round {server_round}: the aggregated model has non-finite "
@@ -282,6 +253,34 @@ class FlameStrategy(FedAvg):
             row |= {"epsilon": metrics["epsilon"]} if "epsilon" in metrics else {}
         self.tracker.log(CLIENTS, server_round, "train", row)
         return arrays, metrics
+
+    def took_update(self, server_round: int, msg: Message, totals: dict[str, float]) -> bool:
+        """Log one region's train reply (its loss, ε, bytes; in round 1 its data's digest) and
+        decode its update; False if the region sat out (its privacy budget is spent)."""
+        record = metric_record(msg.content)
+        row = {"loss": record["train_loss"], "num_examples": record["num_examples"]}
+        if "epsilon" in record:
+            row["epsilon"] = record["epsilon"]
+            self.epsilon = max(self.epsilon, float(record["epsilon"]))
+        for key in totals:
+            row[key] = record[key]
+            totals[key] += float(record[key])
+        region = region_of(msg.content)
+        self.tracker.log(client_kind(region), server_round, "train", row)
+        if "data_digest" in record:  # round 1: what the region trains on (no rows)
+            digest = f"{int(record['data_digest']):013x}"
+            self.tracker.dataset(
+                f"region-{region}", int(record["num_examples"]), int(record["num_frauds"]), digest
+            )
+        if record.get("dp_exhausted", 0):
+            log.warning("round %d: region %s sat out, its privacy budget is spent",
+                        server_round, region)  # fmt: skip
+            return False
+        if self.codec != "none" and self.round_arrays is not None:
+            msg.content["arrays"] = server_decode(
+                msg.content["arrays"], self.round_arrays, self.codec
+            )
+        return True
 
     @whole_run_round
     def aggregate_evaluate(
