@@ -467,12 +467,14 @@ def main() -> None:
     reused = (
         f" ({bench.reused} of {len(todo)} runs reused from {args.work})" if bench.reused else ""
     )
+    synthetic = any(j.column != "real" for j in todo)
     intro = (
         f"{time.strftime('%Y-%m-%d')}, {machine}, {minutes:.0f} min{reused}; {args.rounds} rounds, "
-        f"seeds {args.seeds} (real column), seed {args.seeds[0]} (synthetic, "
-        f"{args.synth_rows:,} rows at {FRAUD_RATE:.3%} fraud)."
+        f"seeds {args.seeds} (real column)"
+        + (f", seed {args.seeds[0]} (synthetic, {args.synth_rows:,} rows at {FRAUD_RATE:.3%} "
+           "fraud)" if synthetic else "") + "."
         + (f" Settings: {' '.join(args.set)}." if args.set else "")
-    )
+    )  # fmt: skip
     (args.out / "quality.md").write_text(f"{intro}\n\n{text}\n")
     raw = [{"row": j.row.name, "column": j.column, "seed": j.seed, "heldout": j.heldout, **r}
            for j, r in results]  # fmt: skip
