@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ WITH = False  # drop_balances=WITH: the model with the balance columns (--with-b
 ROWS = (
     # without the balance columns: the default model
     Row("warm start alone, no balances", "warm"),
+    Row("warm start alone, DP model, no balances", "warm", DP1),  # DP's smaller default model
     Row("federated, no balances (the default model)", "federated"),
     Row("federated, no balances, no warm start", "federated", COLD, real_only=True),
     Row("federated DP ε=1, no balances", "federated", DP1, real_only=True),
@@ -87,6 +89,7 @@ ROWS = (
     Row("HistGradientBoosting, no balances", "hgb"),
     # with the balance columns (--with-balances)
     Row("warm start alone, with balances", "warm", drop_balances=WITH),
+    Row("warm start alone, DP model, with balances", "warm", DP1, drop_balances=WITH),
     Row("federated, with balances", "federated", drop_balances=WITH),
     Row("federated, with balances, no warm start", "federated", COLD, drop_balances=WITH,
         real_only=True),
@@ -266,14 +269,14 @@ def rounds(metrics_csv: Path) -> dict[str, object]:
         return {}
     frame = pd.read_csv(metrics_csv)
     frame = frame[(frame["stage"] == "evaluate") & (frame["round"] > 0)]
-    by_kind = {k: g.set_index("round")["pr_auc"] for k, g in frame.groupby("kind")}
-    if "client_aggregate" not in by_kind or "selected" not in by_kind:
+    # a round logged twice (a resumed run): its last row
+    by_kind = {k: g.groupby("round")["pr_auc"].last() for k, g in frame.groupby("kind")}
+    if not {"client_aggregate", "server", "selected"} <= set(by_kind):
         return {}
-    held = by_kind["server"]
     return {
         "validation_by_round": [float(v) for v in by_kind["client_aggregate"].sort_index()],
-        "heldout_by_round": [float(held[r]) for r in sorted(held.index)],
-        "selected_round": int(by_kind["selected"].index[0]),
+        "heldout_by_round": [float(v) for v in by_kind["server"].sort_index()],
+        "selected_round": int(by_kind["selected"].index[-1]),
     }
 
 
@@ -290,19 +293,27 @@ def round_table(results: list[tuple[Job, dict]]) -> str:
     head = " | ".join(f"r{i}" for i in range(1, n + 1))
     lines = [
         f"| model | held-out PR-AUC per round: {head} | validation per round: {head} "
-        "| kept round (mean) | kept | final round | kept − final: wins / ties / losses |",
+        "| kept rounds (runs) | kept | final round | kept − final: wins / ties / losses |",
         "|---|" + "---:|" * (2 * n + 4),
     ]
     for name in (r.name for r in ROWS if r.name in runs):
-        rs = runs[name]
-        held = np.array([r["heldout_by_round"] for r in rs if len(r["heldout_by_round"]) == n])
-        val = np.array([r["validation_by_round"] for r in rs if len(r["validation_by_round"]) == n])
+        rs = [
+            r
+            for r in runs[name]
+            if len(r["heldout_by_round"]) == len(r["validation_by_round"]) == n
+        ]
+        if not rs:
+            continue
+        held = np.array([r["heldout_by_round"] for r in rs])
+        val = np.array([r["validation_by_round"] for r in rs])
         kept = np.array([r["pr_auc"] for r in rs])
         final = np.array([r["heldout_by_round"][-1] for r in rs])
         diff = kept - final
         record = f"{(diff > 1e-3).sum()} / {(abs(diff) <= 1e-3).sum()} / {(diff < -1e-3).sum()}"
         cells = [f"{v:.3f}" for v in held.mean(axis=0)] + [f"{v:.3f}" for v in val.mean(axis=0)]
-        cells += [f"{np.mean([r['selected_round'] for r in rs]):.1f}", f"{kept.mean():.3f}"]
+        kept_rounds = Counter(r["selected_round"] for r in rs)
+        cells += [", ".join(f"r{k} ×{v}" for k, v in sorted(kept_rounds.items(), reverse=True))]
+        cells += [f"{kept.mean():.3f}"]
         cells += [f"{final.mean():.3f}", record]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -434,6 +445,8 @@ def main() -> None:
     args = p.parse_args()
     args.extra = dict(parse_setting(s) for s in args.set)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.headline and args.rows:
+        sys.exit("quality: --headline and --rows each choose the rows; give one of them")
     if (ROOT / ".env").exists():
         sys.exit("quality: .env is present and would change every run's settings; move it away")
     missing = [f for f in REAL_FILES if not (args.real / f).exists()]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flame.data.schema import PaySimFormatError
 from flame.log import setup_logging
-from flame.settings import RUN_CONFIG_FIELDS, SettingsError, add_run_flags, load_settings
+from flame.settings import CENTRAL_FIELDS, SettingsError, add_run_flags, load_settings
 
 
 def _count(text: str) -> int:
@@ -195,7 +195,7 @@ def _baseline(args: argparse.Namespace) -> None:
     from flame.ops.baseline import run_baseline
     from flame.track.tracking import CsvSink
 
-    overrides = {f: getattr(args, f) for f in RUN_CONFIG_FIELDS} | {
+    overrides = {f: getattr(args, f) for f in CENTRAL_FIELDS} | {
         "data_path": args.data, "drop_balance_features": args.drop_balance_features,
         "out_dir": args.out,
     }  # fmt: skip
@@ -397,7 +397,11 @@ def parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     base.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>)")
-    add_run_flags(base, "run settings (--rounds: as many step blocks as federated rounds)")
+    add_run_flags(
+        base,
+        "run settings it reads (--rounds: as many step blocks as federated rounds)",
+        CENTRAL_FIELDS,
+    )
     base.set_defaults(func=_baseline)
 
     score = sub.add_parser("score", help="score a PaySim CSV with a saved model")

@@ -718,18 +718,29 @@ def _region_settings(run: tuple[tuple[str, Any], ...]) -> FlameSettings:
     return load_settings(dict(run))
 
 
+# what central training (flame baseline) reads of the run settings: the data and the model's
+# training, nothing federated (regions' sampling and time-outs, DP, updates, attacks)
+CENTRAL_FIELDS = (
+    *DataSettings.model_fields, "num_server_rounds", "local_epochs", "min_local_steps",
+    "learning_rate", "lr_schedule", "batch_size", "hidden_sizes", "pos_weight", "threshold",
+    "alert_rate", "pretrain_rows", "model_selection",
+)  # fmt: skip
 # the short flags main.py and flame baseline have always had, for three run settings
 FLAG_ALIASES = {"num_server_rounds": "--rounds", "synth_rows": "--rows",
                 "synth_fraud_rate": "--fraud-rate"}  # fmt: skip
 
 
-def add_run_flags(parser: argparse.ArgumentParser, title: str = "run settings") -> None:
-    """A flag for every run setting, from its field: ``--dp-target-epsilon`` sets
-    FLAME_DP_TARGET_EPSILON (the run-config key), with the field's description and choices.
-    A flag's value is text, validated with the settings (so a bad value names FLAME_X)."""
+def add_run_flags(
+    parser: argparse.ArgumentParser, title: str = "run settings",
+    names: Iterable[str] = RUN_CONFIG_FIELDS,
+) -> None:  # fmt: skip
+    """A flag for each run setting in ``names`` (all by default), from its field:
+    ``--dp-target-epsilon`` sets FLAME_DP_TARGET_EPSILON (the run-config key), with the field's
+    description and choices. A flag's value is text, validated with the settings (so a bad
+    value names FLAME_X)."""
     group = parser.add_argument_group(title, "each flag overrides FLAME_<NAME> of .env")
     fields = FlameSettings.model_fields
-    for name in RUN_CONFIG_FIELDS:
+    for name in names:
         field = fields[name]
         flags = [*([FLAG_ALIASES[name]] if name in FLAG_ALIASES else []), f"--{config_key(name)}"]
         kind = field.annotation  # X | None: X

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flame.settings import (
+    CENTRAL_FIELDS,
     RUN_CONFIG_FIELDS,
     RUN_FIELDS,
     FlameSettings,
@@ -223,23 +224,27 @@ def test_a_tracking_uri_mlflow_can_use_is_kept(monkeypatch: pytest.MonkeyPatch, 
     assert load_settings().mlflow_tracking_uri == uri
 
 
-def test_every_run_setting_is_a_flag_of_main_py_and_flame_baseline() -> None:
+def test_every_run_setting_is_a_flag_of_main_py_and_flame_baseline_has_its_own() -> None:
     """The flags come from the settings' fields: a run knob added to the settings is a flag of
-    both entry points, with its choices, and a flag's value is the setting's value."""
+    main.py, with its choices, and a flag's value is the setting's value; flame baseline (central
+    training) has the flags of what it reads, and refuses a federated one it would ignore."""
     from flame.cli import parser
     from main import parse
 
     baseline = parser().parse_args
-    argv = ["--rounds", "4", "--dp-target-epsilon", "2", "--codec", "int8", "--dp", "true"]
-    argv += ["--hidden-sizes", "8,4", "--regions", "a,b,c"]
-    for args in (vars(parse(argv)), vars(baseline(["baseline", *argv]))):
-        given = {k: v for k, v in args.items() if k in RUN_CONFIG_FIELDS and v is not None}
+    common = ["--rounds", "4", "--hidden-sizes", "8,4", "--regions", "a,b,c", "--seed", "3"]
+    federated = ["--dp-target-epsilon", "2", "--codec", "int8", "--dp", "true"]
+    for args, fields in ((vars(parse(common + federated)), RUN_CONFIG_FIELDS),
+                         (vars(baseline(["baseline", *common])), CENTRAL_FIELDS)):  # fmt: skip
+        given = {k: v for k, v in args.items() if k in fields and v is not None}
         settings = load_settings(**given)
-        assert (settings.num_server_rounds, settings.dp_target_epsilon) == (4, 2.0)
-        assert (settings.codec, settings.dp, settings.hidden_sizes) == ("int8", True, [8, 4])
+        assert (settings.num_server_rounds, settings.hidden_sizes, settings.seed) == (4, [8, 4], 3)
         assert settings.regions == ["a", "b", "c"]
-        unset = set(RUN_CONFIG_FIELDS) - set(given)
-        assert all(args[f] is None for f in unset)  # the rest: .env's, not the flags' defaults
+        assert all(args[f] is None for f in set(fields) - set(given))  # the rest: .env's
+    settings = load_settings(**{k: v for k, v in vars(parse(federated)).items() if v is not None})
+    assert (settings.dp_target_epsilon, settings.codec, settings.dp) == (2.0, "int8", True)
     for bad in (["--codec", "gzip"], ["--dp", "yes"]):
         with pytest.raises(SystemExit):
             parse(bad)
+    with pytest.raises(SystemExit):
+        baseline(["baseline", "--dp", "true"])  # central training has no DP: not a flag
