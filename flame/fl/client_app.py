@@ -75,7 +75,7 @@ def region_arrays(data: DataSpec, region: str, data_path: str) -> dict[str, Spli
 def _setup(msg: Message, context: Context, split: str) -> tuple[FlameSettings, str, Split]:
     setup_logging()
     settings = task_settings(context)
-    region = region_name(context, settings)
+    region = region_name(context, settings.regions)
     data_path = str(context.node_config.get("data-path", ""))
     return settings, region, region_arrays(settings.data_spec(), region, data_path)[split]
 
@@ -272,7 +272,7 @@ def local_training(
         loss = train_steps(
             model, torch.from_numpy(x), torch.from_numpy(y), plan=plan, rnd=rnd,
             batch_size=settings.batch_size, pos_weight=pos_weight,
-            seed=region_seed(settings, region, rnd), desc=f"{region} round {rnd}",
+            seed=region_seed(settings.seed, region, rnd), desc=f"{region} round {rnd}",
         )  # fmt: skip
     if not extra.get("dp_exhausted"):
         converging(loss, model, y, pos_weight, settings)
@@ -336,5 +336,5 @@ def fraud_amounts(settings: FlameSettings, x_val: np.ndarray) -> fm.Amounts | No
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Scores the global model on the region's validation rows (no torch import)."""
-    region = region_name(context, task_settings(context))
+    region = region_name(context, task_settings(context).regions)
     return _reply(msg, region, {"metrics": validation(msg, context)})

@@ -45,18 +45,18 @@ def _train_reply(msg: Message, reply: Message) -> bool:
 
 def _region(msg: Message, context: Context) -> str:
     try:
-        return region_name(context, task_settings(context))
+        return region_name(context, task_settings(context).regions)
     except (Refusal, ValueError):  # settings it cannot read: the node's own name for itself
         return str(context.node_config.get("region", "a region"))
 
 
 def _region_and_seed(msg: Message, context: Context) -> tuple[FlameSettings, str, int]:
     settings = task_settings(context)
-    region = region_name(context, settings)
+    region = region_name(context, settings.regions)
     return (
         settings,
         region,
-        region_seed(settings, region, int(msg.content["config"]["server-round"])),
+        region_seed(settings.seed, region, int(msg.content["config"]["server-round"])),
     )
 
 

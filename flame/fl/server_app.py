@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flame.data.features import amounts, feature_names
 from flame.data.partition import heldout_arrays
+from flame.data.spec import DataSpec
 from flame.fl import checkpoint, polling
 from flame.fl.packing import PackedGrid
 from flame.fl.protocol import BAD_INPUT, RunFailed, RunLearntNothing
@@ -26,13 +27,20 @@ from flame.fl.strategy import (
     Selected,
     build_strategy,
     evaluated_through,
+    one_message_per_round,
 )
 from flame.log import setup_logging
 from flame.model import metrics as fm
 from flame.model.net import FraudMLP, ModelCard, new_card, save_model
 from flame.model.pretrain import initial_model
 from flame.model.train import predict_logits
-from flame.settings import FlameSettings, SettingsError, server_settings
+from flame.settings import (
+    FlameSettings,
+    PrivacySettings,
+    SettingsError,
+    UpdateSettings,
+    server_settings,
+)
 from flame.track import plots
 from flame.track.access import login
 from flame.track.tracking import SELECTED, SERVER, Tracker, test_set_digest
@@ -144,16 +152,16 @@ def run_params(settings: FlameSettings, test_rows: int) -> dict[str, object]:
     return params
 
 
-def privacy_line(settings: FlameSettings) -> str:
+def privacy_line(privacy: PrivacySettings) -> str:
     """Whether this run is private, said plainly at its start."""
-    if not settings.dp:
+    if not privacy.dp:
         return "Privacy: NOT private: DP-SGD is off (FLAME_DP=true makes this a DP run)"
     budget = (
-        f"target ε={settings.dp_target_epsilon:g}" if settings.dp_target_epsilon
-        else f"noise multiplier {settings.dp_noise_multiplier:g}"
+        f"target ε={privacy.dp_target_epsilon:g}" if privacy.dp_target_epsilon
+        else f"noise multiplier {privacy.dp_noise_multiplier:g}"
     )  # fmt: skip
     return (
-        f"Privacy: DP-SGD, {budget}, δ={settings.dp_delta:g} per region; each region charges "
+        f"Privacy: DP-SGD, {budget}, δ={privacy.dp_delta:g} per region; each region charges "
         "its own ledger and applies its own policy"
     )
 
@@ -196,35 +204,35 @@ def run_folder(settings: FlameSettings) -> tuple[Path, Resumed | None]:
     return out, resumed
 
 
-def test_set(settings: FlameSettings, out: Path) -> tuple[torch.Tensor, np.ndarray]:
-    x, y = heldout_arrays(settings.data_spec())
+def test_set(data: DataSpec, out: Path) -> tuple[torch.Tensor, np.ndarray]:
+    x, y = heldout_arrays(data)
     fm.require_usable_rows(y, "the server's test set", fm.UNDEFINED)
     log.info("Run folder %s; server test set %d rows, %d frauds", out, len(y), int(y.sum()))
     return torch.from_numpy(x), y
 
 
-def with_update_noise(strategy: FlameStrategy, settings: FlameSettings) -> Strategy:
-    """``strategy``, or (FLAME_UPDATE_NOISE) each region's update clipped to FLAME_UPDATE_CLIP
-    and Gaussian noise added to the aggregate."""
-    if settings.update_noise <= 0:
+def with_update_noise(strategy: FlameStrategy, updates: UpdateSettings, sampled: int) -> Strategy:
+    """``strategy``, or (FLAME_UPDATE_NOISE) each of the ``sampled`` regions' updates clipped to
+    FLAME_UPDATE_CLIP and Gaussian noise added to the aggregate."""
+    if updates.update_noise <= 0:
         return strategy
     return ClippedNoisy(
         strategy,
-        noise_multiplier=settings.update_noise,
-        clipping_norm=settings.update_clip,
-        num_sampled_clients=max(1, round(settings.fraction_train * len(settings.regions))),
+        noise_multiplier=updates.update_noise,
+        clipping_norm=updates.update_clip,
+        num_sampled_clients=sampled,
     )
 
 
-def nothing_trained(strategy: FlameStrategy, settings: FlameSettings, done: int) -> RunFailed:
+def nothing_trained(strategy: FlameStrategy, round_timeout: float, rounds: int) -> RunFailed:
     errors = sorted(strategy.errors)
     reason = errors[0][:300] if errors else (
-        f"no reply within FLAME_ROUND_TIMEOUT={settings.round_timeout:g} s: raise it if a "
+        f"no reply within FLAME_ROUND_TIMEOUT={round_timeout:g} s: raise it if a "
         "region's round takes longer, or check that the regions are up"
     )  # fmt: skip
     more = f"; and {len(errors) - 1} other reasons above" if len(errors) > 1 else ""
     return NothingTrainedError(
-        f"no region returned a model update in any of the {settings.num_server_rounds - done} "
+        f"no region returned a model update in any of the {rounds} "
         f"rounds ({reason}{more}); no model was saved"
     )
 
@@ -248,6 +256,8 @@ class ServerRun:
     strategy: FlameStrategy
     round_end: RoundEnd  # what ends each round: the server's evaluation and the checkpoint
     tracker: Tracker
+    learning_knobs: str  # the settings to lower when training learnt nothing
+    dp_delta: float | None  # a DP run's δ (its registered model's tags), else None
 
 
 def serve(grid: Grid, context: Context) -> None:
@@ -262,26 +272,29 @@ def serve(grid: Grid, context: Context) -> None:
     if done >= settings.num_server_rounds:
         log.info("All %d rounds were already complete; saving the final model", done)
         run.round_end(0, initial)
-        return finish(out, run, initial, settings)
-    wait_for_regions(grid, settings)
+        return finish(out, run, initial)
+    wait_for_regions(grid, len(settings.regions), settings.join_timeout)
     polling.cap_pull_backoff(settings.poll_interval)
+    rounds = settings.num_server_rounds - done
     try:
-        runner = with_update_noise(run.strategy, settings)
-        result = start(runner, grid, initial, settings, run.round_end, done)
+        sampled = max(1, round(settings.fraction_train * len(settings.regions)))
+        runner = with_update_noise(run.strategy, settings, sampled)
+        packed = PackedGrid(polling.PromptGrid(grid, settings.poll_interval))
+        result = start(runner, packed, initial, run.round_end, rounds, settings.round_timeout)
     except RunFailed:
         run.tracker.close("FAILED")
         raise
     if run.strategy.trained_rounds == 0:
         run.tracker.close("FAILED")
-        raise nothing_trained(run.strategy, settings, done)
-    finish(out, run, result.arrays or initial, settings)
+        raise nothing_trained(run.strategy, settings.round_timeout, rounds)
+    finish(out, run, result.arrays or initial)
 
 
 def set_up(settings: FlameSettings, out: Path, resumed: Resumed | None) -> ServerRun:
     """The run's test set, initial model (warm start, or a resumed run's checkpoint),
     tracker, strategy and round end."""
     done = resumed.state.round if resumed else 0
-    x_test, y_test = test_set(settings, out)
+    x_test, y_test = test_set(settings.data_spec(), out)
     log.info(privacy_line(settings))
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     card.alert_rate = settings.alert_rate
@@ -289,53 +302,55 @@ def set_up(settings: FlameSettings, out: Path, resumed: Resumed | None) -> Serve
         card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,
         settings.cache_dir, warm=resumed is None,
     )  # fmt: skip
-    logged = evaluated_through(settings, done) if resumed else None
+    one_message = one_message_per_round(settings.evaluate_in_train, settings.fraction_evaluate)
+    logged = evaluated_through(one_message, done, settings.num_server_rounds) if resumed else None
     tracker = Tracker(settings, out, run_params(settings, len(y_test)),
                       done if resumed else None, evaluated_through=logged)  # fmt: skip
-    strategy = build_strategy(settings, tracker)
+    strategy = build_strategy(settings, settings, settings.regions, settings.codec, tracker)
     evaluator = ServerEvaluator(model, (x_test, y_test), settings.alert_rate)
     round_end = RoundEnd(evaluator, strategy, out, checkpoint.fixed_settings(settings))
     if resumed:
         resumed.restore(model, strategy)
     else:
         tracker.dataset("server-test", len(y_test), int(y_test.sum()), evaluator.test_digest)
-    return ServerRun(model, card, strategy, round_end, tracker)
+    delta = settings.dp_delta if settings.dp else None
+    return ServerRun(model, card, strategy, round_end, tracker, settings.learning_knobs(), delta)
 
 
 def start(
-    runner: Strategy, grid: Grid, initial: ArrayRecord, settings: FlameSettings,
-    round_end: RoundEnd, done: int,
+    runner: Strategy, grid: PackedGrid, initial: ArrayRecord, round_end: RoundEnd, rounds: int,
+    timeout: float,
 ) -> Result:  # fmt: skip
-    """Flower's round loop over the rounds left after ``done``."""
+    """Flower's round loop over the ``rounds`` left."""
     return runner.start(
-        grid=PackedGrid(polling.PromptGrid(grid, settings.poll_interval)),  # type: ignore[arg-type]
+        grid=grid,  # type: ignore[arg-type]
         initial_arrays=initial,
-        num_rounds=settings.num_server_rounds - done,
-        timeout=settings.round_timeout,
+        num_rounds=rounds,
+        timeout=timeout,
         train_config=ConfigRecord(),  # the run's settings are its run config, not a message's
         evaluate_config=ConfigRecord(),
         evaluate_fn=round_end,
     )
 
 
-def wait_for_regions(grid: Grid, settings: FlameSettings) -> None:
-    """Give every region FLAME_JOIN_TIMEOUT to connect before round 1, then go with who is there
-    (at least FLAME_MIN_REGIONS, which Flower's sampling waits for)."""
-    want, deadline = len(settings.regions), time.monotonic() + settings.join_timeout
+def wait_for_regions(grid: Grid, want: int, join_timeout: float) -> None:
+    """Give all ``want`` regions FLAME_JOIN_TIMEOUT to connect before round 1, then go with who
+    is there (at least FLAME_MIN_REGIONS, which Flower's sampling waits for)."""
+    deadline = time.monotonic() + join_timeout
     while len(list(grid.get_node_ids())) < want and time.monotonic() < deadline:
         time.sleep(1)
     have = len(list(grid.get_node_ids()))
     if have < want:
         log.warning("starting with %d of %d regions connected after %.0f s",
-                    have, want, settings.join_timeout)  # fmt: skip
+                    have, want, join_timeout)  # fmt: skip
 
 
-def model_tags(digest: str, settings: FlameSettings, epsilon: float) -> dict[str, str]:
+def model_tags(digest: str, epsilon: float, dp_delta: float | None) -> dict[str, str]:
     """What a registered model version records besides its card: the test set it was scored
-    on, and its privacy (DP runs)."""
+    on, and its privacy (DP runs: ``dp_delta`` set)."""
     tags = {"test_set": digest}
-    if settings.dp:
-        tags |= {"dp_epsilon": f"{epsilon:.4f}", "dp_delta": f"{settings.dp_delta:g}"}
+    if dp_delta is not None:
+        tags |= {"dp_epsilon": f"{epsilon:.4f}", "dp_delta": f"{dp_delta:g}"}
     return tags
 
 
@@ -349,7 +364,7 @@ def operating_point(card: ModelCard) -> plots.OperatingPoint | None:
     )
 
 
-def finish(out: Path, run: ServerRun, arrays: ArrayRecord, settings: FlameSettings) -> None:
+def finish(out: Path, run: ServerRun, arrays: ArrayRecord) -> None:
     """Save the selected global model (``strategy.selected``, else ``arrays``) with its card,
     plots and artifacts."""
     card, evaluator, tracker = run.card, run.round_end.evaluator, run.tracker
@@ -362,7 +377,7 @@ def finish(out: Path, run: ServerRun, arrays: ArrayRecord, settings: FlameSettin
         which = "the model to save" if evaluator.constant() else "every trained round's model"
         raise RunLearntNothing(
             f"{which} gives all {len(evaluator.logits)} server test rows the same score (a dead "
-            f"network: training learnt nothing); lower {settings.learning_knobs()}; no model "
+            f"network: training learnt nothing); lower {run.learning_knobs}; no model "
             "was saved"
         )
     card.metrics = {k: float(v) for k, v in scored.items()}
@@ -376,7 +391,7 @@ def finish(out: Path, run: ServerRun, arrays: ArrayRecord, settings: FlameSettin
     if (table := tracker.close_csv()) is not None:
         artifacts += [table, plots.rounds(table, out)]
     tracker.artifacts(artifacts)
-    tags = model_tags(evaluator.test_digest, settings, run.strategy.epsilon)
+    tags = model_tags(evaluator.test_digest, run.strategy.epsilon, run.dp_delta)
     tracker.model(out / "model.pt", card, tags)
     tracker.close()
     log.info("Saved the model to %s (threshold %.6f)", out / "model.pt", card.threshold)

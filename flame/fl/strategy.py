@@ -25,7 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flame.fl.compression import server_decode
 from flame.fl.protocol import DIVERGED_REASON, EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, RunDiverged
 from flame.model import metrics as fm
-from flame.settings import FlameSettings
+from flame.settings import RobustnessSettings, TrainingSettings
 from flame.track.tracking import CLIENTS, Tracker, client_kind
 
 AGGREGATORS: dict[str, type[FedAvg]] = {
@@ -356,9 +356,9 @@ class ClippedNoisy(DifferentialPrivacyServerSideFixedClipping):
         return super().aggregate_train(server_round, replies)
 
 
-def one_message_per_round(settings: FlameSettings) -> bool:
+def one_message_per_round(evaluate_in_train: bool, fraction_evaluate: float) -> bool:
     """FLAME_EVALUATE_IN_TRAIN, in a run whose regions evaluate at all."""
-    return settings.evaluate_in_train and settings.fraction_evaluate > 0
+    return evaluate_in_train and fraction_evaluate > 0
 
 
 def scored_next_round(one_message: bool, server_round: int, last_round: int) -> bool:
@@ -366,40 +366,43 @@ def scored_next_round(one_message: bool, server_round: int, last_round: int) -> 
     return one_message and 0 < server_round < last_round
 
 
-def evaluated_through(settings: FlameSettings, done: int) -> int:
+def evaluated_through(one_message: bool, done: int, last_round: int) -> int:
     """The last round whose evaluation is logged once round ``done`` is checkpointed."""
-    late = scored_next_round(one_message_per_round(settings), done, settings.num_server_rounds)
-    return done - 1 if late else done
+    return done - 1 if scored_next_round(one_message, done, last_round) else done
 
 
-def build_strategy(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
+def build_strategy(
+    training: TrainingSettings, robustness: RobustnessSettings, regions: list[str], codec: str,
+    tracker: Tracker,
+) -> FlameStrategy:  # fmt: skip
     """The configured aggregation rule (Flower's built-ins) with Flame's tracking on top."""
-    base = AGGREGATORS[settings.aggregation]
+    base = AGGREGATORS[robustness.aggregation]
     cls = (
         FlameStrategy
         if base is FedAvg
         else type(f"Flame{base.__name__}", (FlameStrategy, base), {})
     )
-    n = len(settings.regions)
-    least = min(settings.min_regions, n)  # never wait for more regions than this
+    n = len(regions)
+    least = min(training.min_regions, n)  # never wait for more regions than this
     kwargs: dict[str, Any] = {
-        "fraction_train": settings.fraction_train,
-        "fraction_evaluate": settings.fraction_evaluate,
+        "fraction_train": training.fraction_train,
+        "fraction_evaluate": training.fraction_evaluate,
         "min_train_nodes": least,
         "min_evaluate_nodes": least,
         "min_available_nodes": least,
         "weighted_by_key": "num_examples",  # one spelling per metric key: the CSV's
     }
     if base in (Krum, MultiKrum):
-        kwargs["num_malicious_nodes"] = settings.num_malicious
+        kwargs["num_malicious_nodes"] = robustness.num_malicious
     if base is MultiKrum:
-        kwargs["num_nodes_to_select"] = max(1, n - settings.num_malicious)
+        kwargs["num_nodes_to_select"] = max(1, n - robustness.num_malicious)
     if base is FedTrimmedAvg:
-        kwargs["beta"] = settings.trim_beta
+        kwargs["beta"] = robustness.trim_beta
+    one_message = one_message_per_round(training.evaluate_in_train, training.fraction_evaluate)
     strategy = cls(
-        tracker, settings.threshold, settings.codec, settings.regions,
-        select_best=settings.model_selection == "best-val",
-        evaluate_in_train=one_message_per_round(settings), last_round=settings.num_server_rounds,
-        alert_rate=settings.alert_rate, **kwargs,
+        tracker, training.threshold, codec, regions,
+        select_best=training.model_selection == "best-val",
+        evaluate_in_train=one_message, last_round=training.num_server_rounds,
+        alert_rate=training.alert_rate, **kwargs,
     )  # fmt: skip
     return strategy  # type: ignore[return-value]

@@ -12,16 +12,17 @@ from flame.fl.protocol import Refusal
 from flame.settings import FlameSettings, SettingsError, region_settings
 
 
-def region_name(context: Context, settings: FlameSettings) -> str:
+def region_name(context: Context, regions: list[str]) -> str:
+    """The node's own ``region`` (deployment), else FLAME_REGIONS[partition-id] (simulation)."""
     if "region" in context.node_config:
         return str(context.node_config["region"])
     index = int(context.node_config.get("partition-id", 0))
-    if index >= len(settings.regions):
+    if index >= len(regions):
         raise ValueError(
             f"SuperNode partition-id {index} has no region: FLAME_REGIONS lists "
-            f"{settings.regions}; run as many SuperNodes as regions"
+            f"{regions}; run as many SuperNodes as regions"
         )
-    return settings.regions[index]
+    return regions[index]
 
 
 def task_settings(context: Context) -> FlameSettings:
@@ -32,5 +33,5 @@ def task_settings(context: Context) -> FlameSettings:
         raise Refusal(f"the run's config is refused: {err}") from None
 
 
-def region_seed(settings: FlameSettings, region: str, rnd: int) -> int:
-    return settings.seed + 1000 * rnd + zlib.crc32(region.encode()) % 1000
+def region_seed(seed: int, region: str, rnd: int) -> int:
+    return seed + 1000 * rnd + zlib.crc32(region.encode()) % 1000

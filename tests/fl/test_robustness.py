@@ -10,10 +10,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from flame.fl.attacks import poison_labels, poison_update
 from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
-from flame.fl.strategy import build_strategy
-from flame.settings import load_settings
+from flame.fl.strategy import FlameStrategy, build_strategy
+from flame.settings import FlameSettings, load_settings
 from flame.track.tracking import Tracker
 from tests.test_integration import run_main
+
+
+def build(settings: FlameSettings, tracker: Tracker) -> FlameStrategy:
+    return build_strategy(settings, settings, settings.regions, settings.codec, tracker)
 
 
 def test_poison_update_kinds() -> None:
@@ -32,12 +36,12 @@ def test_poison_update_kinds() -> None:
 @pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
 def test_every_aggregator_builds_with_tracking(name: str, tmp_path: Path) -> None:
     settings = load_settings(aggregation=name, regions="a,b,c,d,e")
-    strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
+    strategy = build(settings, Tracker(settings, tmp_path, {}))
     from flame.fl.strategy import AGGREGATORS, FlameStrategy
 
     assert isinstance(strategy, FlameStrategy) and isinstance(strategy, AGGREGATORS[name])
     assert strategy.min_available_nodes == strategy.min_train_nodes == 1  # lost regions skipped
-    strict = build_strategy(load_settings(min_regions=9, regions="a,b"), strategy.tracker)
+    strict = build(load_settings(min_regions=9, regions="a,b"), strategy.tracker)
     assert strict.min_available_nodes == 2  # never more than the regions that exist
 
 
@@ -94,7 +98,7 @@ def test_selected_round_is_the_best_by_pooled_validation_only(
     settings = load_settings(
         model_selection=selection, evaluate_in_train=in_train, num_server_rounds=3
     )
-    strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
+    strategy = build(settings, Tracker(settings, tmp_path, {}))
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.2).astype(np.float32)
     separation = {1: 1.0, 2: 4.0, 3: 0.5}
@@ -140,7 +144,7 @@ def test_selection_keeps_the_latest_round_that_scores_as_well(tmp_path: Path) ->
     from flame.model import metrics as fm
 
     settings = load_settings(num_server_rounds=5)
-    strategy = build_strategy(settings, Tracker(settings, tmp_path, {}))
+    strategy = build(settings, Tracker(settings, tmp_path, {}))
     frauds = 100.0  # one standard error at PR-AUC 0.99: 0.00995
     assert fm.pr_auc_margin(0.99, frauds) == pytest.approx(0.00995, rel=1e-3)
     assert fm.pr_auc_margin(1.0, frauds) == pytest.approx(0.005)  # half a fraud's share

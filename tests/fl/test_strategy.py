@@ -55,7 +55,13 @@ def test_each_rule_is_flowers_own_with_flames_tracking(rule: str, base: type) ->
     settings = load_settings(
         aggregation=rule, regions="a,b,c,d,e", num_malicious=1, trim_beta=0.25, min_regions=9
     )
-    strategy = build_strategy(settings, NoTracker())  # type: ignore[arg-type]
+    strategy = build_strategy(
+        settings,
+        settings,
+        settings.regions,
+        settings.codec,
+        NoTracker(),  # type: ignore[arg-type]
+    )
     assert isinstance(strategy, FlameStrategy) and isinstance(strategy, base)
     assert strategy.min_train_nodes == 5  # never waits for more regions than the run has
     if base is MultiKrum:

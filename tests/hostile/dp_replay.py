@@ -1,6 +1,6 @@
 """Seed replay on DP-SGD: a coordinator strips the regions' DP noise off their updates.
 
-A region seeds torch's global generator with ``region_seed(settings, region, round)`` (public:
+A region seeds torch's global generator with ``region_seed(seed, region, round)`` (public:
 it depends on the run settings and the region's name only) before Opacus draws the Poisson
 sample and the Gaussian noise, so whoever knows the seed can draw the same noise. The attacker
 picks run settings that make the replay exact: DP-SGD (plain SGD, no Adam state), a fixed σ,
@@ -112,7 +112,7 @@ def main(grid: Grid, context: Context) -> None:
             continue
         region = str(reply.content.config_records[INFO_KEY]["region"])
         rows = int(reply.content.metric_records["metrics"]["num_examples"])
-        seed = region_seed(settings, region, ROUND)
+        seed = region_seed(settings.seed, region, ROUND)
         received = reply.content.array_records["arrays"].to_torch_state_dict()
         recovered = denoised(settings, model, received, rows, seed)
         weights = {"initial": model.state_dict(), "received": received, "recovered": recovered}
