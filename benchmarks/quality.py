@@ -109,6 +109,14 @@ ROWS = (
     Row("federated DP clip only (σ=0), with balances", "federated",
         {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, drop_balances=WITH,
         headline=False),
+    # where DP's loss without the balance columns comes from: the DP model's size, its
+    # clipping and batches (σ=0), or its noise (ε=8)
+    Row("federated, no balances, DP model size", "federated", {"FLAME_HIDDEN_SIZES": "32,16"},
+        real_only=True, headline=False),
+    Row("federated DP clip only (σ=0), no balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, real_only=True, headline=False),
+    Row("federated DP ε=8, no balances", "federated",
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}, real_only=True, headline=False),
 )  # fmt: skip
 
 
