@@ -33,11 +33,11 @@ from flame.data.spec import DataSpec
 from flame.fl.ledger import EVALUATE, TRAIN, Ledger, Release
 from flame.fl.mods import refusals_as_errors, simulated_attack, update_codec
 from flame.fl.packing import packed_arrays
-from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY
+from flame.fl.protocol import EVALUATE_FIRST, INFO_KEY, VALIDATION_KEY, Refusal
 from flame.fl.task import region_name, region_seed, task_settings
 from flame.log import setup_logging
 from flame.model import metrics as fm
-from flame.model.inference import mlp_logits
+from flame.model.inference import layer_params, mlp_logits
 from flame.settings import FlameSettings
 
 
@@ -88,8 +88,27 @@ def _model(msg: Message, settings: FlameSettings) -> FraudMLP:
 
     torch.set_num_threads(settings.torch_threads)
     model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    received: ArrayRecord = msg.content["arrays"]
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    got = {k: list(received[k].shape) for k in received}
+    if got != want:
+        raise Refusal(
+            f"the received model is refused: its weights {got} are not this run's model {want}"
+        )
+    model.load_state_dict(received.to_torch_state_dict())
     return model
+
+
+def received_weights(msg: Message, columns: int) -> dict[str, np.ndarray]:
+    """The task's global model as numpy arrays, refused in one line unless it is a FraudMLP
+    for rows of ``columns`` features."""
+    received: ArrayRecord = msg.content["arrays"]
+    weights = {k: received[k].numpy() for k in received}
+    try:
+        layer_params(weights, columns)
+    except ValueError as err:
+        raise Refusal(f"the received model is refused: {err}") from None
+    return weights
 
 
 def _uptime() -> float:
@@ -301,8 +320,7 @@ def validation(msg: Message, context: Context) -> MetricRecord:
     # with amount sums a privatized answer is two Gaussian releases of sensitivity 1 at σ:
     # charged as one of sensitivity √2, i.e. noise multiplier σ/√2
     _, key = state.charge(EVALUATE, noise / math.sqrt(2) if amounts else noise, 1.0, 1)
-    received: ArrayRecord = msg.content["arrays"]
-    logits = mlp_logits({k: received[k].numpy() for k in received}, x_val)
+    logits = mlp_logits(received_weights(msg, x_val.shape[1]), x_val)
     threshold = float(msg.content["config"]["threshold"])
     from flame.fl.region_secret import SecretStream
 

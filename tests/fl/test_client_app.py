@@ -123,3 +123,20 @@ def test_fraud_amount_sums_travel_only_as_the_regions_policy_allows(
         assert sum(answer["hist_amount"]) != pytest.approx(np.minimum(money, 1e6).sum())
         return
     assert 0 <= fm.alert_figures(answer, 0.5, 0.0)["amount_recall"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_a_model_that_is_not_the_runs_is_refused_in_one_line(kind: str) -> None:
+    """A coordinator that sends other weights (another model size or feature count) gets a
+    one-line refusal naming them, not a traceback."""
+    from flame.fl.mods import refusals_as_errors
+
+    run = load_settings(synth_rows=4000, synth_fraud_rate=0.05, min_local_steps=1)
+    other = load_settings(hidden_sizes="8", drop_balance_features=False)
+    task = _task(other, kind)
+    handler = client_app.train if kind == "train" else client_app.evaluate
+    reply = refusals_as_errors(task, _context(run), handler)
+    assert reply.has_error()
+    reason = reply.error.reason
+    assert "\n" not in reason and "the received model is refused" in reason
+    assert "net.0.weight" in reason

@@ -81,3 +81,18 @@ def test_weights_of_another_model_are_refused_naming_their_keys() -> None:
         mlp_logits(state, np.ones((1, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="not FraudMLP weights"):
         mlp_logits({}, np.ones((1, 2), dtype=np.float32))
+
+
+def test_weights_that_do_not_fit_the_rows_are_refused_in_one_line() -> None:
+    w, b = np.ones((1, 2), np.float32), np.zeros(1, np.float32)
+    with pytest.raises(
+        ValueError, match=r"not a FraudMLP for 3 features: net.0.weight is \[1, 2\]"
+    ):
+        mlp_logits({"net.0.weight": w, "net.0.bias": b}, np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"no net.0.bias"):
+        mlp_logits({"net.0.weight": w}, np.ones((5, 2), np.float32))
+    wide = {"net.0.weight": np.ones((2, 2), np.float32), "net.0.bias": np.zeros(2, np.float32)}
+    with pytest.raises(ValueError, match="2 outputs, not 1"):
+        mlp_logits(wide, np.ones((5, 2), np.float32))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        mlp_logits({"net.0.weight": w, "net.0.bias": b}, np.ones((5, 2), np.float32), 0)
