@@ -54,6 +54,11 @@ def run_baseline(
     x_test, y_test = (torch.from_numpy(a) for a in heldout_arrays(data))
     fm.require_usable_rows(y.numpy(), "the regions' training rows", "nothing to learn fraud from")
     fm.require_usable_rows(y_test.numpy(), "the server's test set", fm.UNDEFINED)
+    if len(y_val) == 0:
+        raise fm.DegenerateDataError(
+            "the regions' validation rows: none (raise FLAME_VAL_FRACTION); no round can be "
+            "chosen without them"
+        )
     card = new_card(settings.drop_balance_features, settings.hidden_sizes, settings.threshold)
     model = initial_model(
         card, settings.seed, settings.pretrain_rows, settings.batch_size, settings.learning_rate,

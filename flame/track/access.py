@@ -56,7 +56,7 @@ def read_credentials(path: Path, setting: str = SETTING) -> tuple[str, str]:
         parser.read_string(path.read_text())
     except OSError as err:
         raise SettingsError(f"{setting}={path}: cannot read it ({err.strerror})") from None
-    except configparser.Error:
+    except (configparser.Error, UnicodeDecodeError):
         raise SettingsError(f"{setting}={path}: not an MLflow credentials file") from None
     section = parser[SECTION] if parser.has_section(SECTION) else {}
     username, password = section.get(USER_KEY, ""), section.get(PASSWORD_KEY, "")
