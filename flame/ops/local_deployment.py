@@ -61,6 +61,7 @@ class LocalDeployment:
         self.env = os.environ | {"FLWR_HOME": str(folder / "flwr-home"), "PATH": path}
         self.env |= env or {}
         self.certs = certs
+        self.loggers: dict[str, tuple[subprocess.Popen[bytes], threading.Thread]] = {}
         self.security = ["--insecure"] if certs is None else []
         self.supernode_args = supernode_args or []
         self.superlink_args = superlink_args or []
@@ -74,10 +75,22 @@ class LocalDeployment:
             command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        threading.Thread(
+        logger = threading.Thread(
             target=_stamp, args=(process, self.folder / f"{name}.log"), daemon=True
-        ).start()
+        )
+        logger.start()
+        self.loggers[name] = (process, logger)
         return process
+
+    def last_words(self, name: str) -> str:
+        """The last line process ``name`` wrote to its log (all of it, once it has exited)."""
+        process, logger = self.loggers[name]
+        if process.poll() is not None:
+            logger.join(timeout=5)
+        path = self.folder / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        lines = [line.split(" ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
 
     def start_superlink(self) -> None:
         command = [

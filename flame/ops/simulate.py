@@ -63,7 +63,7 @@ def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="flame-simulation-") as folder:
         link = LocalDeployment(Path(folder), settings, env=env, superlink_args=["--simulation"])
         with link:
-            link.start_superlink()
+            start_superlink(link)
             end = submit(
                 APP, run_config(settings, APP), federation(settings), env=link.env,
                 show=(lambda line: True) if verbose else Shown(), to=sys.stderr,
@@ -74,6 +74,17 @@ def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
     if end.status != COMPLETED:
         raise failure(end)
     return out
+
+
+def start_superlink(link: LocalDeployment) -> None:
+    """The simulation's SuperLink, or a RunFailed saying why it did not start, with its log's
+    last line."""
+    try:
+        link.start_superlink()
+    except (RuntimeError, TimeoutError) as err:
+        said = link.last_words("superlink") or "its log is empty"
+        why = str(err).split("; see ")[0]  # not the log's path: it is gone once the run ends
+        raise RunFailed(f"the simulation's SuperLink did not start ({why}): {said}") from None
 
 
 def failure(end: RunEnd) -> Exception:

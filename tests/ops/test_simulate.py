@@ -86,3 +86,27 @@ def test_an_earlier_runs_folder_is_refused_before_any_work(
     with pytest.raises(SettingsError, match="holds an earlier run"):
         run({"out_dir": str(tmp_path)})
     assert not (tmp_path / "cache").exists()  # no data prepared
+
+
+def test_a_superlink_that_does_not_start_is_one_line_with_its_own_last_words(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its log lives in a folder the run removes, so the reason is in the error itself."""
+    from flame.ops import local_deployment
+
+    broken = tmp_path / "flower-superlink"
+    broken.write_text("#!/bin/sh\necho 'Address already in use: 127.0.0.1:9093' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    real = local_deployment._bin
+    monkeypatch.setattr(
+        local_deployment, "_bin", lambda n: str(broken) if n == "flower-superlink" else real(n)
+    )
+    flags = {"synth_rows": "2000", "num_server_rounds": "1", "out_dir": str(tmp_path / "run")}
+    for key, value in flags.items():  # run() exports its flags: undone after
+        monkeypatch.setenv(f"FLAME_{key.upper()}", value)
+    with pytest.raises(RunFailed) as failed:
+        run(flags)
+    message = str(failed.value)
+    assert message.startswith("the simulation's SuperLink did not start")
+    assert "process exited (1)" in message and "Address already in use" in message
+    assert "\n" not in message and "see /" not in message
