@@ -150,7 +150,8 @@ class LocalDeployment:
             if self.sites is not None:
                 done = self.register(self.sites / region / "node.pub")
                 if done.returncode != 0:
-                    raise RuntimeError(f"registering {region} failed: {done.stderr or done.stdout}")
+                    said = " ".join((done.stderr or done.stdout).split())  # flwr's box, one line
+                    raise RuntimeError(f"registering {region} failed: {said}")
             self.start_node(index)
 
     def kill(self, process: subprocess.Popen[bytes] | None) -> None:
@@ -210,4 +211,4 @@ def wait_healthy(
                 return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s; see {log}")
+    raise TimeoutError(f"{url} not healthy after {timeout:g} s; see {log}")
