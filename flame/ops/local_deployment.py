@@ -10,6 +10,7 @@ fault-tolerance tests (kill a SuperNode, restart the SuperLink) and handy for de
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -83,14 +84,17 @@ class LocalDeployment:
         return process
 
     def last_words(self, name: str) -> str:
-        """The last line process ``name`` wrote to its log (all of it, once it has exited)."""
+        """The last error line process ``name`` wrote to its log, else its last line (all of
+        the log, once it has exited)."""
         process, logger = self.loggers[name]
         if process.poll() is not None:
             logger.join(timeout=5)
         path = self.folder / f"{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Flower's colours
         lines = [line.split(" ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        errors = [line for line in lines if "ERROR" in line or "Error" in line]
+        return (errors or lines or [""])[-1]
 
     def start_superlink(self) -> None:
         command = [

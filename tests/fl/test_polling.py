@@ -11,7 +11,8 @@ from flame.fl import polling
 
 
 def test_apply_patches_flowers_polling_modules_and_caps_their_sleep(monkeypatch) -> None:
-    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", raising=False)
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "")  # undone after, set or not
+    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
     originals = {n: importlib.import_module(n).time for n in polling.PATCHED_MODULES}
     try:
         # the module exists in the pinned Flower: a rename fails here, not silently in prod

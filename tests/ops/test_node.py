@@ -49,8 +49,9 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Started:
         function = getattr(inflatable_utils, name)
         monkeypatch.setattr(function, "__kwdefaults__", dict(function.__kwdefaults__))
     monkeypatch.setenv("PATH", os.environ["PATH"])
-    monkeypatch.delenv(POLL_ENV, raising=False)
-    monkeypatch.delenv(SOCKET_ENV, raising=False)
+    for name in (POLL_ENV, SOCKET_ENV):  # set then removed: undone after, even if unset before
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     seen = Started()
 

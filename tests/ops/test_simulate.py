@@ -95,7 +95,10 @@ def test_a_superlink_that_does_not_start_is_one_line_with_its_own_last_words(
     from flame.ops import local_deployment
 
     broken = tmp_path / "flower-superlink"
-    broken.write_text("#!/bin/sh\necho 'Address already in use: 127.0.0.1:9093' >&2\nexit 1\n")
+    broken.write_text(
+        "#!/bin/sh\necho 'ERROR [Errno 98] Address already in use: 127.0.0.1:9093' >&2\n"
+        "echo '\033[92mINFO \033[0m: Application shutdown complete.'\nexit 1\n"
+    )
     broken.chmod(0o755)
     real = local_deployment._bin
     monkeypatch.setattr(
@@ -109,4 +112,4 @@ def test_a_superlink_that_does_not_start_is_one_line_with_its_own_last_words(
     message = str(failed.value)
     assert message.startswith("the simulation's SuperLink did not start")
     assert "process exited (1)" in message and "Address already in use" in message
-    assert "\n" not in message and "see /" not in message
+    assert "\n" not in message and "see /" not in message and "shutdown" not in message
