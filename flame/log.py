@@ -25,12 +25,17 @@ class FlowerDumps(logging.Filter):
         return not (self.quiet and record.levelno <= logging.INFO and record.msg in NOISY)
 
 
+class FlameConsole(logging.StreamHandler):  # type: ignore[type-arg]
+    """Flame's one console handler: told apart from handlers others attach to the logger (a
+    test runner's capture, an embedding application's own)."""
+
+
 def setup_logging(level: int = logging.INFO, verbose: bool | None = None) -> None:
     """Flame's console handler; Flower's dumps hidden, shown with ``verbose`` (None: keep what
     an earlier call in this process chose)."""
     logger = logging.getLogger("flame")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, FlameConsole) for h in logger.handlers):
+        handler = FlameConsole()
         handler.setFormatter(logging.Formatter("%(levelname)s flame: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from flame.log import NOISY, FlowerDumps, setup_logging
+from flame.log import NOISY, FlameConsole, FlowerDumps, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +69,25 @@ def test_the_level_is_set_by_the_first_call_and_one_handler_stays_one(
     setup_logging(logging.WARNING)
     setup_logging(logging.DEBUG)  # a later call adds nothing, changes nothing
     flame = logging.getLogger("flame")
-    assert len(flame.handlers) == 1 and flame.level == logging.WARNING
+    consoles = [h for h in flame.handlers if isinstance(h, FlameConsole)]
+    assert len(consoles) == 1 and flame.level == logging.WARNING
     flame.info("hidden")
     flame.warning("shown once")
     assert capsys.readouterr().err == "WARNING flame: shown once\n"
+
+
+def test_a_handler_someone_else_attached_does_not_stand_in_for_flames_console(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """pytest 9 attaches its capture to every logger that does not propagate, and an embedding
+    application may attach its own: Flame's console line is still printed, once."""
+    other = logging.StreamHandler(io.StringIO())
+    logging.getLogger("flame").addHandler(other)
+    setup_logging()
+    setup_logging()
+    logging.getLogger("flame.server").warning("round 1 failed")
+    assert capsys.readouterr().err == "WARNING flame: round 1 failed\n"
+    assert other.stream.getvalue() == "round 1 failed\n"  # theirs still gets it
 
 
 def test_one_flower_filter_whose_choice_a_later_call_keeps_unless_it_says() -> None:
