@@ -84,20 +84,23 @@ def child_flame_train(csv: str, cache: str, epochs: int) -> dict:
     from flame.settings import load_settings
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    os.environ |= {"FLAME_DATA_PATH": csv, "FLAME_CACHE_DIR": cache}
-    # the same passes as the plain loop: epochs decide the steps, one round
-    os.environ |= {"FLAME_LOCAL_EPOCHS": str(epochs), "FLAME_NUM_SERVER_ROUNDS": "1"}
-    os.environ |= {"FLAME_MIN_LOCAL_STEPS": "1", "FLAME_LR_SCHEDULE": "constant"}
+    os.environ |= {"FLAME_DATA_PATH": csv, "FLAME_CACHE_DIR": cache}  # the node's own settings
     from flame.fl import client_app
+    from flame.settings import run_config
 
-    settings = load_settings()
-    model = FraudMLP(len(feature_names()), settings.hidden_sizes)
+    # the same passes as the plain loop: epochs decide the steps, one round; run settings
+    # reach the ClientApp as Flower's run config, as in a real run
+    settings = load_settings(
+        data_path=csv, cache_dir=cache, local_epochs=epochs, num_server_rounds=1,
+        min_local_steps=1, lr_schedule="constant",
+    )  # fmt: skip
+    model = FraudMLP(len(feature_names(settings.drop_balance_features)), settings.hidden_sizes)
     content = {"arrays": ArrayRecord(model.state_dict())}
     content["config"] = ConfigRecord({"server-round": 1})  # type: ignore[assignment]
     msg = Message(RecordDict(content), dst_node_id=1, message_type="train")  # type: ignore[arg-type]
     times = []
     for _ in range(REPEATS):  # the first call also loads the region's arrays
-        context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
+        context = Context(1, 1, {"partition-id": 0}, RecordDict(), run_config(settings))
         started = time.perf_counter()
         reply = client_app.train(msg, context)
         times.append(time.perf_counter() - started)

@@ -28,7 +28,9 @@ def read_line(connection: socket.socket) -> bytes:
     data = b""
     while not data.endswith(b"\n"):
         chunk = connection.recv(65536)
-        if not chunk or len(data) > MAX_REQUEST:
+        if not chunk:
             raise ValueError("request cut short")
         data += chunk
+        if len(data) > MAX_REQUEST and not data.endswith(b"\n"):
+            raise ValueError(f"request longer than {MAX_REQUEST} bytes")
     return data
