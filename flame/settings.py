@@ -516,7 +516,21 @@ class FlameSettings(
         return f"FLAME_LEARNING_RATE (now {self.learning_rate:g})"
 
     def resolved_out_dir(self) -> Path:
-        return self.out_dir or self.runs_dir / datetime.now().strftime("%Y%m%d-%H%M%S")
+        """FLAME_OUT_DIR, else a new folder under FLAME_RUNS_DIR named for the time and made
+        here, so that a second run started in the same second gets its own (``-2``, ``-3``)."""
+        if self.out_dir:
+            return self.out_dir
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):
+            folder = self.runs_dir / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                folder.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError:  # not writable: the caller's check names the setting
+                return folder
+            return folder
+        raise SettingsError(f"FLAME_RUNS_DIR {self.runs_dir}: 999 runs started at {stamp}")
 
     def data_source(self) -> Path | None:
         """The PaySim file/folder to use, or None for synthetic data."""

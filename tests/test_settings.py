@@ -248,3 +248,26 @@ def test_every_run_setting_is_a_flag_of_main_py_and_flame_baseline_has_its_own()
             parse(bad)
     with pytest.raises(SystemExit):
         baseline(["baseline", "--dp", "true"])  # central training has no DP: not a flag
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`flame baseline` then `python main.py` within one second: the second run took the
+    first's folder and was refused as "holds an earlier run" (CI, 2026-12-04)."""
+    import datetime as dt
+
+    import flame.settings as fs
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Frozen:
+            return cls(2026, 12, 4, 18, 27, 39)
+
+    monkeypatch.setattr(fs, "datetime", Frozen)
+    settings = load_settings(runs_dir=tmp_path / "runs")
+    folders = [settings.resolved_out_dir() for _ in range(3)]
+    stamp = "20261204-182739"
+    assert [f.name for f in folders] == [stamp, f"{stamp}-2", f"{stamp}-3"]
+    assert all(f.is_dir() for f in folders)
+    assert load_settings(out_dir=tmp_path / "mine").resolved_out_dir() == tmp_path / "mine"
