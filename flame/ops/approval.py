@@ -40,6 +40,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flame.log import setup_logging
+
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
@@ -297,7 +299,6 @@ def clientapp_main() -> None:
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     from flame.fl.polling import cap_pull_backoff
-    from flame.log import setup_logging
     from flame.settings import load_settings
 
     setup_logging()

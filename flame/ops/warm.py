@@ -26,6 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from flame.log import setup_logging
 from flame.ops.handoff import SOCKET_ENV, read_line
 
 log = logging.getLogger("flame.ops.warm")
@@ -162,8 +163,6 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    from flame.log import setup_logging
-
     setup_logging()
     serve(Path(sys.argv[1]))
 
