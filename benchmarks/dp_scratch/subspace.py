@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (scratch diagnostics for issue #25, item 2; not the product's DP path)
 """DP-SGD in a subspace spanned by public (synthetic) per-sample gradients, against DP-SGD on
 every weight: the model without the balance columns, two regions, 5 rounds of 100 steps, FedAvg.
 
