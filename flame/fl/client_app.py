@@ -92,8 +92,10 @@ def _model(msg: Message, settings: FlameSettings) -> FraudMLP:
     want = {k: list(v.shape) for k, v in model.state_dict().items()}
     got = {k: list(received[k].shape) for k in received}
     if got != want:
+        layer = next(k for k in [*want, *got] if got.get(k) != want.get(k))
         raise Refusal(
-            f"the received model is refused: its weights {got} are not this run's model {want}"
+            f"the received model is refused: its {layer} is {got.get(layer, 'missing')}, "
+            f"this run's model has {want.get(layer, 'no such weight')}"
         )
     model.load_state_dict(received.to_torch_state_dict())
     return model

@@ -139,4 +139,4 @@ def test_a_model_that_is_not_the_runs_is_refused_in_one_line(kind: str) -> None:
     assert reply.has_error()
     reason = reply.error.reason
     assert "\n" not in reason and "the received model is refused" in reason
-    assert "net.0.weight" in reason
+    assert "net.0.weight" in reason and len(reason) < 200  # fits the run's failure line
