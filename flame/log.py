@@ -4,13 +4,20 @@ console unless asked for (``main.py --verbose``)."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 # Flower's strategy logs every aggregated MetricRecord (pooled histograms: hundreds of lines a
 # round), the run config and a final results dump; Flame's round line says what matters
 NOISY = frozenset({
     "\t└──> Aggregated MetricRecord: %s", "\t└──> MetricRecord: %s", "Global evaluation",
     "\t├── ConfigRecord (train): %s", "\t├── ConfigRecord (evaluate): %s",
-    "Initial global evaluation results: %s", "Final results:", "\t%s",
+    "Initial global evaluation results: %s", "Final results:", "\t%s", "",
+    # the strategy's start banner (Flame's own lines say the rounds, the rule and the privacy)
+    "Starting %s strategy:", "\t├── Number of rounds: %d", "\t├── ArrayRecord (%.2f MB)",
+    "\t├──> Sampling:", "\t│\t├──Fraction: train (%.2f) | evaluate ( %.2f)",
+    "\t│\t├──Minimum nodes: train (%d) | evaluate (%d)", "\t│\t└──Minimum available nodes: %d",
+    "\t└──> Keys in records:", "\t\t├── Weighted by: '%s'", "\t\t├── ArrayRecord key: '%s'",
+    "\t\t└── ConfigRecord key: '%s'",
 })  # fmt: skip
 
 
@@ -47,3 +54,5 @@ def setup_logging(level: int = logging.INFO, verbose: bool | None = None) -> Non
         flower.addFilter(dumps)
     if verbose is not None:
         dumps.quiet = not verbose
+    if dumps.quiet:  # MLflow's own deprecations (SQLAlchemy's, pandas'): nothing a user can do
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")

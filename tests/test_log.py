@@ -98,3 +98,48 @@ def test_one_flower_filter_whose_choice_a_later_call_keeps_unless_it_says() -> N
     assert len(_dumps()) == 1 and not _dumps()[0].quiet
     setup_logging(verbose=False)
     assert len(_dumps()) == 1 and _dumps()[0].quiet
+
+
+def test_the_strategy_start_banner_is_hidden_unless_verbose() -> None:
+    """Flower's real banner lines (its own functions, so a changed wording shows here)."""
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
+
+    flower, seen = logging.getLogger("flwr"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep, level = Keep(), flower.level
+    flower.addHandler(keep)
+    flower.setLevel(logging.INFO)
+    try:
+        for verbose in (False, True):
+            setup_logging(verbose=verbose)
+            flower.info("Starting %s strategy:", "FlameStrategy")
+            log_strategy_start_info(3, ArrayRecord(), None, None)
+            FedAvg().summary()
+            flower.info("")
+            if not verbose:
+                assert seen == []
+    finally:
+        flower.removeHandler(keep)
+        flower.setLevel(level)
+    assert len(seen) == 14 and seen[0] == "Starting FlameStrategy strategy:"
+
+
+def test_mlflows_deprecation_warnings_are_hidden_and_others_are_not() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup_logging()
+        warnings.warn_explicit(
+            "The noload loader strategy is deprecated", DeprecationWarning,
+            "sqlalchemy_store.py", 327, module="mlflow.store.tracking.sqlalchemy_store",
+        )  # fmt: skip
+        warnings.warn_explicit("flame's own", DeprecationWarning, "x.py", 1, module="flame.x")
+        warnings.warn_explicit("a real problem", UserWarning, "u.py", 1, module="mlflow.utils")
+    assert [str(w.message) for w in caught] == ["flame's own", "a real problem"]
