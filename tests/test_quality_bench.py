@@ -74,3 +74,24 @@ def test_round_table_counts_the_rule_against_the_final_round() -> None:
     assert cells[1:3] == ["0.500", f"{np.mean([f for _, f in kept_final]):.3f}"]
     assert cells[-1] == "1 / 1 / 1"
     assert quality.round_table([]) == ""
+
+
+def test_the_synthetic_only_table_has_each_file_their_mean_and_the_pooled_figure(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/synthetic_only.py: what it reads of a scored file, and its table's columns."""
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_only", ROOT / "benchmarks" / "synthetic_only.py"
+    )
+    assert spec is not None and spec.loader is not None
+    synthetic_only = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic_only)
+    path = tmp_path / "scored.csv"
+    path.write_text("step,isFraud,fraud_probability\n1,1,0.9\n1,0,0.2\n1,1,0.1\n")
+    y, p = synthetic_only.scored(path)
+    assert y.tolist() == [1, 0, 1] and p.tolist() == [0.9, 0.2, 0.1]
+    runs = [{name: 0.5 + i / 10 for i, name in enumerate(quality.REAL_FILES)}
+            | {"mean of the files": 0.6, "pooled": 0.9}]  # fmt: skip
+    text = synthetic_only.table({"with the balance columns": runs}, [1])
+    assert "| with the balance columns | 0.500 ± 0.000 | 0.600 ± 0.000 | 0.700 ± 0.000 |" in text
+    assert text.rstrip().endswith("| 0.600 ± 0.000 | 0.900 ± 0.000 |")
