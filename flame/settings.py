@@ -526,9 +526,13 @@ class FlameSettings(
             try:
                 folder.mkdir(parents=True)
             except FileExistsError:
-                continue
-            except OSError:  # not writable: the caller's check names the setting
-                return folder
+                if folder.exists():
+                    continue
+                raise SettingsError(f"FLAME_RUNS_DIR {self.runs_dir} is not a folder") from None
+            except OSError as err:
+                raise SettingsError(
+                    f"FLAME_RUNS_DIR {self.runs_dir} is not writable: {err.strerror}"
+                ) from None
             return folder
         raise SettingsError(f"FLAME_RUNS_DIR {self.runs_dir}: 999 runs started at {stamp}")
 

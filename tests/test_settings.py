@@ -271,3 +271,11 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(
     assert [f.name for f in folders] == [stamp, f"{stamp}-2", f"{stamp}-3"]
     assert all(f.is_dir() for f in folders)
     assert load_settings(out_dir=tmp_path / "mine").resolved_out_dir() == tmp_path / "mine"
+
+
+def test_a_runs_folder_that_cannot_hold_runs_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for runs in (tmp_path / "file", tmp_path / "dangling"):
+        with pytest.raises(SettingsError, match=f"FLAME_RUNS_DIR {runs} is not"):
+            load_settings(runs_dir=runs).resolved_out_dir()

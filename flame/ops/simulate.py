@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flame.data.partition import prepare
-from flame.fl.checkpoint import check_new_folder
+from flame.fl.checkpoint import check_new_folder, resume_folder
 from flame.fl.protocol import BAD_INPUT, RunFailed
 from flame.ops.launch import COMPLETED, RunEnd, run_config, submit
 from flame.ops.local_deployment import LocalDeployment
@@ -53,9 +53,7 @@ def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             os.environ[f"FLAME_{key.upper()}"] = text
     settings = load_settings()
-    out = settings.out_dir or settings.resolved_out_dir()
-    if not settings.resume:
-        check_new_folder(out)  # before any work, not after preparing the data
+    out = out_folder(settings)  # before any work, not after preparing the data
     prepare(settings.data_spec())  # once, before the ClientApps start
     env = {"FLAME_OUT_DIR": str(out), "FLAME_FLOWER_DUMPS": str(verbose).lower(),
            # Ray's FutureWarning about GPU variables on a CPU-only run: today's behaviour, quietly
@@ -73,6 +71,16 @@ def run(overrides: Mapping[str, object], verbose: bool = False) -> Path:
             print("\n".join(["The SuperLink's last lines:", *tail]), file=sys.stderr)
     if end.status != COMPLETED:
         raise failure(end)
+    return out
+
+
+def out_folder(settings: FlameSettings) -> Path:
+    """The run's folder: with FLAME_RESUME the checkpointed run (FLAME_OUT_DIR, else the newest
+    under FLAME_RUNS_DIR), else a new one."""
+    if settings.resume:
+        return resume_folder(settings)
+    out = settings.resolved_out_dir()
+    check_new_folder(out)
     return out
 
 

@@ -113,3 +113,30 @@ def test_a_superlink_that_does_not_start_is_one_line_with_its_own_last_words(
     assert message.startswith("the simulation's SuperLink did not start")
     assert "process exited (1)" in message and "Address already in use" in message
     assert "\n" not in message and "see /" not in message and "shutdown" not in message
+
+
+def test_resume_without_out_takes_the_newest_checkpointed_run_and_makes_no_folder(
+    tmp_path: Path,
+) -> None:
+    """``main.py --resume true`` without --out: the run to continue, not a new empty folder
+    (which the ServerApp then refused as holding no checkpoint)."""
+    import os
+
+    from flame.fl.checkpoint import FOLDER
+    from flame.ops.simulate import out_folder
+
+    runs = tmp_path / "runs"
+    for name, age in (("older", 100), ("newer", 0), ("unfinished", -50)):
+        if name != "unfinished":
+            state = runs / name / FOLDER / "state.json"
+            state.parent.mkdir(parents=True)
+            state.write_text("{}")
+            os.utime(state, (1e9 - age, 1e9 - age))
+        else:
+            (runs / name).mkdir()
+    settings = load_settings(runs_dir=runs, resume=True)
+    assert out_folder(settings) == runs / "newer"
+    assert sorted(p.name for p in runs.iterdir()) == ["newer", "older", "unfinished"]
+    with pytest.raises(SettingsError, match="no run with a checkpoint"):
+        out_folder(load_settings(runs_dir=tmp_path / "empty", resume=True))
+    assert not (tmp_path / "empty").exists()
