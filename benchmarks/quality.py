@@ -74,6 +74,7 @@ class Row:
 
 COLD = {"FLAME_PRETRAIN_ROWS": "0"}  # no warm start: random initial weights
 DP1 = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"}
+SUB8 = {"FLAME_DP_SUBSPACE": "8", "FLAME_DP_MAX_GRAD_NORM": "0.1"}
 WITH = False  # drop_balances=WITH: the model with the balance columns (--with-balances)
 ROWS = (
     # without the balance columns: the default model
@@ -117,6 +118,13 @@ ROWS = (
         {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, real_only=True, headline=False),
     Row("federated DP ε=8, no balances", "federated",
         {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}, real_only=True, headline=False),
+    # DP-SGD in an 8-dim subspace of public gradients (flame.fl.subspace), clipping at 0.1
+    Row("federated DP ε=1, no balances, public subspace", "federated", DP1 | SUB8,
+        real_only=True, headline=False),
+    Row("federated DP ε=1, no balances, public subspace, no warm start", "federated",
+        DP1 | SUB8 | COLD, real_only=True, headline=False),
+    Row("federated DP ε=1, with balances, public subspace", "federated", DP1 | SUB8,
+        drop_balances=WITH, headline=False),
 )  # fmt: skip
 
 

@@ -172,6 +172,11 @@ class PrivacySettings(BaseModel):
         le=1,
         description="Poisson sampling rate of DP steps; 0 = from FLAME_DP_BATCH_SIZE.",
     )
+    dp_subspace: int = Field(
+        0, ge=0, description="DP-SGD trains only this many coordinates: the top directions of "
+        "public (synthetic) rows' per-sample gradients at the round's global model; 0 = every "
+        "weight. The clipping norm then applies to those coordinates' gradient.",
+    )  # fmt: skip
 
 
 class UpdateSettings(BaseModel):
@@ -465,6 +470,8 @@ class FlameSettings(
             raise ValueError(
                 "FLAME_DP needs FLAME_DP_NOISE_MULTIPLIER or FLAME_DP_TARGET_EPSILON > 0"
             )
+        if self.dp_subspace and not self.dp:
+            raise ValueError("FLAME_DP_SUBSPACE needs FLAME_DP=true: it is how DP-SGD trains")
         return self
 
     @model_validator(mode="after")

@@ -72,12 +72,15 @@ def run_hostile(
     return folder
 
 
+@pytest.mark.parametrize("subspace", ["0", "8"], ids=["every-weight", "public-subspace"])
 def test_seed_replay_does_not_strip_the_dp_noise(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, subspace: str
 ) -> None:
     """The coordinator replays a region's DP-SGD step from its public seed and subtracts the
-    noise; the replay must not recover the noise-free update (error of the order of the noise)."""
-    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.dp_replay:app", **attack_env())
+    noise; the replay must not recover the noise-free update (error of the order of the noise).
+    In a public subspace (FLAME_DP_SUBSPACE) the attacker computes the same basis itself."""
+    env = attack_env() | {"FLAME_DP_SUBSPACE": subspace}
+    folder = run_hostile(tmp_path, monkeypatch, "tests.hostile.dp_replay:app", **env)
     settings = launched_attack_settings()
     scores = {region: score(folder, tmp_path / "hostile", region) for region in settings.regions}
     (tmp_path / "hostile" / "scores.json").write_text(json.dumps(scores))

@@ -53,6 +53,8 @@ def _process_start() -> float:
 
 
 if TYPE_CHECKING:
+    import torch
+
     from flame.fl.privacy import DPConfig, RegionPolicy
     from flame.model.net import FraudMLP
     from flame.model.train import Plan
@@ -285,7 +287,7 @@ def local_training(
         loss, epsilon, exhausted = dp_train(
             model, torch.from_numpy(x), torch.from_numpy(y), config=dp_config(settings),
             plan=plan, rnd=rnd, history=state.history(TRAIN), pos_weight=pos_weight,
-            charge=functools.partial(state.charge, TRAIN),
+            charge=functools.partial(state.charge, TRAIN), basis=dp_basis(model, settings),
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:
@@ -298,6 +300,18 @@ def local_training(
     if not extra.get("dp_exhausted"):
         converging(loss, model, y, pos_weight, settings)
     return loss, extra
+
+
+def dp_basis(model: FraudMLP, settings: FlameSettings) -> torch.Tensor | None:
+    """The public subspace DP-SGD trains in this round (FLAME_DP_SUBSPACE), else None: from
+    synthetic rows and the received model only, so it spends no budget."""
+    if not settings.dp_subspace:
+        return None
+    from flame.fl.subspace import public_basis, public_rows
+    from flame.model.train import default_pos_weight
+
+    x, y = public_rows(settings.seed, settings.drop_balance_features)
+    return public_basis(model, x, y, settings.dp_subspace, default_pos_weight(y.numpy()))
 
 
 def converging(

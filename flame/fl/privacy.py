@@ -48,6 +48,7 @@ from tqdm import tqdm
 from flame.fl.ledger import EVALUATE, TRAIN, Charge, Ledger, Release, ledgers
 from flame.fl.protocol import Refusal
 from flame.fl.region_secret import SecretStream
+from flame.fl.subspace import Subspace
 from flame.model.train import Plan, set_lr
 
 log = logging.getLogger("flame.fl.privacy")
@@ -357,28 +358,34 @@ def dp_train(
     history: History,
     pos_weight: float,
     charge: Callable[[float, float, int], tuple[float, bytes]],
+    basis: torch.Tensor | None = None,
 ) -> tuple[float, float, bool]:
     """One round of DP training (``plan.steps`` logical steps) after the run's earlier training
-    releases ``history``. ``charge(σ, q, steps)`` records the round in the region's ledger
-    before any step (refusing it if the region's caps say so) and returns the run's ε with it
-    and the secret key this release alone draws its Poisson samples and noise from. Returns
-    (mean loss, the run's ε, budget exhausted?)."""
+    releases ``history``; with a public ``basis`` U (d × k, ``flame.fl.subspace``) only the k
+    coordinates z of θ0 + U z train, and are clipped and noised. ``charge(σ, q, steps)``
+    records the round in the region's ledger before any step (refusing it if the region's caps
+    say so) and returns the run's ε with it and the secret key this release alone draws its
+    Poisson samples and noise from. Returns (mean loss, the run's ε, budget exhausted?)."""
     sample_rate = config.effective_rate(len(x))
     sigma = noise_multiplier(config, sample_rate, plan.total)
     release = (sigma, sample_rate, plan.steps)
     if (spent := over_budget(config, history, release)) is not None:
         return math.nan, spent, True
     epsilon, key = charge(*release)
+    trained = model if basis is None else Subspace(model, basis)
     engine, private, optimizer, loader = make_private(
-        model, TensorDataset(x, y), config, release, plan.lr_at(rnd, 0), key
+        trained, TensorDataset(x, y), config, release, plan.lr_at(rnd, 0), key
     )
     loss = private_steps(private, optimizer, loader, plan, rnd, pos_weight, key)
     private._close()  # remove Opacus's hooks: the model object stays a plain nn.Module
+    if isinstance(trained, Subspace):
+        trained.write_back()
     if engine.accountant.history != [release]:  # what was charged
         raise RuntimeError(f"DP accounting: Opacus recorded {engine.accountant.history}")
     log.info(
-        "DP round: σ=%.3f, q=%.4f, %d steps, the run's ε so far %.3f",
-        sigma, sample_rate, plan.steps, epsilon,
+        "DP round: σ=%.3f, q=%.4f, %d steps%s, the run's ε so far %.3f",
+        sigma, sample_rate, plan.steps,
+        "" if basis is None else f" in a {basis.shape[1]}-dim public subspace", epsilon,
     )  # fmt: skip
     return loss, epsilon, False
 

@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from flame.fl.client_app import dp_config, region_seed, training_plan
+from flame.fl.client_app import dp_basis, dp_config, region_seed, training_plan
 from flame.fl.packing import PackedGrid
 from flame.fl.privacy import dp_train
 from flame.fl.protocol import INFO_KEY
@@ -77,6 +77,7 @@ def one_round(
     dp_train(
         model, x, y, config=config, plan=plan, rnd=ROUND, history=[], pos_weight=pos_weight,
         charge=lambda *release: (0.0, seed.to_bytes(32, "big")),  # the best guess it has
+        basis=dp_basis(model, settings),  # FLAME_DP_SUBSPACE: public, the attacker's own too
     )  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
