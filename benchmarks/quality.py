@@ -74,7 +74,8 @@ class Row:
 
 COLD = {"FLAME_PRETRAIN_ROWS": "0"}  # no warm start: random initial weights
 DP1 = {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "1"}
-SUB8 = {"FLAME_DP_SUBSPACE": "8", "FLAME_DP_MAX_GRAD_NORM": "0.1"}
+SUB8 = {"FLAME_DP_SUBSPACE": "8"}  # DP-SGD in the public subspace (clipping then 0.1)
+EVERY = {"FLAME_DP_SUBSPACE": "0"}  # DP-SGD on every weight (clipping then 1.0)
 WITH = False  # drop_balances=WITH: the model with the balance columns (--with-balances)
 ROWS = (
     # without the balance columns: the default model
@@ -115,11 +116,14 @@ ROWS = (
     Row("federated, no balances, DP model size", "federated", {"FLAME_HIDDEN_SIZES": "32,16"},
         real_only=True, headline=False),
     Row("federated DP clip only (σ=0), no balances", "federated",
-        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"}, real_only=True, headline=False),
+        {"FLAME_DP": "true", "FLAME_DP_NOISE_MULTIPLIER": "0"} | EVERY, real_only=True,
+        headline=False),
     Row("federated DP ε=8, no balances", "federated",
-        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"}, real_only=True, headline=False),
-    # DP-SGD in an 8-dim subspace of public gradients (flame.fl.subspace), clipping at 0.1
-    Row("federated DP ε=1, no balances, public subspace", "federated", DP1 | SUB8,
+        {"FLAME_DP": "true", "FLAME_DP_TARGET_EPSILON": "8"} | EVERY, real_only=True,
+        headline=False),
+    # DP-SGD from the warm start without the balance columns trains in an 8-dim subspace of
+    # public gradients (flame.fl.subspace); on every weight, or in the subspace elsewhere
+    Row("federated DP ε=1, no balances, every weight", "federated", DP1 | EVERY,
         real_only=True, headline=False),
     Row("federated DP ε=1, no balances, public subspace, no warm start", "federated",
         DP1 | SUB8 | COLD, real_only=True, headline=False),

@@ -142,6 +142,9 @@ class TrainingSettings(BaseModel):
     )
 
 
+DP_SUBSPACE, SUBSPACE_CLIP = 8, 0.1  # the public subspace's default size and clipping norm
+
+
 class PrivacySettings(BaseModel):
     """DP-SGD on every region's local training (run)."""
 
@@ -154,7 +157,10 @@ class PrivacySettings(BaseModel):
         0.0, ge=0, description="Whole-run ε budget per region; 0 = no budget (needs noise > 0)."
     )
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP δ.")
-    dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-sample clipping norm.")
+    dp_max_grad_norm: float | None = Field(
+        None, gt=0, description="DP-SGD per-sample clipping norm; unset = 0.1 in a public "
+        "subspace (FLAME_DP_SUBSPACE), 1.0 on every weight.",
+    )  # fmt: skip
     dp_optimizer: Literal["adam", "adambc", "sgd"] = Field(
         "adam", description="DP optimiser; adambc: Adam with the DP noise's variance taken out "
         "of its second moment (DP-AdamBC).",
@@ -172,10 +178,10 @@ class PrivacySettings(BaseModel):
         le=1,
         description="Poisson sampling rate of DP steps; 0 = from FLAME_DP_BATCH_SIZE.",
     )
-    dp_subspace: int = Field(
-        0, ge=0, description="DP-SGD trains only this many coordinates: the top directions of "
-        "public (synthetic) rows' per-sample gradients at the round's global model; 0 = every "
-        "weight. The clipping norm then applies to those coordinates' gradient.",
+    dp_subspace: int | None = Field(
+        None, ge=0, description="DP-SGD trains only this many coordinates: the top directions "
+        "of public (synthetic) rows' per-sample gradients at the round's global model; 0 = every "
+        "weight; unset = 8 for a warm-started model without the balance columns, else 0.",
     )  # fmt: skip
 
 
@@ -395,8 +401,8 @@ class FlameSettings(
     )
 
     @field_validator(
-        "data_path", "test_path", "out_dir", "dp_noise_multiplier", "mlflow_credentials",
-        mode="before",
+        "data_path", "test_path", "out_dir", "dp_noise_multiplier", "dp_max_grad_norm",
+        "dp_subspace", "mlflow_credentials", mode="before",
     )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -472,6 +478,17 @@ class FlameSettings(
             )
         if self.dp_subspace and not self.dp:
             raise ValueError("FLAME_DP_SUBSPACE needs FLAME_DP=true: it is how DP-SGD trains")
+        return self
+
+    @model_validator(mode="after")
+    def _default_dp_recipe(self) -> FlameSettings:
+        # measured (docs/privacy-and-robustness.md): the subspace helps from the warm start
+        # without the balance columns, and hurts from random weights
+        if self.dp_subspace is None:
+            warm = self.dp and self.pretrain_rows > 0 and self.drop_balance_features
+            self.dp_subspace = DP_SUBSPACE if warm else 0
+        if self.dp_max_grad_norm is None:
+            self.dp_max_grad_norm = SUBSPACE_CLIP if self.dp_subspace else 1.0
         return self
 
     @model_validator(mode="after")

@@ -143,6 +143,27 @@ def test_the_subspace_needs_dp() -> None:
     assert load_settings(dp=True, dp_target_epsilon=1.0, dp_subspace=8).dp_subspace == 8
 
 
+@pytest.mark.parametrize(
+    ("changes", "subspace", "clip"),
+    [
+        ({}, 8, 0.1),  # DP from the warm start, without the balance columns: the subspace
+        ({"pretrain_rows": 0}, 0, 1.0),  # from random weights: every weight
+        ({"drop_balance_features": False}, 0, 1.0),  # with the balance columns: every weight
+        ({"dp_subspace": 0}, 0, 1.0),
+        ({"dp_max_grad_norm": 0.5}, 8, 0.5),
+        ({"dp": False, "dp_target_epsilon": 0.0}, 0, 1.0),
+    ],
+)
+def test_the_default_dp_recipe(changes: dict, subspace: int, clip: float) -> None:  # type: ignore[type-arg]
+    settings = load_settings(**({"dp": True, "dp_target_epsilon": 1.0} | changes))
+    assert (settings.dp_subspace, settings.dp_max_grad_norm) == (subspace, clip)
+    # what a region reads back from the run config the server submits is the same
+    from flame.settings import run_config
+
+    again = load_settings(run_config(settings))
+    assert (again.dp_subspace, again.dp_max_grad_norm) == (subspace, clip)
+
+
 @pytest.mark.integration
 def test_a_dp_run_in_the_subspace_spends_the_same_budget(tmp_path: Path) -> None:
     """A real simulation with FLAME_DP_SUBSPACE: each region says it trains in the subspace and
