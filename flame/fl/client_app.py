@@ -297,7 +297,7 @@ def local_training(
             batch_size=settings.batch_size, pos_weight=pos_weight,
             seed=region_seed(settings.seed, region, rnd), desc=f"{region} round {rnd}",
         )  # fmt: skip
-    if not extra.get("dp_exhausted"):
+    if not settings.dp:  # under DP the noise-free loss is private: no error may depend on it
         converging(loss, model, y, pos_weight, settings)
     return loss, extra
 

@@ -458,6 +458,7 @@ def private_steps(
                 loss = loss_fn(private(xb), yb)  # an empty Poisson sample: a noise-only step
                 loss.backward()
                 total += loss.detach() if len(xb) else 0.0
+                finite_grad_samples(optimizer)
                 optimizer.step()
                 if not optimizer._is_last_step_skipped:  # a whole logical batch is done
                     step += 1
@@ -465,6 +466,18 @@ def private_steps(
                     if step == plan.steps:
                         break
     return total.item() / max(plan.steps, 1)
+
+
+def finite_grad_samples(optimizer: DPOptimizer) -> None:
+    """Zero the non-finite entries of the per-sample gradients before Opacus clips them: its
+    clip factor C/‖g‖ is 0 for an infinite norm and 0·inf is NaN, so one row whose gradient a
+    crafted model overflows would make the whole release NaN. What is left is clipped to C."""
+    for p in optimizer.params:
+        samples = p.grad_sample
+        if isinstance(samples, list):
+            p.grad_sample = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in samples]
+        elif samples is not None:
+            p.grad_sample = torch.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def ledger_report(state_dir: Path, policy: RegionPolicy) -> list[str]:

@@ -405,3 +405,71 @@ def test_noise_and_sampling_draw_from_the_whole_key() -> None:
     assert not torch.equal(*rand)
     again = torch.rand(1000, generator=sampling_generator(SecretStream(key)))
     assert torch.equal(rand[0], again)
+
+
+def hostile_model(x: torch.Tensor, y: torch.Tensor, target: int, scale: float, bias: float):  # type: ignore[no-untyped-def]
+    """A coordinator's crafted model: one hidden unit fires only on row ``target`` (the largest
+    value of a feature no other row, private or public, comes near), and drives the loss up
+    by ``scale`` there; ``bias`` lifts every row's loss past the divergence threshold."""
+    from flame.fl.subspace import public_rows
+
+    public_x, _ = public_rows(3, True)
+    rest = torch.cat([x[:target], x[target + 1 :]])
+    gaps = [x[target, c] - max(rest[:, c].max(), public_x[:, c].max()) for c in range(x.shape[1])]
+    j = int(np.argmax(gaps))
+    t = float(max(rest[:, j].max(), public_x[:, j].max()))
+    torch.manual_seed(0)
+    model = FraudMLP(x.shape[1], [16, 8])
+    with torch.no_grad():
+        model.net[0].weight[0].zero_()
+        model.net[0].weight[0, j], model.net[0].bias[0] = 1e4, -1e4 * t
+        model.net[3].weight[0].zero_()
+        model.net[3].weight[0, 0], model.net[3].bias[0] = scale, 0.0
+        model.net[6].weight[0, 0] = -1e3 if y[target] == 1 else 1e3
+        model.net[6].bias[0] = bias
+    return model
+
+
+def with_and_without(scale: float, bias: float, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The region's DP round (as the ClientApp runs it: policy-free, its ledger and secret) on
+    its rows with and without the coordinator's target row, from the crafted model."""
+    from flame.fl.client_app import local_training, training_plan
+
+    frame = generate(3_000, seed=11, fraud_rate=0.03)
+    x = torch.from_numpy(build_features(frame, drop_balances=True))
+    y = torch.from_numpy(labels(frame))
+    target = int(torch.argmax(x.max(dim=0).values - x.topk(2, dim=0).values[1]).item())
+    target = int(torch.argmax(x[:, target]))  # the row with a feature value all its own
+    keep = torch.arange(len(x)) != target
+    outcomes = []
+    for name, (xs, ys) in {"without": (x[keep], y[keep]), "with": (x, y)}.items():
+        settings = load_settings(
+            dp=True, dp_noise_multiplier=50.0, dp_batch_size=10**9, min_local_steps=1,
+            local_epochs=1, num_server_rounds=1, lr_schedule="constant",
+            state_dir=tmp_path / name,
+        )  # fmt: skip
+        model = hostile_model(x, y, target, scale, bias)
+        state = RegionState(settings, "us", "1", 1)
+        try:
+            local_training(model, xs.numpy(), ys.numpy(), settings, state,
+                           training_plan(settings, len(xs)))  # fmt: skip
+            outcomes.append(
+                ("weights", all(bool(torch.isfinite(p).all()) for p in model.parameters()))
+            )
+        except Exception as err:  # noqa: BLE001 - what the coordinator would read
+            outcomes.append(("error", str(err)))
+    return outcomes
+
+
+def test_a_crafted_model_learns_nothing_from_the_divergence_check(tmp_path: Path) -> None:
+    """The divergence check read the noise-free training loss and sent it in its error: a
+    crafted model made it differ with the target row present (mean loss 176) and absent (97)."""
+    without, with_row = with_and_without(scale=1.0, bias=100.0, tmp_path=tmp_path)
+    assert without == with_row == ("weights", True), (without, with_row)
+
+
+def test_a_row_that_overflows_its_gradient_does_not_poison_the_release(tmp_path: Path) -> None:
+    """A crafted model overflows the target row's gradient (a hidden weight of 1e37): Opacus's
+    clip factor C/(inf) is 0, and 0·inf is NaN, so one row made the whole release NaN."""
+    without, with_row = with_and_without(scale=1e37, bias=0.0, tmp_path=tmp_path)
+    assert without == with_row == ("weights", True), (without, with_row)
