@@ -287,7 +287,8 @@ def local_training(
         loss, epsilon, exhausted = dp_train(
             model, torch.from_numpy(x), torch.from_numpy(y), config=dp_config(settings),
             plan=plan, rnd=rnd, history=state.history(TRAIN), pos_weight=pos_weight,
-            charge=functools.partial(state.charge, TRAIN), basis=dp_basis(model, settings),
+            charge=functools.partial(state.charge, TRAIN),
+            basis=functools.partial(dp_basis, model, settings),
         )  # fmt: skip
         extra = {"epsilon": epsilon, "dp_exhausted": int(exhausted)}
     else:

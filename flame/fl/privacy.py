@@ -358,11 +358,11 @@ def dp_train(
     history: History,
     pos_weight: float,
     charge: Callable[[float, float, int], tuple[float, bytes]],
-    basis: torch.Tensor | None = None,
+    basis: Callable[[], torch.Tensor | None] = lambda: None,
 ) -> tuple[float, float, bool]:
     """One round of DP training (``plan.steps`` logical steps) after the run's earlier training
-    releases ``history``; with a public ``basis`` U (d × k, ``flame.fl.subspace``) only the k
-    coordinates z of θ0 + U z train, and are clipped and noised. ``charge(σ, q, steps)``
+    releases ``history``; where ``basis()`` gives a public U (d × k, ``flame.fl.subspace``) only
+    the k coordinates z of θ0 + U z train, and are clipped and noised. ``charge(σ, q, steps)``
     records the round in the region's ledger before any step (refusing it if the region's caps
     say so) and returns the run's ε with it and the secret key this release alone draws its
     Poisson samples and noise from. Returns (mean loss, the run's ε, budget exhausted?)."""
@@ -372,7 +372,8 @@ def dp_train(
     if (spent := over_budget(config, history, release)) is not None:
         return math.nan, spent, True
     epsilon, key = charge(*release)
-    trained = model if basis is None else Subspace(model, basis)
+    directions = basis()  # after the budget check: a region that stops does not build it
+    trained = model if directions is None else Subspace(model, directions)
     engine, private, optimizer, loader = make_private(
         trained, TensorDataset(x, y), config, release, plan.lr_at(rnd, 0), key
     )
@@ -385,7 +386,7 @@ def dp_train(
     log.info(
         "DP round: σ=%.3f, q=%.4f, %d steps%s, the run's ε so far %.3f",
         sigma, sample_rate, plan.steps,
-        "" if basis is None else f" in a {basis.shape[1]}-dim public subspace", epsilon,
+        "" if directions is None else f" in a {directions.shape[1]}-dim public subspace", epsilon,
     )  # fmt: skip
     return loss, epsilon, False
 

@@ -51,7 +51,8 @@ def trained(
 ) -> torch.Tensor:  # fmt: skip
     dp_train(
         model, x, y, config=dp, plan=Plan(steps=steps, rounds=1, lr=lr, schedule="constant"),
-        rnd=1, history=[], pos_weight=2.0, charge=lambda *release: (0.0, key), basis=basis,
+        rnd=1, history=[], pos_weight=2.0, charge=lambda *release: (0.0, key),
+        basis=lambda: basis,
     )  # fmt: skip
     return flat_weights(model)
 

@@ -77,7 +77,7 @@ def one_round(
     dp_train(
         model, x, y, config=config, plan=plan, rnd=ROUND, history=[], pos_weight=pos_weight,
         charge=lambda *release: (0.0, seed.to_bytes(32, "big")),  # the best guess it has
-        basis=dp_basis(model, settings),  # FLAME_DP_SUBSPACE: public, the attacker's own too
+        basis=lambda: dp_basis(model, settings),  # FLAME_DP_SUBSPACE: public, the attacker has it
     )  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
